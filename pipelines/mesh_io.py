@@ -104,13 +104,30 @@ def _draco_decoder_available() -> bool:
 # Loading
 # ---------------------------------------------------------------------------------------------
 
+def _check_binary_stl_length(path: Path) -> None:
+    """A binary STL states its triangle count; a shorter file was cut off (trimesh reads it as empty)."""
+    with path.open("rb") as fh:
+        head = fh.read(84)
+    if len(head) < 84 or head[:5].lower() == b"solid":
+        return  # ASCII STL (or too short to be binary: trimesh reports that)
+    (count,) = struct.unpack_from("<I", head, 80)
+    expected = 84 + 50 * count
+    size = path.stat().st_size
+    if size < expected:
+        raise MeshRejected("unreadable", f"truncated binary STL: header promises {count} triangles ({expected} bytes), file has {size} bytes")
+
+
 def _read_scene(path: Path) -> trimesh.Scene:
+    if path.suffix.lower() == ".stl":
+        _check_binary_stl_length(path)
     try:
         # process=False: keep raw indices so out-of-range ones can be reported, and keep
         # UV seams (merging vertices would break texture lookups for rendering).
         return trimesh.load(str(path), force="scene", process=False)
     except FileNotFoundError as e:
         raise MeshRejected("unreadable", f"a file it references is missing: {Path(str(e.filename or e)).name}") from e
+    except IndexError as e:  # OBJ faces naming vertices that do not exist
+        raise MeshRejected("index_out_of_range", f"a face uses a vertex index that does not exist ({e})") from e
     except Exception as e:  # trimesh raises many types for corrupt input
         raise MeshRejected("unreadable", f"{type(e).__name__}: {str(e)[:200]}") from e
 
@@ -178,15 +195,17 @@ def load_mesh(path: str | Path, cfg: LoadConfig | None = None) -> LoadedMesh:
     parts = _flatten(_read_scene(path), cfg.max_faces)
     if not parts:
         raise MeshRejected("no_triangles", "no triangle geometry found (point cloud, lines or empty scene)")
+    used = np.concatenate([p.vertices[np.unique(p.faces)] for p in parts])
+    if draco and not np.any(used):
+        raise MeshRejected("draco_no_decoder", "Draco-compressed vertices decoded as all zeros")
+    extent = float(np.ptp(used, axis=0).max())
+    if not extent > 1e-9:
+        raise MeshRejected("zero_extent", f"all {len(used)} vertices lie within {extent:.3g} of each other")
     mesh, stats = _clean_geometry(parts)
     if len(mesh.faces) == 0:
         raise MeshRejected("no_triangles", f"all {stats['faces_in']} faces are degenerate")
     lo, hi = mesh.bounds
     extent = float((hi - lo).max())
-    if draco and not np.any(mesh.vertices):
-        raise MeshRejected("draco_no_decoder", "Draco-compressed vertices decoded as all zeros")
-    if not extent > 1e-9:
-        raise MeshRejected("zero_extent", f"bounding box size {extent:.3g}")
 
     center = (lo + hi) / 2.0
     scale = 2.0 * cfg.bound / extent

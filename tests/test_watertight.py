@@ -1,0 +1,222 @@
+"""Watertight conversion and signed-distance labels on analytic shapes, edge cases and real meshes."""
+from __future__ import annotations
+
+import igl
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import trimesh
+
+from helpers import write_obj
+from pipelines.config import GeometryConfig, SampleConfig, WatertightConfig
+from pipelines.mesh_io import load_mesh
+from pipelines.sampling import SignedDistance, sample_object
+from pipelines.watertight import _spread, make_watertight, surface_lattice
+
+VOXEL = 2.0 / 256
+UDF = WatertightConfig(fast_path=False, quality_samples=20_000)
+
+
+def load_written(tmp_path, name, mesh: trimesh.Trimesh):
+    path = tmp_path / name
+    mesh.export(path)
+    return load_mesh(path)
+
+
+def volume_labels(mesh: trimesh.Trimesh, n: int = 100_000, seed: int = 0):
+    pts = np.random.default_rng(seed).uniform(-1.05, 1.05, (n, 3)).astype(np.float32)
+    return pts, SignedDistance(mesh)(pts) < 0
+
+
+# Analytic shapes, in the normalised frame (longest side spans [-0.95, 0.95]).
+SHAPES = {
+    "sphere": (lambda: trimesh.creation.icosphere(subdivisions=5, radius=1.0),
+               lambda p: np.linalg.norm(p, axis=1) - 0.95),
+    "box": (lambda: trimesh.creation.box(extents=(2.0, 1.0, 0.6)),
+            lambda p: np.max(np.abs(p) - np.array([0.95, 0.475, 0.285]), axis=1)),
+    "torus": (lambda: trimesh.creation.torus(major_radius=1.0, minor_radius=0.3, major_sections=128, minor_sections=64),
+              lambda p: np.hypot(np.hypot(p[:, 0], p[:, 1]) - 0.95 / 1.3, p[:, 2]) - 0.3 * 0.95 / 1.3),
+}
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast_path", "udf"])
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_analytic_shapes_labels_match(tmp_path, name, fast_path):
+    make, analytic = SHAPES[name]
+    loaded = load_written(tmp_path, f"{name}.obj", make())
+    wt = make_watertight(loaded.mesh, WatertightConfig(fast_path=fast_path, quality_samples=20_000))
+    assert wt.method == ("fast_path" if fast_path else "udf") and wt.is_watertight
+    pts, inside = volume_labels(wt.mesh)
+    truth = analytic(pts)
+    # faceting of the tessellated primitive is < 1 voxel; the UDF shell adds eps = 1 voxel
+    far = np.abs(truth) > 2 * VOXEL
+    agreement = np.mean(inside[far] == (truth[far] < 0))
+    assert agreement >= 0.999, agreement
+    assert wt.chamfer < (0.002 if fast_path else 3 * VOXEL)
+
+
+def test_open_plane_becomes_a_thin_closed_shell(tmp_path):
+    plane = write_obj(tmp_path / "plane.obj", [[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], [[0, 1, 2], [0, 2, 3]])
+    wt = make_watertight(load_mesh(plane).mesh)
+    assert wt.method == "udf" and wt.fast_path_refusal == "not watertight" and wt.is_watertight
+    assert wt.parts_out == 1 and wt.parts_lost == 0
+    assert np.ptp(wt.mesh.vertices[:, 2]) < 4 * VOXEL  # a shell of thickness ~2 eps, not a slab
+    assert 0 < wt.mesh.volume < 1.9 * 1.9 * 4 * VOXEL
+
+
+def test_box_missing_a_face_is_closed_and_keeps_its_walls(tmp_path):
+    box = trimesh.creation.box(extents=(1, 1, 1))
+    top = np.where(box.face_normals[:, 2] > 0.9)[0]
+    box.update_faces(np.setdiff1d(np.arange(len(box.faces)), top))
+    loaded = load_written(tmp_path, "open_box.obj", box)
+    wt = make_watertight(loaded.mesh)
+    assert wt.method == "udf" and wt.is_watertight and wt.parts_lost == 0
+    pts, inside = volume_labels(wt.mesh)
+    # the open box is a cup: its cavity is outside (air), its walls are thin solid shells
+    cavity = np.all(np.abs(pts) < 0.95 - 3 * VOXEL, axis=1)
+    assert inside[cavity].mean() < 0.001
+    assert wt.chamfer < 3 * VOXEL
+
+
+def test_inside_out_mesh_is_flipped_on_the_fast_path(tmp_path):
+    box = trimesh.creation.box(extents=(1, 2, 1))
+    box.invert()
+    loaded = load_written(tmp_path, "inverted.obj", box)
+    assert loaded.mesh.volume < 0
+    wt = make_watertight(loaded.mesh)
+    assert wt.method == "fast_path" and wt.mesh.volume > 0
+    pts, inside = volume_labels(wt.mesh)
+    assert inside[np.all(np.abs(pts) < [0.4, 0.9, 0.4], axis=1)].all()
+
+
+def test_partly_flipped_faces_go_through_udf(tmp_path):
+    box = trimesh.creation.box(extents=(1, 2, 1))
+    faces = box.faces.copy()
+    faces[:4] = faces[:4, ::-1]
+    loaded = load_mesh(write_obj(tmp_path / "flipped.obj", box.vertices, faces))
+    wt = make_watertight(loaded.mesh)
+    assert wt.method == "udf" and wt.fast_path_refusal == "inconsistent winding" and wt.is_watertight
+    pts, inside = volume_labels(wt.mesh)
+    truth = np.max(np.abs(pts) - np.array([0.475, 0.95, 0.475]), axis=1)
+    far = np.abs(truth) > 2 * VOXEL
+    assert np.mean(inside[far] == (truth[far] < 0)) >= 0.999
+
+
+def test_hidden_inner_part_is_swallowed(tmp_path):
+    outer = trimesh.creation.icosphere(subdivisions=4, radius=1.0)
+    inner = trimesh.creation.box(extents=(0.4, 0.4, 0.4))
+    loaded = load_written(tmp_path, "nested.obj", trimesh.util.concatenate([outer, inner]))
+    wt = make_watertight(loaded.mesh)
+    assert wt.method == "udf" and wt.fast_path_refusal == "parts touch or overlap"
+    assert wt.parts_in == 2 and wt.parts_out == 1 and wt.parts_lost == 0
+    pts, inside = volume_labels(wt.mesh)
+    assert inside[np.linalg.norm(pts, axis=1) < 0.9].all()  # solid all the way through
+
+
+def test_separate_parts_are_all_kept(tmp_path):
+    # a car with four wheels: no largest-component filter may drop them
+    body = trimesh.creation.box(extents=(2.0, 1.0, 0.5))
+    wheels = [trimesh.creation.cylinder(radius=0.2, height=0.1, sections=32, transform=trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0], point=[0, 0, 0]))
+              for _ in range(4)]
+    for wheel, (x, y) in zip(wheels, [(-0.7, -0.65), (0.7, -0.65), (-0.7, 0.65), (0.7, 0.65)]):
+        wheel.apply_translation([x, y, -0.25])
+    loaded = load_written(tmp_path, "car.obj", trimesh.util.concatenate([body, *wheels]))
+    for cfg in (WatertightConfig(quality_samples=20_000), UDF):
+        wt = make_watertight(loaded.mesh, cfg)
+        assert wt.parts_in == 5 and wt.parts_out == 5 and wt.parts_lost == 0, (wt.method, wt.parts_out)
+
+
+def test_multi_part_real_mesh_labels_match_winding_number(pybullet_dir):
+    # five touching/overlapping closed parts: plain ray parity mislabels points where parts overlap
+    loaded = load_mesh(pybullet_dir / "random_urdfs/000/000.obj")
+    wt = make_watertight(loaded.mesh, WatertightConfig(quality_samples=20_000))
+    assert wt.method == "udf" and wt.parts_in > 1 and wt.parts_lost == 0
+    pts, inside = volume_labels(wt.mesh)
+    src = loaded.mesh
+    winding = igl.fast_winding_number(np.asarray(src.vertices, dtype=np.float64), np.asarray(src.faces, dtype=np.int64), pts.astype(np.float64))
+    dist = np.abs(SignedDistance(src)(pts, near_surface=True))
+    far = dist > 2 * VOXEL
+    assert np.mean(inside[far] == (winding[far] > 0.5)) >= 0.999
+
+
+def test_resolution_512_is_supported(tmp_path):
+    loaded = load_written(tmp_path, "sphere.obj", trimesh.creation.icosphere(subdivisions=3))
+    wt = make_watertight(loaded.mesh, WatertightConfig(fast_path=False, resolution=512, quality_samples=20_000))
+    assert wt.is_watertight and wt.chamfer < 3 * 2.0 / 512 + 0.002
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def test_surface_lattice_covers_slivers_within_half_a_spacing():
+    rng = np.random.default_rng(0)
+    v = np.array([[0, 0, 0], [1.0, 0, 0], [0.5, 0.003, 0], [0.2, 0.3, 0.1], [0.21, 0.31, 0.9]])
+    mesh = trimesh.Trimesh(v, [[0, 1, 2], [0, 1, 3], [3, 4, 1]], process=False)
+    spacing = 0.02
+    lattice = surface_lattice(mesh, spacing)
+    probes, _ = trimesh.sample.sample_surface(mesh, 20_000, seed=rng)
+    from scipy.spatial import cKDTree
+
+    dist, _ = cKDTree(lattice).query(probes)
+    assert dist.max() <= spacing / np.sqrt(2) + 1e-9
+    assert len(lattice) < 4 * mesh.area / spacing**2 + 3 * 1.0 / spacing * 3  # area-proportional
+
+
+def test_spread_matches_scipy_dilation():
+    rng = np.random.default_rng(1)
+    mask = rng.random((20, 21, 22)) > 0.995
+    ours = _spread(mask, below=2, above=3)
+    # index c spreads to [c-2, c+3]: a box of 6 whose centre sits right of c
+    ref = ndi.binary_dilation(mask, structure=np.ones((6, 6, 6), bool), origin=(-1, -1, -1))
+    assert np.array_equal(ours, ref)
+
+
+def test_sampling_is_deterministic_per_uid(pybullet_dir):
+    cfg = SampleConfig(surface=2000, volume=3000, near=1000, sharp_max=500)
+    mesh = load_mesh(pybullet_dir / "cube.obj").mesh
+    a, b = sample_object(mesh, mesh, cfg, "obj-a"), sample_object(mesh, mesh, cfg, "obj-a")
+    c = sample_object(mesh, mesh, cfg, "obj-b")
+    for name in ("surface", "sharp", "vol", "near"):
+        assert np.array_equal(getattr(a, name), getattr(b, name))
+    assert not np.array_equal(a.vol, c.vol)
+
+
+def test_samples_have_the_documented_shapes_and_properties(pybullet_dir):
+    cfg = SampleConfig(surface=5000, volume=8000, near=3000, near_sigmas=[0.005, 0.05], sharp_max=2000)
+    mesh = load_mesh(pybullet_dir / "cube.obj").mesh
+    s = sample_object(mesh, mesh, cfg, "cube")
+    assert s.surface.shape == (5000, 6) and s.vol.shape == (8000, 4) and s.near.shape == (6000, 4)
+    assert s.sharp.shape == (2000, 6)  # 12 edges of length 1.9 saturate the cap
+    assert np.allclose(np.linalg.norm(s.surface[:, 3:], axis=1), 1, atol=1e-5)
+    # sharp points lie on cube edges: two coordinates at +-0.95
+    on_face = np.isclose(np.abs(s.sharp[:, :3]), 0.95, atol=1e-3).sum(axis=1)
+    assert (on_face >= 2).all()
+    # volume points are uniform in [-1.05, 1.05]^3; labels match the analytic cube
+    assert np.abs(s.vol[:, :3]).max() <= 1.05
+    inside = np.all(np.abs(s.vol[:, :3]) < 0.95, axis=1)
+    assert np.array_equal(s.vol[:, 3] < 0, inside)
+    # near points: the first block is the tight sigma, closer to the surface than the second
+    assert np.abs(s.near[:3000, 3]).mean() < np.abs(s.near[3000:, 3]).mean() / 3
+    # positions are exact float16 values, so float16 storage keeps every label
+    stored = s.float16()
+    assert np.array_equal(stored["vol"][:, :3].astype(np.float32), s.vol[:, :3])
+    assert np.array_equal(stored["vol"][:, 3] < 0, s.vol[:, 3] < 0)
+    assert np.array_equal(stored["near"][:, 3] < 0, s.near[:, 3] < 0)
+    assert s.sign_agreement >= 0.999
+
+
+def test_geometry_config_defaults_are_the_documented_ones():
+    cfg = GeometryConfig()
+    assert (cfg.sample.surface, cfg.sample.sharp_max, cfg.sample.volume, cfg.sample.near) == (100_000, 32_000, 200_000, 100_000)
+    assert cfg.sample.near_sigmas == [0.005, 0.05] and cfg.watertight.resolution == 256 and cfg.load.bound == 0.95
+
+
+def test_float16_sdf_keeps_the_sign_of_tiny_values():
+    from pipelines.sampling import sdf_to_f16
+
+    sdf = np.array([-1e-9, 1e-9, -1e-30, 0.0, -0.3, 2e-8], dtype=np.float32)
+    out = sdf_to_f16(sdf)
+    assert out.dtype == np.float16
+    assert np.array_equal(out < 0, sdf < 0) and np.array_equal(out > 0, sdf > 0)
