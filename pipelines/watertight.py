@@ -2,12 +2,12 @@
 
 Method (the cubvh / TripoSG / Dora family, computed on the CPU):
   1. Put an isotropic grid of voxel size h = 2 / resolution around the normalised mesh.
-  2. Mark the narrow band: grid points that can lie within eps + h of the surface. Points on
-     a lattice over every triangle (spacing h/2) are binned and spread by a few voxels.
-  3. Exact unsigned distance (open3d RaycastingScene) at band points only; the rest of the grid
-     is known to be farther than the band and never needs a distance.
+  2. Mark the narrow band: grid points that can lie within eps of the surface. Points on a
+     lattice over every triangle are binned and spread by a voxel or two.
+  3. Exact unsigned distance (open3d RaycastingScene) at band points, then at the corners of
+     cells next to a blocked point (udf <= eps); the rest of the grid never needs a distance.
   4. Flood-fill "outside" from the grid border through points with udf > eps (6-connected;
-     eps >= 0.87 h guarantees no path slips between two blocked points across the surface).
+     eps >= h/2 guarantees no path slips across the surface between grid points).
   5. sdf = udf - eps outside, -|udf - eps| everywhere the flood did not reach: hidden interior
      pieces are swallowed, open surfaces become thin closed shells, and every part is kept
      (there is no largest-component filter).
@@ -155,29 +155,43 @@ def udf_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict |
     t0 = time.perf_counter()
     h = 2.0 / cfg.resolution
     eps = cfg.eps_voxels * h
-    # Exact distances are needed wherever udf <= eps + h (the level set and the grid points next
-    # to it); lattice points add h/2 of slack: a band radius of r voxels around each lattice bin.
-    r = cfg.eps_voxels + 1.5
-    below, above = int(np.floor(r)), int(np.floor(r)) + 1
     lo, hi = mesh.bounds
-    origin = lo - (above + 2) * h
-    dims = np.ceil((hi - origin + (above + 2) * h) / h).astype(np.int64) + 1
+    pad = int(np.ceil(cfg.eps_voxels)) + 4
+    origin = lo - pad * h
+    dims = np.ceil((hi - origin + pad * h) / h).astype(np.int64) + 1
 
-    pts = surface_lattice(mesh, h / np.sqrt(2.0))  # every surface point within h/2 of one
+    # Stage A band: every grid point that can have udf <= eps. A lattice point s lies within h/2
+    # of any surface point it covers, so such grid points are within r = eps/h + 1/2 voxels of
+    # a lattice point: [c - floor(r), c + ceil(r)] around the lattice point's cell c.
+    pts = surface_lattice(mesh, h / np.sqrt(2.0))
     cells = np.floor((pts - origin) / h).astype(np.int64)
-    band = np.zeros(dims, dtype=bool)
-    band[cells[:, 0], cells[:, 1], cells[:, 2]] = True
-    band = _spread(band, below, above)
-    idx = np.flatnonzero(band)
-    coords = np.stack(np.unravel_index(idx, dims), axis=1).astype(np.float32) * np.float32(h) + origin.astype(np.float32)
+    marked = np.zeros(dims, dtype=bool)
+    marked[cells[:, 0], cells[:, 1], cells[:, 2]] = True
+    r = cfg.eps_voxels + 0.5
+    band = _spread(marked, int(np.floor(r)), int(np.ceil(r)))
+    del marked
     t1 = time.perf_counter()
 
-    far = np.float32((r + 1) * h)  # any value beyond the band
+    scene = raycasting_scene(mesh)
+    far = np.float32(eps + 2 * h)  # stands for "farther than eps" where no distance is computed
+
+    def exact(where: np.ndarray) -> int:
+        idx = np.flatnonzero(where)
+        xyz = np.stack(np.unravel_index(idx, dims), axis=1).astype(np.float32) * np.float32(h) + origin.astype(np.float32)
+        udf.flat[idx] = scene.compute_distance(o3d.core.Tensor(xyz)).numpy()
+        return len(idx)
+
     udf = np.full(dims, far, dtype=np.float32)
-    udf.flat[idx] = raycasting_scene(mesh).compute_distance(o3d.core.Tensor(coords)).numpy()
+    n_a = exact(band)
+    # Stage B: marching cubes interpolates along edges of cells holding a blocked point; their
+    # corners outside stage A get exact distances too (few: most are inside the band already).
+    blocked = udf <= eps
+    n_b = exact(_spread(blocked, 1, 1) & ~band)
     t2 = time.perf_counter()
 
-    labels, _ = ndi.label(udf > eps)  # 6-connected free space
+    # 6-connected flood: a grid edge crossing the surface has an endpoint within h/2 of it, so
+    # eps >= h/2 blocks every such edge and the flood cannot leak inside.
+    labels, _ = ndi.label(~blocked)
     border = np.concatenate([
         labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(),
         labels[:, -1].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel(),
@@ -191,8 +205,11 @@ def udf_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict |
     np.negative(np.abs(sdf, out=sdf), out=sdf, where=~outside)
     t3 = time.perf_counter()
 
-    # The level set lies inside the band: masking skips the (many) cells that cannot hold it.
-    verts, faces, _, _ = measure.marching_cubes(sdf, level=0.0, spacing=(h, h, h), allow_degenerate=False, mask=band)
+    # Walking a sign-change cell's edges from a positive to a negative corner crosses an edge
+    # from an outside point to a blocked one (an unblocked neighbour would have been reached),
+    # so every such cell has a blocked corner: cells farther than that are skipped.
+    mask = _spread(blocked, 1, 1)
+    verts, faces, _, _ = measure.marching_cubes(sdf, level=0.0, spacing=(h, h, h), allow_degenerate=False, mask=mask)
     # skimage already shares vertices between cells: no merge pass needed.
     out = trimesh.Trimesh(verts + origin, faces, process=False)
     if signed_volume(out) < 0:
@@ -200,7 +217,7 @@ def udf_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict |
     t4 = time.perf_counter()
     timings.update(
         band=t1 - t0, distance=t2 - t1, flood=t3 - t2, marching_cubes=t4 - t3,
-        band_points=int(len(idx)), grid_points=int(np.prod(dims)),
+        distance_queries=n_a + n_b, grid_points=int(np.prod(dims)),
     )
     return out
 
@@ -232,8 +249,15 @@ class WatertightResult:
         }
 
 
-def _parts_lost(src: trimesh.Trimesh, out: trimesh.Trimesh, out_scene, n: int, rng, tol: float) -> tuple[float, int]:
-    """Chamfer distance and the number of source parts the output dropped."""
+def surface_fidelity(src: trimesh.Trimesh, out: trimesh.Trimesh, n: int, rng: np.random.Generator,
+                     tol: float) -> tuple[float, int]:
+    """(Chamfer distance, parts lost) of a converted mesh `out` against its source `src`.
+
+    Chamfer: mean distance from n area-uniform samples of each surface to the other surface,
+    summed over both directions (point-to-surface, exact). A source part is lost when most of
+    its samples are farther than `tol` from `out` and outside it (swallowed parts are inside).
+    """
+    out_scene = raycasting_scene(out)
     src_pts, src_face = trimesh.sample.sample_surface(src, n, seed=rng)
     out_pts, _ = trimesh.sample.sample_surface(out, n, seed=rng)
     d_src = out_scene.compute_distance(o3d.core.Tensor(src_pts.astype(np.float32))).numpy()
@@ -268,7 +292,7 @@ def make_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig | None = None, 
         raise MeshRejected("watertight_failed", f"{method} output: watertight={out.is_watertight}, winding consistent={out.is_winding_consistent}")
     rng = np.random.default_rng(seed)
     tol = (cfg.eps_voxels + 2.0) * 2.0 / cfg.resolution
-    chamfer, lost = _parts_lost(src, out, raycasting_scene(out), cfg.quality_samples, rng, tol)
+    chamfer, lost = surface_fidelity(src, out, cfg.quality_samples, rng, tol)
     return WatertightResult(
         mesh=out, method=method, is_watertight=is_watertight,
         parts_in=int(component_labels(src).max()) + 1, parts_out=int(component_labels(out).max()) + 1,
