@@ -32,6 +32,14 @@ def pybullet_meshes() -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in MESH_SUFFIXES and p.is_file())
 
 
+def register_resolvers() -> None:
+    """${pybullet:REL} and ${assimp:REL} in configs resolve to files of those corpora."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("pybullet", lambda rel: str(pybullet_data_dir() / rel), replace=True)
+    OmegaConf.register_new_resolver("assimp", lambda rel: str(assimp_models_dir() / rel), replace=True)
+
+
 def fixed_sample(n: int, seed: int = 0) -> list[Path]:
     """A fixed, seeded sample of n pybullet meshes: half procedural objects, half the rest."""
     meshes = pybullet_meshes()

@@ -110,6 +110,18 @@ def _spread(mask: np.ndarray, below: int, above: int) -> np.ndarray:
     return out
 
 
+def _grow6(mask: np.ndarray) -> np.ndarray:
+    """Dilation by the 6-neighbourhood (face neighbours)."""
+    out = mask.copy()
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        out[tuple(lo)] |= mask[tuple(hi)]
+        out[tuple(hi)] |= mask[tuple(lo)]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Fast path
 # ---------------------------------------------------------------------------------------------
@@ -160,14 +172,17 @@ def udf_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict |
     origin = lo - pad * h
     dims = np.ceil((hi - origin + pad * h) / h).astype(np.int64) + 1
 
-    # Stage A band: every grid point that can have udf <= eps. A lattice point s lies within h/2
-    # of any surface point it covers, so such grid points are within r = eps/h + 1/2 voxels of
-    # a lattice point: [c - floor(r), c + ceil(r)] around the lattice point's cell c.
-    pts = surface_lattice(mesh, h / np.sqrt(2.0))
+    # Stage A band: every grid point that can have udf <= eps. Lattice points lie within
+    # `slack` of any surface point they cover, so such grid points are closer than
+    # r = eps/h + slack/h voxels to a lattice point: [c - floor(r), c + ceil(r)] around the
+    # lattice point's cell c. A slack just under h/2 keeps r below 1 at eps = h/2, so the band
+    # is the 2 x 2 x 2 corners of each cell the surface passes through.
+    slack = 0.45 * h
+    pts = surface_lattice(mesh, slack * np.sqrt(2.0))
     cells = np.floor((pts - origin) / h).astype(np.int64)
     marked = np.zeros(dims, dtype=bool)
     marked[cells[:, 0], cells[:, 1], cells[:, 2]] = True
-    r = cfg.eps_voxels + 0.5
+    r = cfg.eps_voxels + slack / h
     band = _spread(marked, int(np.floor(r)), int(np.ceil(r)))
     del marked
     t1 = time.perf_counter()
@@ -183,10 +198,10 @@ def udf_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict |
 
     udf = np.full(dims, far, dtype=np.float32)
     n_a = exact(band)
-    # Stage B: marching cubes interpolates along edges of cells holding a blocked point; their
-    # corners outside stage A get exact distances too (few: most are inside the band already).
+    # Stage B: marching cubes interpolates along grid edges from a blocked point to an
+    # unblocked one, so the 6-neighbours of blocked points need exact distances too.
     blocked = udf <= eps
-    n_b = exact(_spread(blocked, 1, 1) & ~band)
+    n_b = exact(_grow6(blocked) & ~band)
     t2 = time.perf_counter()
 
     # 6-connected flood: a grid edge crossing the surface has an endpoint within h/2 of it, so
