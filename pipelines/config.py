@@ -6,8 +6,13 @@ against them, so a misspelt key or a wrong type fails at start with the key name
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
+
+# The Hydra config tree. An absolute path: Hydra resolves relative ones against the *module*
+# when a command runs as `python -m`, which would miss the repository's conf/.
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @dataclass

@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from pipelines.config import GeometryConfig, register_configs
+from pipelines.config import CONF_DIR, GeometryConfig, register_configs
 from pipelines.corpora import register_resolvers
 from pipelines.geometry import process_mesh
 from pipelines.mesh_io import SUPPORTED_SUFFIXES, MeshRejected
@@ -77,7 +77,7 @@ def format_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(config_path="../conf", config_name="inspect", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="inspect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     geometry: GeometryConfig = OmegaConf.to_object(cfg.geometry)
     files = expand_inputs(list(cfg.inputs) or list(cfg.demo_meshes))
