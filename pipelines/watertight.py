@@ -198,10 +198,7 @@ def udf_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict |
 
     udf = np.full(dims, far, dtype=np.float32)
     n_a = exact(band)
-    # Stage B: marching cubes interpolates along grid edges from a blocked point to an
-    # unblocked one, so the 6-neighbours of blocked points need exact distances too.
-    blocked = udf <= eps
-    n_b = exact(_grow6(blocked) & ~band)
+    blocked = udf <= eps  # exact: the band holds every point with udf <= eps
     t2 = time.perf_counter()
 
     # 6-connected flood: a grid edge crossing the surface has an endpoint within h/2 of it, so
@@ -216,23 +213,29 @@ def udf_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict |
     is_outside[0] = False
     outside = is_outside[labels]
     del labels
+    t3 = time.perf_counter()
+
+    # Stage B: marching cubes interpolates along grid edges from a blocked point to an outside
+    # one (an unblocked neighbour is either outside or, with no sign change, interior), so
+    # outside 6-neighbours of blocked points beyond the band need exact distances too.
+    n_b = exact(_grow6(blocked) & outside & ~band)
+    t4 = time.perf_counter()
     sdf = udf - np.float32(eps)
     np.negative(np.abs(sdf, out=sdf), out=sdf, where=~outside)
-    t3 = time.perf_counter()
 
     # Walking a sign-change cell's edges from a positive to a negative corner crosses an edge
     # from an outside point to a blocked one (an unblocked neighbour would have been reached),
     # so every such cell has a blocked corner: cells farther than that are skipped.
     mask = _spread(blocked, 1, 1)
+    # With sdf negative inside, skimage's default gradient direction ("descent") winds every
+    # face outward, so the orientation needs no check (tests assert a positive volume).
     verts, faces, _, _ = measure.marching_cubes(sdf, level=0.0, spacing=(h, h, h), allow_degenerate=False, mask=mask)
     # skimage already shares vertices between cells: no merge pass needed.
     out = trimesh.Trimesh(verts + origin, faces, process=False)
-    if signed_volume(out) < 0:
-        out.invert()
-    t4 = time.perf_counter()
+    t5 = time.perf_counter()
     timings.update(
-        band=t1 - t0, distance=t2 - t1, flood=t3 - t2, marching_cubes=t4 - t3,
-        distance_queries=n_a + n_b, grid_points=int(np.prod(dims)),
+        band=t1 - t0, distance=(t2 - t1) + (t4 - t3), flood=t3 - t2, marching_cubes=t5 - t4,
+        distance_queries=n_a + n_b, stage_b_queries=n_b, grid_points=int(np.prod(dims)),
     )
     return out
 

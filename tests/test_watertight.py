@@ -11,7 +11,7 @@ from helpers import write_obj
 from pipelines.config import GeometryConfig, SampleConfig, WatertightConfig
 from pipelines.mesh_io import load_mesh
 from pipelines.sampling import SignedDistance, sample_object
-from pipelines.watertight import _spread, make_watertight, surface_lattice
+from pipelines.watertight import _spread, make_watertight, signed_volume, surface_lattice
 
 VOXEL = 2.0 / 256
 UDF = WatertightConfig(fast_path=False, quality_samples=20_000)
@@ -46,6 +46,7 @@ def test_analytic_shapes_labels_match(tmp_path, name, fast_path):
     loaded = load_written(tmp_path, f"{name}.obj", make())
     wt = make_watertight(loaded.mesh, WatertightConfig(fast_path=fast_path, quality_samples=20_000))
     assert wt.method == ("fast_path" if fast_path else "udf") and wt.is_watertight
+    assert signed_volume(wt.mesh) > 0  # wound outward
     pts, inside = volume_labels(wt.mesh)
     truth = analytic(pts)
     # faceting of the tessellated primitive is < 1 voxel; the UDF shell adds eps = 1 voxel
@@ -109,6 +110,7 @@ def test_hidden_inner_part_is_swallowed(tmp_path):
     wt = make_watertight(loaded.mesh)
     assert wt.method == "udf" and wt.fast_path_refusal == "parts touch or overlap"
     assert wt.parts_in == 2 and wt.parts_out == 1 and wt.parts_lost == 0
+    assert signed_volume(wt.mesh) > 0
     pts, inside = volume_labels(wt.mesh)
     assert inside[np.linalg.norm(pts, axis=1) < 0.9].all()  # solid all the way through
 
