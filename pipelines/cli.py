@@ -6,6 +6,7 @@ import sys
 
 # name -> (module with a Hydra `main`, one-line description)
 SUBCOMMANDS = {
+    "preprocess": ("pipelines.preprocess", "meshes -> WebDataset shards + manifest (Ray; resumable, exactly-once)"),
     "inspect": ("pipelines.mesh_report", "load, make watertight and sample meshes; print a quality table"),
 }
 

@@ -5,10 +5,13 @@ against them, so a misspelt key or a wrong type fails at start with the key name
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 # The Hydra config tree. An absolute path: Hydra resolves relative ones against the *module*
 # when a command runs as `python -m`, which would miss the repository's conf/.
@@ -59,3 +62,60 @@ def register_configs() -> None:
     """Register the schemas so YAML files can name them in their defaults list."""
     cs = ConfigStore.instance()
     cs.store(group="geometry", name="schema", node=GeometryConfig)
+    cs.store(name="preprocess_schema", node=PreprocessConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing job
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RenderConfig:
+    """Multi-view condition images (pipelines/render.py)."""
+
+    resolution: int = 256  # square images
+    extra_sets: int = 4  # sets of 4 views under one random rotation each, after the 4 canonical
+    fov_deg: float = 40.0
+    distance: float = 4.5  # camera distance from the origin (normalised units)
+    lambert: bool = True  # headlight shading; false gives flat base colours
+
+
+@dataclass
+class SourceConfig:
+    kind: str = "auto"  # auto (folder or list file from `path`), folder, list, objaverse
+    path: Optional[str] = None  # folder of meshes, or a list file of paths / URLs
+    uids: list[str] = field(default_factory=list)  # objaverse: these uids (empty: all, or by category)
+    lvis_categories: list[str] = field(default_factory=list)  # objaverse: LVIS categories
+    cache_dir: Optional[str] = None  # objaverse cache (the package's BASE_PATH; default ~/.objaverse)
+    annotations: bool = True  # objaverse: copy name/license/tags/categories into meta.json
+    download_processes: int = 1
+    limit: Optional[int] = None  # first N objects only
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # None: start a local Ray; "auto" or "ray://host:10001": a cluster
+    dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"  # never exposed beyond this machine unless configured
+
+
+@dataclass
+class PreprocessConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    output_dir: str = MISSING
+    workers: int = 2  # concurrent objects (CPU cores); on a cluster, its CPUs unless set lower
+    timeout_s: float = 300.0  # per object; the worker is killed, the job goes on
+    memory_per_task_gb: float = 2.0  # Ray schedules tasks by this memory request
+    max_retries: int = 2  # for transient errors (remote fetch, lost worker) only
+    retry_failed: bool = False  # on resume, try objects recorded as failed again
+    shard_max_bytes: int = 1_000_000_000
+    threads_per_task: int = 1  # threads each object's geometry may use (1: one core per task)
+
+
+def compute_threads() -> int:
+    """Threads for open3d queries in this process (0 = all cores); CRAFT_THREADS sets it."""
+    return int(os.environ.get("CRAFT_THREADS", "0"))

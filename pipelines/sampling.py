@@ -16,7 +16,7 @@ import open3d as o3d
 import pysdf
 import trimesh
 
-from pipelines.config import SampleConfig
+from pipelines.config import SampleConfig, compute_threads
 from pipelines.watertight import raycasting_scene
 
 # Smallest positive float16 (subnormal): a non-zero sdf never rounds to a sign-less zero.
@@ -77,7 +77,7 @@ class SignedDistance:
         """Signed distance, negative inside."""
         pts = np.ascontiguousarray(pts, dtype=np.float32)
         if near_surface:
-            dist = self._scene.compute_distance(o3d.core.Tensor(pts)).numpy()
+            dist = self._scene.compute_distance(o3d.core.Tensor(pts), nthreads=compute_threads()).numpy()
         else:
             dist = np.abs(self._sdf(pts))
         inside = self._sdf.contains(pts)
@@ -87,7 +87,7 @@ class SignedDistance:
         """Share of points where open3d's occupancy vote agrees with the sign of `sdf`."""
         if len(pts) == 0:
             return 1.0
-        vote = self._scene.compute_occupancy(o3d.core.Tensor(np.ascontiguousarray(pts, dtype=np.float32)), nsamples=3).numpy()
+        vote = self._scene.compute_occupancy(o3d.core.Tensor(np.ascontiguousarray(pts, dtype=np.float32)), nsamples=3, nthreads=compute_threads()).numpy()
         return float(np.mean((sdf < 0) == (vote > 0)))
 
 
@@ -122,7 +122,7 @@ def sharp_edge_samples(source: trimesh.Trimesh, target: trimesh.Trimesh, cfg: Sa
     normals = source.face_normals[pairs[pick, 0]] + source.face_normals[pairs[pick, 1]]
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
     if target is not source:
-        closest = raycasting_scene(target).compute_closest_points(o3d.core.Tensor(pts.astype(np.float32)))
+        closest = raycasting_scene(target).compute_closest_points(o3d.core.Tensor(pts.astype(np.float32)), nthreads=compute_threads())
         snapped = closest["points"].numpy()
         keep = np.linalg.norm(snapped - pts, axis=1) <= max_offset
         pts, normals = snapped[keep], normals[keep]

@@ -27,7 +27,7 @@ import open3d as o3d
 import trimesh
 from skimage import measure
 
-from pipelines.config import WatertightConfig
+from pipelines.config import WatertightConfig, compute_threads
 from pipelines.mesh_io import MeshRejected
 
 # ---------------------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def udf_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict |
     def exact(where: np.ndarray) -> int:
         idx = np.flatnonzero(where)
         xyz = np.stack(np.unravel_index(idx, dims), axis=1).astype(np.float32) * np.float32(h) + origin.astype(np.float32)
-        udf.flat[idx] = scene.compute_distance(o3d.core.Tensor(xyz)).numpy()
+        udf.flat[idx] = scene.compute_distance(o3d.core.Tensor(xyz), nthreads=compute_threads()).numpy()
         return len(idx)
 
     udf = np.full(dims, far, dtype=np.float32)
@@ -278,14 +278,14 @@ def surface_fidelity(src: trimesh.Trimesh, out: trimesh.Trimesh, n: int, rng: np
     out_scene = raycasting_scene(out)
     src_pts, src_face = trimesh.sample.sample_surface(src, n, seed=rng)
     out_pts, _ = trimesh.sample.sample_surface(out, n, seed=rng)
-    d_src = out_scene.compute_distance(o3d.core.Tensor(src_pts.astype(np.float32))).numpy()
-    d_out = raycasting_scene(src).compute_distance(o3d.core.Tensor(out_pts.astype(np.float32))).numpy()
+    d_src = out_scene.compute_distance(o3d.core.Tensor(src_pts.astype(np.float32)), nthreads=compute_threads()).numpy()
+    d_out = raycasting_scene(src).compute_distance(o3d.core.Tensor(out_pts.astype(np.float32)), nthreads=compute_threads()).numpy()
     chamfer = float(d_src.mean() + d_out.mean())
     far = d_src > tol
     lost = 0
     if far.any():
         inside = np.zeros(len(src_pts), dtype=bool)
-        inside[far] = out_scene.compute_occupancy(o3d.core.Tensor(src_pts[far].astype(np.float32)), nsamples=3).numpy() > 0
+        inside[far] = out_scene.compute_occupancy(o3d.core.Tensor(src_pts[far].astype(np.float32)), nsamples=3, nthreads=compute_threads()).numpy() > 0
         part = component_labels(src)[src_face]
         missing = np.bincount(part, weights=(far & ~inside), minlength=part.max() + 1)
         total = np.bincount(part, minlength=part.max() + 1)
