@@ -116,11 +116,12 @@ def process_all(todo: list[ObjectRef], cfg: PreprocessConfig, digest: str, store
     bar = tqdm(total=len(todo), desc="objects", unit="obj", smoothing=0.05)
 
     def record(result: dict) -> None:
+        row = result["row"]
         if result["status"] == "ok":
-            store.add(result["uid"], result["members"], result["row"])
+            row = {**row, "shard": store.add(result["uid"], result["members"], row)}
         else:
-            store.add_failed(result["row"])
-        rows[result["uid"]] = result["row"]
+            store.add_failed(row)
+        rows[result["uid"]] = row
         counts[result["status"]] += 1
         bar.update(1)
         bar.set_postfix(ok=counts["ok"], failed=counts["failed"])
