@@ -1,0 +1,111 @@
+"""Sources: folders, list files with fsspec URLs, and Objaverse through the objaverse package's cache."""
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
+import fsspec
+import pyarrow.parquet as pq
+import pytest
+import trimesh
+import webdataset as wds
+
+from pipelines.config import PreprocessConfig, SampleConfig
+from pipelines.preprocess import preprocess
+from pipelines.sources import folder_objects, list_file_objects, local_copy, objaverse_objects, sanitize_uid
+
+UIDS = {"duck": "0123456789abcdef0123456789abcdef", "robot_a": "a" * 32, "robot_b": "b" * 32}
+
+
+def test_uids_are_sanitised_and_distinct():
+    for hostile in ["../../etc/passwd", "a.b.c", "dir/x y.z", "..", "\x00evil"]:
+        uid = sanitize_uid(hostile)
+        assert set(uid) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") and "." not in uid
+    assert sanitize_uid("a.b/c") != sanitize_uid("a_b/c")
+
+
+def test_folder_and_list_file_sources(tmp_path, pybullet_dir):
+    (tmp_path / "m" / "sub").mkdir(parents=True)
+    shutil.copy(pybullet_dir / "duck.obj", tmp_path / "m" / "sub" / "duck.obj")
+    (tmp_path / "m" / "notes.txt").write_text("not a mesh")
+    refs = folder_objects(tmp_path / "m")
+    assert [r.source for r in refs] == [str((tmp_path / "m/sub/duck.obj").resolve())]
+    listing = tmp_path / "list.txt"
+    listing.write_text("# objects\nm/sub/duck.obj\ns3://bucket/chair.glb  # remote\n\nfile:///data/x.stl\n")
+    refs = list_file_objects(listing)
+    assert [r.source for r in refs] == [str(tmp_path / "m/sub/duck.obj"), "s3://bucket/chair.glb", "file:///data/x.stl"]
+    assert len({r.uid for r in refs}) == 3
+
+
+def test_remote_urls_are_fetched_through_fsspec(pybullet_dir):
+    data = (pybullet_dir / "duck.obj").read_bytes()
+    with fsspec.open("memory://bucket/objects/duck.obj", "wb") as fh:  # a real fsspec filesystem
+        fh.write(data)
+    with local_copy("memory://bucket/objects/duck.obj") as path:
+        assert path.suffix == ".obj" and path.read_bytes() == data
+    assert not path.exists()  # the temporary copy is removed
+    with pytest.raises(FileNotFoundError):
+        with local_copy("memory://bucket/objects/missing.obj"):
+            pass
+
+
+def make_objaverse_cache(root: Path, pybullet_dir: Path) -> Path:
+    """A cache laid out exactly as objaverse 0.1.7 lays it out, holding real meshes as GLB."""
+    base = root / "hf-objaverse-v1"
+    sources = {"duck": "duck.obj", "robot_a": "random_urdfs/000/000.obj", "robot_b": "random_urdfs/001/001.obj"}
+    paths, meta = {}, {}
+    for name, rel in sources.items():
+        uid = UIDS[name]
+        paths[uid] = f"glbs/000-000/{uid}.glb"
+        target = base / paths[uid]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        trimesh.load(pybullet_dir / rel, force="scene").export(target)
+        meta[uid] = {"uid": uid, "name": name, "license": "by", "tags": [{"name": "test"}], "categories": [], "faceCount": 1}
+    for name, payload in {"object-paths.json.gz": paths, "metadata/000-000.json.gz": meta,
+                          "lvis-annotations.json.gz": {"duck": [UIDS["duck"]], "robot": [UIDS["robot_a"], UIDS["robot_b"]]}}.items():
+        (base / name).parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(base / name, "wt") as fh:
+            json.dump(payload, fh)
+    return root
+
+
+@pytest.fixture()
+def offline(monkeypatch):
+    """Any download attempt by the objaverse package fails the test."""
+    def refuse(url, *args, **kwargs):
+        raise AssertionError(f"tried to download {url}")
+    monkeypatch.setattr(urllib.request, "urlretrieve", refuse)
+
+
+def test_objaverse_from_cache_by_category_and_uid(tmp_path, pybullet_dir, offline):
+    cache = make_objaverse_cache(tmp_path / "cache", pybullet_dir)
+    refs = objaverse_objects(None, ["robot"], str(cache))
+    assert [r.uid for r in refs] == [UIDS["robot_a"], UIDS["robot_b"]]
+    assert refs[0].annotations["name"] == "robot_a" and refs[0].annotations["tags"] == ["test"]
+    assert Path(refs[0].source).is_file()
+    refs = objaverse_objects([UIDS["duck"], "f" * 32], None, str(cache), annotations=False)
+    assert [r.uid for r in refs] == [UIDS["duck"]] and refs[0].annotations == {}  # unknown uid skipped
+    with pytest.raises(ValueError, match="not Objaverse uids"):
+        objaverse_objects(["../../etc/passwd"], None, str(cache))
+    with pytest.raises(ValueError, match="unknown LVIS"):
+        objaverse_objects(None, ["spaceship"], str(cache))
+
+
+def test_preprocess_objaverse_source(tmp_path, pybullet_dir, offline):
+    cache = make_objaverse_cache(tmp_path / "cache", pybullet_dir)
+    cfg = PreprocessConfig(output_dir=str(tmp_path / "out"))
+    cfg.source.kind, cfg.source.cache_dir, cfg.source.lvis_categories = "objaverse", str(cache), ["robot", "duck"]
+    cfg.geometry.watertight.resolution, cfg.geometry.watertight.quality_samples = 96, 5000
+    cfg.geometry.sample = SampleConfig(surface=2000, sharp_max=200, volume=2000, near=500)
+    cfg.render.resolution, cfg.render.extra_sets = 48, 0
+    summary = preprocess(cfg)
+    assert summary["ok"] == 3
+    rows = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
+    assert sorted(r["uid"] for r in rows) == sorted(UIDS.values())
+    samples = list(wds.WebDataset(sorted(str(p) for p in (tmp_path / "out" / "shards").glob("*.tar")), shardshuffle=False).decode())
+    names = {s["__key__"]: s["meta.json"]["annotations"]["name"] for s in samples}
+    assert names == {uid: name for name, uid in UIDS.items()}
+    assert all(len(s["cameras.json"]["views"]) == 4 for s in samples)
