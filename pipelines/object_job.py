@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import resource
 import time
 import traceback
 
@@ -78,7 +79,8 @@ def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str) -> dict:
             "pipeline_version": PIPELINE_VERSION, "config_hash": config_hash,
         }
         members["meta.json"] = json.dumps(meta).encode()
-        return {**base, "status": "ok", "members": members, "row": manifest_row(meta)}
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this worker process so far
+        return {**base, "status": "ok", "members": members, "row": {**manifest_row(meta), "worker_peak_rss_mb": peak_mb}}
     except TransientError:
         raise
     except MeshRejected as e:

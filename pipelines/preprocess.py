@@ -101,9 +101,11 @@ def _crash_reason(error: Exception) -> tuple[str, str]:
     return "error", f"{type(error).__name__}: {str(error)[:300]}"
 
 
-def process_all(todo: list[ObjectRef], cfg: PreprocessConfig, digest: str, store: ShardStore) -> dict[str, dict]:
-    """Run every object on Ray, stream results into shards; returns this run's rows by uid."""
+def process_all(todo: list[ObjectRef], cfg: PreprocessConfig, digest: str, store: ShardStore) -> tuple[dict[str, dict], float]:
+    """Run every object on Ray, stream results into shards; (this run's rows by uid, Ray start seconds)."""
+    t0 = time.monotonic()
     ray = start_ray(cfg)
+    startup = time.monotonic() - t0
     task = ray.remote(run_object).options(
         num_cpus=1, memory=int(cfg.memory_per_task_gb * 2**30), max_retries=cfg.max_retries,
         retry_exceptions=[TransientError],
@@ -156,7 +158,7 @@ def process_all(todo: list[ObjectRef], cfg: PreprocessConfig, digest: str, store
         bar.close()
         store.close()
         ray.shutdown()
-    return rows
+    return rows, startup
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,6 +167,7 @@ def process_all(todo: list[ObjectRef], cfg: PreprocessConfig, digest: str, store
 
 
 def summarize(rows: list[dict], seconds: float, processed: int, workers: int) -> dict:
+    """Counts, reasons, quality distributions, stage medians and this run's throughput."""
     ok = [r for r in rows if r["status"] == "ok"]
 
     def med(key):
@@ -183,7 +186,7 @@ def summarize(rows: list[dict], seconds: float, processed: int, workers: int) ->
         "sign_agreement": {"min": min((r["sign_agreement"] for r in ok), default=None), "median": med("sign_agreement")},
         "parts_lost_total": sum(r["parts_lost"] for r in ok),
         "stage_median_seconds": {s: med(f"time_{s}") for s in STAGES},
-        "this_run": {"processed": processed, "seconds": seconds, "workers": workers,
+        "this_run": {"processed": processed, "seconds": seconds, "workers": workers,  # seconds: Ray start excluded
                      "objects_per_second": processed / seconds if seconds > 0 else None},
     }
 
@@ -220,8 +223,8 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     todo = [r for r in refs if r.uid not in skip]
     log.info("%d objects: %d already done, %d to process -> %s", len(refs), len(refs) - len(todo), len(todo), out)
     t0 = time.monotonic()
-    fresh = process_all(todo, cfg, digest, store) if todo else {}
-    seconds = time.monotonic() - t0
+    fresh, startup = process_all(todo, cfg, digest, store) if todo else ({}, 0.0)
+    seconds = time.monotonic() - t0 - startup
     rows = {**done_failed, **done_ok, **fresh}
     wanted = {r.uid for r in refs}
     final = [rows[u] for u in sorted(rows) if u in wanted]

@@ -17,7 +17,7 @@ import pysdf
 import trimesh
 
 from pipelines.config import SampleConfig, compute_threads
-from pipelines.watertight import raycasting_scene
+from pipelines.watertight import SdfGrid, raycasting_scene
 
 # Smallest positive float16 (subnormal): a non-zero sdf never rounds to a sign-less zero.
 _F16_TINY = np.float32(np.finfo(np.float16).smallest_subnormal)
@@ -64,14 +64,25 @@ class Samples:
 class SignedDistance:
     """Exact signed distance to a closed mesh, and an independent check of its inside test.
 
-    Inside: pysdf's ray-cast `contains`. Distance: pysdf for points spread through the volume,
-    open3d's BVH for points near the surface (each is the faster of the two there).
+    Inside: exact from the conversion grid where it decides (UDF path), else pysdf's ray-cast
+    `contains`. Distance: pysdf for points spread through the volume, open3d's BVH for points
+    near the surface (each is the faster of the two there).
     Check: open3d's 3-ray occupancy vote, a separate implementation of the inside test.
     """
 
-    def __init__(self, mesh: trimesh.Trimesh):
+    def __init__(self, mesh: trimesh.Trimesh, scene=None, grid: SdfGrid | None = None):
         self._sdf = pysdf.SDF(np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.uint32))
-        self._scene = raycasting_scene(mesh)
+        self._scene = scene if scene is not None else raycasting_scene(mesh)
+        self._grid = grid
+
+    def inside(self, pts: np.ndarray) -> np.ndarray:
+        if self._grid is None:
+            return self._sdf.contains(pts)
+        sign = self._grid.sign(pts)
+        undecided = sign == 0
+        if undecided.any():
+            sign[undecided] = np.where(self._sdf.contains(pts[undecided]), -1, 1)
+        return sign < 0
 
     def __call__(self, pts: np.ndarray, near_surface: bool = False) -> np.ndarray:
         """Signed distance, negative inside."""
@@ -80,8 +91,7 @@ class SignedDistance:
             dist = self._scene.compute_distance(o3d.core.Tensor(pts), nthreads=compute_threads()).numpy()
         else:
             dist = np.abs(self._sdf(pts))
-        inside = self._sdf.contains(pts)
-        return np.where(inside, -dist, dist).astype(np.float32)
+        return np.where(self.inside(pts), -dist, dist).astype(np.float32)
 
     def agreement(self, pts: np.ndarray, sdf: np.ndarray) -> float:
         """Share of points where open3d's occupancy vote agrees with the sign of `sdf`."""
@@ -97,7 +107,7 @@ def _surface(mesh: trimesh.Trimesh, n: int, rng: np.random.Generator) -> np.ndar
 
 
 def sharp_edge_samples(source: trimesh.Trimesh, target: trimesh.Trimesh, cfg: SampleConfig,
-                       rng: np.random.Generator, max_offset: float) -> np.ndarray:
+                       rng: np.random.Generator, max_offset: float, target_scene=None) -> np.ndarray:
     """Points on the source's sharp edges (dihedral > cfg.sharp_angle_deg), snapped onto `target`.
 
     Edges come from the source mesh, whose creases are real (marching cubes output has voxel
@@ -122,7 +132,8 @@ def sharp_edge_samples(source: trimesh.Trimesh, target: trimesh.Trimesh, cfg: Sa
     normals = source.face_normals[pairs[pick, 0]] + source.face_normals[pairs[pick, 1]]
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
     if target is not source:
-        closest = raycasting_scene(target).compute_closest_points(o3d.core.Tensor(pts.astype(np.float32)), nthreads=compute_threads())
+        scene = target_scene if target_scene is not None else raycasting_scene(target)
+        closest = scene.compute_closest_points(o3d.core.Tensor(pts.astype(np.float32)), nthreads=compute_threads())
         snapped = closest["points"].numpy()
         keep = np.linalg.norm(snapped - pts, axis=1) <= max_offset
         pts, normals = snapped[keep], normals[keep]
@@ -130,18 +141,22 @@ def sharp_edge_samples(source: trimesh.Trimesh, target: trimesh.Trimesh, cfg: Sa
 
 
 def sample_object(mesh: trimesh.Trimesh, source: trimesh.Trimesh, cfg: SampleConfig, uid: str,
-                  max_sharp_offset: float = 0.03) -> Samples:
-    """All point sets of one object from its watertight `mesh` (and its `source` for sharp edges)."""
+                  max_sharp_offset: float = 0.03, scene=None, grid: SdfGrid | None = None) -> Samples:
+    """All point sets of one object from its watertight `mesh` (and its `source` for sharp edges).
+
+    `scene` (an open3d scene of `mesh`) and `grid` (its conversion grid) are reused when given.
+    """
+    scene = scene if scene is not None else raycasting_scene(mesh)
     rng = object_rng(cfg.seed, uid)
     surface = _surface(mesh, cfg.surface, rng)
-    sharp = sharp_edge_samples(source, mesh, cfg, rng, max_sharp_offset)
+    sharp = sharp_edge_samples(source, mesh, cfg, rng, max_sharp_offset, scene)
     vol_pts = round_f16(rng.uniform(-cfg.volume_bound, cfg.volume_bound, size=(cfg.volume, 3)))
     near_pts = []
     for sigma in cfg.near_sigmas:
         base, _ = trimesh.sample.sample_surface(mesh, cfg.near, seed=rng)
         near_pts.append(round_f16(base + rng.normal(0.0, sigma, size=base.shape)))
     near_pts = np.concatenate(near_pts) if near_pts else np.zeros((0, 3), dtype=np.float32)
-    signed = SignedDistance(mesh)
+    signed = SignedDistance(mesh, scene, grid)
     vol_sdf = signed(vol_pts)
     near_sdf = signed(near_pts, near_surface=True)
     return Samples(

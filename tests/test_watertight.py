@@ -222,3 +222,21 @@ def test_float16_sdf_keeps_the_sign_of_tiny_values():
     out = sdf_to_f16(sdf)
     assert out.dtype == np.float16
     assert np.array_equal(out < 0, sdf < 0) and np.array_equal(out > 0, sdf > 0)
+
+
+def test_closed_and_oriented_matches_trimesh(tmp_path, pybullet_dir):
+    from pipelines.watertight import closed_and_oriented
+
+    cases = [trimesh.creation.icosphere(3), trimesh.creation.box()]
+    flipped = trimesh.creation.box()
+    faces = flipped.faces.copy()
+    faces[0] = faces[0, ::-1]
+    cases.append(trimesh.Trimesh(flipped.vertices, faces, process=False))
+    opened = trimesh.creation.box()
+    opened.update_faces(np.arange(1, 12))
+    cases.append(opened)
+    cases.append(load_mesh(pybullet_dir / "random_urdfs/000/000.obj").mesh)
+    cases.append(make_watertight(load_mesh(pybullet_dir / "random_urdfs/000/000.obj").mesh, UDF).mesh)
+    for mesh in cases:
+        assert closed_and_oriented(mesh) == bool(mesh.is_watertight and mesh.is_winding_consistent)
+    assert [closed_and_oriented(m) for m in cases] == [True, True, False, False, True, True]
