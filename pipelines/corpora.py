@@ -32,12 +32,20 @@ def pybullet_meshes() -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in MESH_SUFFIXES and p.is_file())
 
 
-def register_resolvers() -> None:
-    """${pybullet:REL} and ${assimp:REL} in configs resolve to files of those corpora."""
-    from omegaconf import OmegaConf
+# The demo's meshes: real files from packages `make setup` installs, including two malformed
+# ones the demo must report as rejected (non-finite vertices, a point cloud).
+DEMO_MESHES = [
+    ("pybullet", "duck.obj"), ("pybullet", "random_urdfs/000/000.obj"), ("pybullet", "random_urdfs/123/123.obj"),
+    ("pybullet", "husky/meshes/wheel.stl"), ("pybullet", "textured_sphere_smooth.obj"), ("pybullet", "a1/meshes/trunk.obj"),
+    ("assimp", "OBJ/spider.obj"), ("assimp", "glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb"),
+    ("assimp", "STL/sphereWithHole.stl"), ("assimp", "glTF2/BoxWithInfinites-glTF-Binary/BoxWithInfinites.glb"),
+    ("assimp", "OBJ/point_cloud.obj"),
+]
 
-    OmegaConf.register_new_resolver("pybullet", lambda rel: str(pybullet_data_dir() / rel), replace=True)
-    OmegaConf.register_new_resolver("assimp", lambda rel: str(assimp_models_dir() / rel), replace=True)
+
+def demo_meshes() -> list[Path]:
+    roots = {"pybullet": pybullet_data_dir, "assimp": assimp_models_dir}
+    return [roots[corpus]() / rel for corpus, rel in DEMO_MESHES]
 
 
 def fixed_sample(n: int, seed: int = 0) -> list[Path]:
@@ -48,3 +56,11 @@ def fixed_sample(n: int, seed: int = 0) -> list[Path]:
     rng = random.Random(seed)
     k = min(len(other), n - n // 2)
     return sorted(rng.sample(procedural, n - k) + rng.sample(other, k))
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["demo-list"]:
+        raise SystemExit("usage: python -m pipelines.corpora demo-list   (prints the demo meshes, one path a line)")
+    print("\n".join(str(p) for p in demo_meshes()))

@@ -13,13 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pipelines.config import CONF_DIR, GeometryConfig, register_configs
-from pipelines.corpora import register_resolvers
+from pipelines.corpora import demo_meshes
 from pipelines.geometry import process_mesh
 from pipelines.mesh_io import SUPPORTED_SUFFIXES, MeshRejected
 
 log = logging.getLogger("craft.inspect")
 register_configs()
-register_resolvers()
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -80,7 +79,7 @@ def format_table(records: list[dict]) -> str:
 @hydra.main(config_path=CONF_DIR, config_name="inspect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     geometry: GeometryConfig = OmegaConf.to_object(cfg.geometry)
-    files = expand_inputs(list(cfg.inputs) or list(cfg.demo_meshes))
+    files = expand_inputs(list(cfg.inputs)) if cfg.inputs else demo_meshes()
     if not files:
         raise SystemExit(f"craft inspect: no mesh files found in inputs={list(cfg.inputs)}")
     out_dir = Path(cfg.output_dir)

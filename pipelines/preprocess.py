@@ -143,10 +143,10 @@ def process_all(todo: list[ObjectRef], cfg: PreprocessConfig, digest: str, store
             for ref in ready:
                 obj, _ = pending.pop(ref)
                 try:
-                    record(ray.get(ref))
+                    result = ray.get(ref)
                 except Exception as e:  # the task itself died or gave up retrying
-                    reason, message = _crash_reason(e)
-                    record(failure({"uid": obj.uid, "source": obj.source, "config_hash": digest}, reason, message))
+                    result = failure({"uid": obj.uid, "source": obj.source, "config_hash": digest}, *_crash_reason(e))
+                record(result)  # a write error here (disk full) stops the job: it is not the object's fault
             now = time.monotonic()
             for ref, (obj, started) in list(pending.items()):
                 if now - started > cfg.timeout_s:

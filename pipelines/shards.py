@@ -143,7 +143,7 @@ class ShardStore:
     def _open(self) -> None:
         path = self.shard_dir / (self._name(self._index) + ".tmp")
         self._fh = path.open("wb")
-        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT)
+        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.PAX_FORMAT)  # names > 100 chars
 
     @staticmethod
     def _name(index: int) -> str:

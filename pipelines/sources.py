@@ -34,8 +34,11 @@ class ObjectRef:
 
 
 def sanitize_uid(name: str) -> str:
-    """A readable, collision-resistant uid: the name reduced to [A-Za-z0-9_-] plus a hash of it."""
-    readable = _UNSAFE.sub("_", name).strip("_")[:80] or "object"
+    """A readable, collision-resistant uid: the name without its extension reduced to
+    [A-Za-z0-9_-] (its last 80 characters), plus a hash of the whole name (extension included,
+    so `chair.obj` and `chair.stl` stay two objects)."""
+    stem = name.rsplit(".", 1)[0] if "." in name.rsplit("/", 1)[-1] else name
+    readable = _UNSAFE.sub("_", stem).strip("_")[-80:].strip("_") or "object"
     return f"{readable}-{hashlib.sha1(name.encode('utf-8')).hexdigest()[:8]}"
 
 
@@ -50,7 +53,7 @@ def folder_objects(root: str | Path) -> list[ObjectRef]:
     if not root.is_dir():
         raise FileNotFoundError(f"source.path={root} is not a folder")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
-    return [ObjectRef(sanitize_uid(str(p.relative_to(root).with_suffix(""))), str(p)) for p in files]
+    return [ObjectRef(sanitize_uid(str(p.relative_to(root))), str(p)) for p in files]
 
 
 def list_file_objects(list_path: str | Path) -> list[ObjectRef]:
@@ -63,7 +66,7 @@ def list_file_objects(list_path: str | Path) -> list[ObjectRef]:
             continue
         if "://" not in item:
             item = str((base / item).resolve())
-        refs.append(ObjectRef(sanitize_uid(item.rsplit(".", 1)[0]), item))
+        refs.append(ObjectRef(sanitize_uid(item), item))
     return refs
 
 

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pipelines.config import GeometryConfig, register_configs
-from pipelines.corpora import register_resolvers
+from pipelines.corpora import demo_meshes
 
 ROOT = Path(__file__).resolve().parents[1]
 CRAFT = [sys.executable, "-m", "pipelines.cli"]
@@ -24,12 +24,11 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def test_inspect_config_composes_and_validates():
     register_configs()
-    register_resolvers()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="inspect")
         geometry = OmegaConf.to_object(cfg.geometry)
         assert isinstance(geometry, GeometryConfig) and geometry == GeometryConfig()
-        assert all(Path(p).is_file() for p in cfg.demo_meshes)
+        assert cfg.inputs == [] and all(p.is_file() for p in demo_meshes())
         with pytest.raises(Exception, match="resolutoin"):
             compose(config_name="inspect", overrides=["geometry.watertight.resolutoin=128"])
         with pytest.raises(Exception, match="resolution"):

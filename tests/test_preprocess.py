@@ -50,6 +50,9 @@ def mesh_folder(tmp_path, pybullet_dir, assimp_dir) -> Path:
     (src / "robots").mkdir(parents=True)
     shutil.copy(pybullet_dir / "duck.obj", src / "duck.obj")
     shutil.copy(pybullet_dir / "random_urdfs/000/000.obj", src / "robots/part 000.obj")
+    long_dir = src / ("a_very_long_folder_name_" * 4) / ("nested_" * 10)
+    long_dir.mkdir(parents=True)
+    shutil.copy(pybullet_dir / "cube.obj", long_dir / ("cube_with_a_long_file_name_" * 3 + ".obj"))
     shutil.copy(assimp_dir / "OBJ/spider.obj", src / "spider.obj")
     shutil.copy(assimp_dir / "OBJ/spider.mtl", src / "spider.mtl")
     shutil.copy(assimp_dir / "OBJ/SpiderTex.jpg", src / "SpiderTex.jpg")
@@ -69,7 +72,7 @@ def test_end_to_end_with_malformed_files(mesh_folder, tmp_path):
     out = tmp_path / "out"
     summary = preprocess(small_cfg(mesh_folder, out))
     manifest = {r["uid"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}
-    assert len(manifest) == 7 and summary["ok"] == 3 and summary["failed"] == 4
+    assert len(manifest) == 8 and summary["ok"] == 4 and summary["failed"] == 4
     reasons = {r["source"].rsplit("/", 1)[-1]: r["reason"] for r in manifest.values() if r["status"] == "failed"}
     assert reasons == {"points.obj": "no_triangles", "inf.glb": "non_finite", "empty.ply": "unreadable", "garbage.glb": "unreadable"}
     assert all(Path(r["source"]).is_absolute() for r in manifest.values())
@@ -91,6 +94,7 @@ def test_end_to_end_with_malformed_files(mesh_folder, tmp_path):
         check_cameras(s)
     assert "." not in "".join(ok) and any(u.startswith("robots_part_000-") for u in ok)
     assert json.loads((out / "summary.json").read_text())["reasons"]["unreadable"] == 2
+    assert max(len(u) for u in ok) + len(".normal_000.png") > 100  # tar member names past USTAR's limit
 
 
 def check_cameras(sample: dict) -> None:
@@ -123,7 +127,7 @@ def test_resume_skips_done_and_refuses_another_config(mesh_folder, tmp_path):
     preprocess(small_cfg(mesh_folder, out))
     shards = sorted((out / "shards").glob("*.tar"))
     again = preprocess(small_cfg(mesh_folder, out))
-    assert again["this_run"]["processed"] == 0 and again["ok"] == 3
+    assert again["this_run"]["processed"] == 0 and again["ok"] == 4
     assert sorted((out / "shards").glob("*.tar")) == shards
     changed = small_cfg(mesh_folder, out)
     changed.geometry.sample.surface = 1000
@@ -134,9 +138,9 @@ def test_resume_skips_done_and_refuses_another_config(mesh_folder, tmp_path):
 def test_timeout_kills_the_work_not_the_job_and_failed_can_be_retried(mesh_folder, tmp_path):
     out = tmp_path / "out"
     first = preprocess(small_cfg(mesh_folder, out, timeout_s=0.05))
-    assert first["reasons"].get("timeout", 0) >= 3 and first["objects"] == 7
+    assert first["reasons"].get("timeout", 0) >= 4 and first["objects"] == 8
     second = preprocess(small_cfg(mesh_folder, out, retry_failed=True))
-    assert second["ok"] == 3 and "timeout" not in second["reasons"]
+    assert second["ok"] == 4 and "timeout" not in second["reasons"]
     assert sorted(s["__key__"] for s in read_shards(out)) == sorted(
         r["uid"] for r in pq.read_table(out / "manifest.parquet").to_pylist() if r["status"] == "ok")
 

@@ -25,14 +25,18 @@ def test_uids_are_sanitised_and_distinct():
         uid = sanitize_uid(hostile)
         assert set(uid) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") and "." not in uid
     assert sanitize_uid("a.b/c") != sanitize_uid("a_b/c")
+    assert sanitize_uid("dir/chair.obj") != sanitize_uid("dir/chair.stl")
+    assert sanitize_uid("dir/chair.obj").startswith("dir_chair-")
 
 
 def test_folder_and_list_file_sources(tmp_path, pybullet_dir):
     (tmp_path / "m" / "sub").mkdir(parents=True)
     shutil.copy(pybullet_dir / "duck.obj", tmp_path / "m" / "sub" / "duck.obj")
+    shutil.copy(pybullet_dir / "cube.obj", tmp_path / "m" / "sub" / "duck.stl.obj")
     (tmp_path / "m" / "notes.txt").write_text("not a mesh")
     refs = folder_objects(tmp_path / "m")
-    assert [r.source for r in refs] == [str((tmp_path / "m/sub/duck.obj").resolve())]
+    assert [r.source for r in refs] == [str((tmp_path / "m/sub/duck.obj").resolve()), str((tmp_path / "m/sub/duck.stl.obj").resolve())]
+    assert len({r.uid for r in refs}) == 2
     listing = tmp_path / "list.txt"
     listing.write_text("# objects\nm/sub/duck.obj\ns3://bucket/chair.glb  # remote\n\nfile:///data/x.stl\n")
     refs = list_file_objects(listing)
