@@ -24,7 +24,8 @@ from tqdm import tqdm
 from pipelines.config import WatertightConfig
 from pipelines.corpora import assimp_models_dir, fixed_sample
 from pipelines.mesh_io import MeshRejected, load_mesh
-from pipelines.watertight import make_watertight, signed_volume, surface_fidelity
+from pipelines.meshops import signed_volume
+from pipelines.watertight import make_watertight, surface_fidelity
 
 ASSIMP_EXTRA = ["OBJ/spider.obj", "glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb",
                 "STL/sphereWithHole.stl", "OFF/Wuson.off", "PLY/Wuson.ply"]

@@ -109,7 +109,7 @@ class PreprocessConfig:
     output_dir: str = MISSING
     workers: int = 2  # concurrent objects (CPU cores); on a cluster, its CPUs unless set lower
     timeout_s: float = 300.0  # per object; the worker is killed, the job goes on
-    memory_per_task_gb: float = 2.0  # Ray schedules tasks by this memory request
+    memory_per_task_gb: float = 3.0  # Ray schedules tasks by this memory request (measured peak 2.4 GB)
     max_retries: int = 2  # for transient errors (remote fetch, lost worker) only
     retry_failed: bool = False  # on resume, try objects recorded as failed again
     shard_max_bytes: int = 1_000_000_000

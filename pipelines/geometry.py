@@ -47,7 +47,7 @@ def process_mesh(path: str | Path, uid: str, cfg: GeometryConfig) -> GeometryOut
     t = time.perf_counter()
     voxel = 2.0 / cfg.watertight.resolution
     samples = sample_object(wt.mesh, loaded.mesh, cfg.sample, uid, max_sharp_offset=(cfg.watertight.eps_voxels + 1.0) * voxel,
-                            scene=wt.scene, grid=wt.grid)
+                            scene=wt.scene, grid=wt.grid, sampler=wt.sampler)
     timings["sample"] = time.perf_counter() - t
     return GeometryOutput(uid=uid, loaded=loaded, watertight=wt, samples=samples, timings=timings)
 

@@ -17,7 +17,12 @@ import pysdf
 import trimesh
 
 from pipelines.config import SampleConfig, compute_threads
-from pipelines.watertight import SdfGrid, raycasting_scene
+from pipelines.meshops import SurfaceSampler, raycasting_scene
+from pipelines.watertight import SdfGrid
+
+# Near-surface blocks with a smaller sigma take open3d's distance, larger ones pysdf's (measured:
+# sigma 0.005: open3d 0.24 s vs pysdf 0.36 s per 100k points; sigma 0.05: 0.78 s vs 0.37 s).
+NEAR_ENGINE_SIGMA = 0.02
 
 # Smallest positive float16 (subnormal): a non-zero sdf never rounds to a sign-less zero.
 _F16_TINY = np.float32(np.finfo(np.float16).smallest_subnormal)
@@ -101,8 +106,8 @@ class SignedDistance:
         return float(np.mean((sdf < 0) == (vote > 0)))
 
 
-def _surface(mesh: trimesh.Trimesh, n: int, rng: np.random.Generator) -> np.ndarray:
-    pts, face = trimesh.sample.sample_surface(mesh, n, seed=rng)
+def _surface(mesh: trimesh.Trimesh, sampler: SurfaceSampler, n: int, rng: np.random.Generator) -> np.ndarray:
+    pts, face = sampler(n, rng)
     return np.concatenate([round_f16(pts), mesh.face_normals[face]], axis=1).astype(np.float32)
 
 
@@ -141,27 +146,31 @@ def sharp_edge_samples(source: trimesh.Trimesh, target: trimesh.Trimesh, cfg: Sa
 
 
 def sample_object(mesh: trimesh.Trimesh, source: trimesh.Trimesh, cfg: SampleConfig, uid: str,
-                  max_sharp_offset: float = 0.03, scene=None, grid: SdfGrid | None = None) -> Samples:
+                  max_sharp_offset: float = 0.03, scene=None, grid: SdfGrid | None = None,
+                  sampler: SurfaceSampler | None = None) -> Samples:
     """All point sets of one object from its watertight `mesh` (and its `source` for sharp edges).
 
-    `scene` (an open3d scene of `mesh`) and `grid` (its conversion grid) are reused when given.
+    `scene` (an open3d scene of `mesh`), `grid` (its conversion grid) and `sampler` are reused
+    when given.
     """
     scene = scene if scene is not None else raycasting_scene(mesh)
+    sampler = sampler or SurfaceSampler(mesh)
     rng = object_rng(cfg.seed, uid)
-    surface = _surface(mesh, cfg.surface, rng)
+    surface = _surface(mesh, sampler, cfg.surface, rng)
     sharp = sharp_edge_samples(source, mesh, cfg, rng, max_sharp_offset, scene)
     vol_pts = round_f16(rng.uniform(-cfg.volume_bound, cfg.volume_bound, size=(cfg.volume, 3)))
-    near_pts = []
-    for sigma in cfg.near_sigmas:
-        base, _ = trimesh.sample.sample_surface(mesh, cfg.near, seed=rng)
-        near_pts.append(round_f16(base + rng.normal(0.0, sigma, size=base.shape)))
-    near_pts = np.concatenate(near_pts) if near_pts else np.zeros((0, 3), dtype=np.float32)
     signed = SignedDistance(mesh, scene, grid)
     vol_sdf = signed(vol_pts)
-    near_sdf = signed(near_pts, near_surface=True)
+    blocks = []
+    for sigma in cfg.near_sigmas:
+        base, _ = sampler(cfg.near, rng)
+        pts = round_f16(base + rng.normal(0.0, sigma, size=base.shape))
+        # open3d's BVH is fastest right at the surface, pysdf from about sigma = 0.02 on
+        blocks.append(np.concatenate([pts, signed(pts, near_surface=sigma < NEAR_ENGINE_SIGMA)[:, None]], axis=1))
+    near = np.concatenate(blocks) if blocks else np.zeros((0, 4), dtype=np.float32)
     return Samples(
         surface=surface, sharp=sharp,
         vol=np.concatenate([vol_pts, vol_sdf[:, None]], axis=1),
-        near=np.concatenate([near_pts, near_sdf[:, None]], axis=1),
+        near=near,
         sign_agreement=signed.agreement(vol_pts, vol_sdf),
     )

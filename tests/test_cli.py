@@ -67,3 +67,19 @@ def test_inspect_records_good_and_bad_meshes(tmp_path, pybullet_dir, assimp_dir)
     assert records["meshes-inf"]["reason"] == "non_finite"
     assert "REJECTED no_triangles" in res.stdout and "1 ok, 2 rejected" in res.stdout
     assert (out / ".hydra" / "config.yaml").is_file()  # the composed config is saved with the run
+
+
+def test_preprocess_config_composes_validates_and_documents(tmp_path):
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = OmegaConf.to_object(compose(config_name="preprocess", overrides=[f"output_dir={tmp_path}", "source.path=x"]))
+        assert cfg.geometry == GeometryConfig() and cfg.render.extra_sets == 4 and cfg.workers == 2
+        assert cfg.ray.dashboard_host == "127.0.0.1" and cfg.timeout_s == 300
+        with pytest.raises(Exception, match="wokers"):
+            compose(config_name="preprocess", overrides=["wokers=3"])
+        with pytest.raises(Exception, match="timeout_s"):
+            compose(config_name="preprocess", overrides=["timeout_s=soon"])
+    missing = run("preprocess", "source.path=/nonexistent")
+    assert missing.returncode != 0 and "output_dir" in missing.stderr
+    helped = run("preprocess", "--help")
+    assert helped.returncode == 0 and "source.kind=objaverse" in helped.stdout and "manifest.parquet" in helped.stdout

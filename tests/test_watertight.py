@@ -11,7 +11,8 @@ from helpers import write_obj
 from pipelines.config import GeometryConfig, SampleConfig, WatertightConfig
 from pipelines.mesh_io import load_mesh
 from pipelines.sampling import SignedDistance, sample_object
-from pipelines.watertight import _spread, make_watertight, signed_volume, surface_lattice
+from pipelines.meshops import signed_volume
+from pipelines.watertight import _spread, make_watertight, surface_lattice
 
 VOXEL = 2.0 / 256
 UDF = WatertightConfig(fast_path=False, quality_samples=20_000)
@@ -225,7 +226,7 @@ def test_float16_sdf_keeps_the_sign_of_tiny_values():
 
 
 def test_closed_and_oriented_matches_trimesh(tmp_path, pybullet_dir):
-    from pipelines.watertight import closed_and_oriented
+    from pipelines.meshops import closed_and_oriented
 
     cases = [trimesh.creation.icosphere(3), trimesh.creation.box()]
     flipped = trimesh.creation.box()
