@@ -46,6 +46,7 @@ class SampleConfig:
     sharp_spacing: float = 0.001  # at most one sharp sample per this much edge length
     volume: int = 200_000
     volume_bound: float = 1.05
+    vol_truncation: Optional[float] = 0.1  # |sdf| of volume points clipped here (exact below); null: exact everywhere
     near: int = 100_000  # per sigma
     near_sigmas: list[float] = field(default_factory=lambda: [0.005, 0.05])
     seed: int = 0  # combined with the object's uid: each object gets its own fixed stream
@@ -91,6 +92,7 @@ class SourceConfig:
     annotations: bool = True  # objaverse: copy name/license/tags/categories into meta.json
     download_processes: int = 1
     limit: Optional[int] = None  # first N objects only
+    partition: Optional[str] = None  # "i/n": only objects with crc32(uid) % n == i (one of n parallel jobs)
 
 
 @dataclass

@@ -7,10 +7,12 @@ import scipy.sparse as sp
 import trimesh
 from scipy.sparse.csgraph import connected_components
 
+from pipelines.config import compute_threads
+
 
 def raycasting_scene(mesh: trimesh.Trimesh) -> o3d.t.geometry.RaycastingScene:
     """An open3d ray-casting scene holding the mesh (distance, occupancy and ray queries)."""
-    scene = o3d.t.geometry.RaycastingScene()
+    scene = o3d.t.geometry.RaycastingScene(nthreads=compute_threads())
     scene.add_triangles(
         o3d.core.Tensor(np.ascontiguousarray(mesh.vertices, dtype=np.float32)),
         o3d.core.Tensor(np.ascontiguousarray(mesh.faces, dtype=np.uint32)),

@@ -7,6 +7,7 @@ import json
 import logging
 import statistics
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -46,7 +47,21 @@ def resolve_sources(src: SourceConfig) -> list[ObjectRef]:
     else:
         raise ValueError(f"source.kind={kind!r}: expected auto, folder, list or objaverse")
     refs = list({r.uid: r for r in refs}.values())
+    if src.partition:
+        index, count = parse_partition(src.partition)
+        refs = [r for r in refs if zlib.crc32(r.uid.encode()) % count == index]
     return refs[: src.limit] if src.limit else refs
+
+
+def parse_partition(text: str) -> tuple[int, int]:
+    """"i/n" -> (i, n), validated: the job takes the i-th of n disjoint slices of the objects."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"source.partition={text!r}: expected 'i/n', e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise ValueError(f"source.partition={text!r}: need 0 <= i < n")
+    return index, count
 
 
 def config_hash(cfg: PreprocessConfig) -> str:

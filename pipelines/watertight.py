@@ -44,14 +44,15 @@ def _ramp(counts: np.ndarray) -> np.ndarray:
     return np.arange(int(counts.sum())) - starts
 
 
-def surface_lattice(mesh: trimesh.Trimesh, spacing: float) -> np.ndarray:
+def surface_lattice(mesh: trimesh.Trimesh | np.ndarray, spacing: float) -> np.ndarray:
     """Points on every triangle so that no surface point is farther than spacing / sqrt(2) from one.
 
     Each triangle is cut into rows parallel to its longest edge, at most `spacing` apart, with
     points at most `spacing` apart along each row. The count follows the area (plus the
-    perimeter), so long thin slivers cost no more than their size.
+    perimeter), so long thin slivers cost no more than their size. Takes a mesh or (F, 3, 3)
+    triangles.
     """
-    tris = mesh.triangles
+    tris = mesh.triangles if isinstance(mesh, trimesh.Trimesh) else np.asarray(mesh)
     edges = np.linalg.norm(tris - np.roll(tris, -1, axis=1), axis=2)  # edge i: vertex i -> i+1
     longest = edges.argmax(axis=1)
     f = np.arange(len(tris))

@@ -113,3 +113,16 @@ def test_preprocess_objaverse_source(tmp_path, pybullet_dir, offline):
     names = {s["__key__"]: s["meta.json"]["annotations"]["name"] for s in samples}
     assert names == {uid: name for name, uid in UIDS.items()}
     assert all(len(s["cameras.json"]["views"]) == 4 for s in samples)
+
+
+def test_partitions_are_disjoint_and_cover_everything(tmp_path, pybullet_dir):
+    from pipelines.config import SourceConfig
+    from pipelines.preprocess import resolve_sources
+
+    folder = pybullet_dir / "random_urdfs"
+    everything = {r.uid for r in resolve_sources(SourceConfig(path=str(folder)))}
+    parts = [{r.uid for r in resolve_sources(SourceConfig(path=str(folder), partition=f"{i}/3"))} for i in range(3)]
+    assert set().union(*parts) == everything and sum(map(len, parts)) == len(everything) > 900
+    assert all(len(p) > 250 for p in parts)
+    with pytest.raises(ValueError, match="partition"):
+        resolve_sources(SourceConfig(path=str(folder), partition="3/3"))

@@ -137,7 +137,7 @@ def test_multi_part_real_mesh_labels_match_winding_number(pybullet_dir):
     pts, inside = volume_labels(wt.mesh)
     src = loaded.mesh
     winding = igl.fast_winding_number(np.asarray(src.vertices, dtype=np.float64), np.asarray(src.faces, dtype=np.int64), pts.astype(np.float64))
-    dist = np.abs(SignedDistance(src)(pts, near_surface=True))
+    dist = np.abs(SignedDistance(src)(pts))
     far = dist > 2 * VOXEL
     assert np.mean(inside[far] == (winding[far] > 0.5)) >= 0.999
 
@@ -241,3 +241,22 @@ def test_closed_and_oriented_matches_trimesh(tmp_path, pybullet_dir):
     for mesh in cases:
         assert closed_and_oriented(mesh) == bool(mesh.is_watertight and mesh.is_winding_consistent)
     assert [closed_and_oriented(m) for m in cases] == [True, True, False, False, True, True]
+
+
+def test_stored_distances_are_exact_against_libigl(pybullet_dir):
+    # a converted real mesh (~100k faces at R=128): near-surface distances exact, volume
+    # distances exact below the truncation and clipped at it; checked with libigl's AABB tree
+    loaded = load_mesh(pybullet_dir / "random_urdfs/123/123.obj")
+    wt = make_watertight(loaded.mesh, WatertightConfig(resolution=128, quality_samples=5000))
+    cfg = SampleConfig(surface=1000, sharp_max=0, volume=20_000, near=10_000, vol_truncation=0.1)
+    s = sample_object(wt.mesh, loaded.mesh, cfg, "exact", scene=wt.scene, grid=wt.grid, sampler=wt.sampler)
+    V, F = np.asarray(wt.mesh.vertices, dtype=np.float64), np.asarray(wt.mesh.faces, dtype=np.int64)
+    tree = igl.AABB()
+    tree.init(V, F)
+    near_d = np.sqrt(tree.squared_distance(V, F, s.near[:, :3].astype(np.float64))[0])
+    assert np.abs(np.abs(s.near[:, 3]) - near_d).max() < 1e-5
+    vol_d = np.sqrt(tree.squared_distance(V, F, s.vol[:, :3].astype(np.float64))[0])
+    assert np.abs(np.abs(s.vol[:, 3]) - np.minimum(vol_d, 0.1)).max() < 1e-5
+    assert (np.abs(s.vol[:, 3]) < 0.1).mean() > 0.05  # the exact band is really exercised
+    winding = igl.fast_winding_number(V, F, s.vol[:, :3].astype(np.float64))
+    assert np.mean((s.vol[:, 3] < 0) == (winding > 0.5)) > 0.9999
