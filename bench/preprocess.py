@@ -41,26 +41,28 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--compare-count", type=int, default=60)
     ap.add_argument("--workdir", default=None, help="where outputs go (default: a temporary folder, removed)")
+    ap.add_argument("--compare-only", action="store_true", help="skip part 1, run only the 1 vs 2 workers comparison")
     args = ap.parse_args()
     root = Path(args.workdir or tempfile.mkdtemp(prefix="craft-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     files = fixed_sample(args.count)
     try:
-        summary, rows = run(files, 2, root, "all")
-        ok = [r for r in rows if r["status"] == "ok"]
-        per_object = [sum(r[f"time_{s}"] for s in STAGES) for r in ok]
-        run_ = summary["this_run"]
-        print(f"\n{len(files)} real meshes, defaults (R=256, 100k surface / 200k vol / 2x100k near, 20 views at 256 px), 2 workers")
-        print(f"ok {summary['ok']}, failed {summary['failed']} {summary['reasons']}")
-        print(f"throughput: {run_['objects_per_second']:.3f} objects/s = {run_['objects_per_second'] / 2:.3f} objects/s per core "
-              f"({run_['processed']} objects in {run_['seconds']:.0f} s)")
-        print(f"seconds per object per core: median {statistics.median(per_object):.2f}, mean {statistics.fmean(per_object):.2f}, "
-              f"p90 {sorted(per_object)[int(0.9 * len(per_object))]:.2f}")
-        print("stage medians (s): " + ", ".join(f"{s} {statistics.median(r[f'time_{s}'] for r in ok):.3f}" for s in STAGES))
-        peaks = [r["worker_peak_rss_mb"] for r in ok]
-        print(f"peak memory per worker process: max {max(peaks):.0f} MB, median {statistics.median(peaks):.0f} MB")
-        shard_bytes = sum(p.stat().st_size for p in (root / "all" / "shards").glob("*.tar"))
-        print(f"output: {shard_bytes / 1e6:.0f} MB in shards, {shard_bytes / max(1, len(ok)) / 1e6:.2f} MB per object")
+        if not args.compare_only:
+            summary, rows = run(files, 2, root, "all")
+            ok = [r for r in rows if r["status"] == "ok"]
+            per_object = [sum(r[f"time_{s}"] for s in STAGES) for r in ok]
+            run_ = summary["this_run"]
+            print(f"\n{len(files)} real meshes, defaults (R=256, 100k surface / 200k vol / 2x100k near, 20 views at 256 px), 2 workers")
+            print(f"ok {summary['ok']}, failed {summary['failed']} {summary['reasons']}")
+            print(f"throughput: {run_['objects_per_second']:.3f} objects/s = {run_['objects_per_second'] / 2:.3f} objects/s per core "
+                  f"({run_['processed']} objects in {run_['seconds']:.0f} s)")
+            print(f"seconds per object per core: median {statistics.median(per_object):.2f}, mean {statistics.fmean(per_object):.2f}, "
+                  f"p90 {sorted(per_object)[int(0.9 * len(per_object))]:.2f}")
+            print("stage medians (s): " + ", ".join(f"{s} {statistics.median(r[f'time_{s}'] for r in ok):.3f}" for s in STAGES))
+            peaks = [r["worker_peak_rss_mb"] for r in ok]
+            print(f"peak memory per worker process: max {max(peaks):.0f} MB, median {statistics.median(peaks):.0f} MB")
+            shard_bytes = sum(p.stat().st_size for p in (root / "all" / "shards").glob("*.tar"))
+            print(f"output: {shard_bytes / 1e6:.0f} MB in shards, {shard_bytes / max(1, len(ok)) / 1e6:.2f} MB per object")
 
         subset = files[: args.compare_count]
         print(f"\n1 vs 2 workers on the same {len(subset)} meshes:")
