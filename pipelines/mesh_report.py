@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -16,6 +15,7 @@ from pipelines.config import CONF_DIR, GeometryConfig, register_configs
 from pipelines.corpora import demo_meshes
 from pipelines.geometry import process_mesh
 from pipelines.mesh_io import SUPPORTED_SUFFIXES, MeshRejected
+from pipelines.sources import sanitize_uid
 
 log = logging.getLogger("craft.inspect")
 register_configs()
@@ -33,13 +33,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def object_uid(path: Path) -> str:
-    """A readable uid for a local file: parent and stem, reduced to [A-Za-z0-9_-]."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", f"{path.parent.name}-{path.stem}").strip("_")
-
-
 def inspect_one(path: Path, cfg: GeometryConfig) -> dict:
-    uid = object_uid(path)
+    uid = sanitize_uid(f"{path.parent.name}/{path.name}")
     try:
         out = process_mesh(path, uid, cfg)
     except MeshRejected as e:

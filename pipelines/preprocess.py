@@ -109,8 +109,9 @@ def start_ray(cfg: PreprocessConfig):
 def _crash_reason(error: Exception) -> tuple[str, str]:
     import ray.exceptions as rex
 
-    if isinstance(error, rex.RayTaskError) and "TransientError" in str(error):
-        return "fetch_failed", str(error).strip().splitlines()[-1][:500]
+    cause = getattr(error, "cause", None)  # a RayTaskError carries the task's own exception
+    if isinstance(cause, TransientError):
+        return "fetch_failed", str(cause)[:500]
     if isinstance(error, (rex.WorkerCrashedError, rex.OutOfMemoryError, rex.NodeDiedError)):
         return "worker_crashed", f"{type(error).__name__}: {str(error)[:300]}"
     return "error", f"{type(error).__name__}: {str(error)[:300]}"

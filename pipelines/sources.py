@@ -84,15 +84,32 @@ def local_copy(source: str) -> Iterator[Path]:
         try:
             with fsspec.open(source, "rb") as src, target.open("wb") as dst:
                 shutil.copyfileobj(src, dst, length=1 << 20)
-        except (ConnectionError, TimeoutError) as e:
-            raise TransientError(f"fetching {source}: {e}") from e
         except OSError as e:
-            if isinstance(e, (FileNotFoundError, PermissionError)):
-                raise
-            raise TransientError(f"fetching {source}: {e}") from e
+            if _is_transient(e):
+                raise TransientError(f"fetching {source}: {_root_cause(e)}") from e
+            raise
         yield target
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _chain(error: BaseException):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Network trouble anywhere in the chain (fsspec's HTTP filesystem reports a refused
+    connection as FileNotFoundError); a plain missing file or a denied access is final."""
+    if any(isinstance(e, (ConnectionError, TimeoutError)) for e in _chain(error)):
+        return True
+    return not isinstance(error, (FileNotFoundError, PermissionError))
+
+
+def _root_cause(error: BaseException) -> str:
+    last = list(_chain(error))[-1]
+    return f"{type(last).__name__}: {last}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,11 +60,11 @@ def test_inspect_records_good_and_bad_meshes(tmp_path, pybullet_dir, assimp_dir)
               "geometry.sample.surface=2000", "geometry.sample.volume=4000", "geometry.sample.near=2000",
               "geometry.watertight.quality_samples=5000")
     assert res.returncode == 0, res.stderr[-2000:]
-    records = {r["uid"]: r for r in map(json.loads, (out / "records.jsonl").read_text().splitlines())}
-    assert records["meshes-good"]["status"] == "ok" and records["meshes-good"]["watertight_method"] == "udf"
-    assert records["meshes-good"]["n_surface"] == 2000
-    assert records["meshes-points"] == {**records["meshes-points"], "status": "failed", "reason": "no_triangles"}
-    assert records["meshes-inf"]["reason"] == "non_finite"
+    records = {r["uid"].rsplit("-", 1)[0]: r for r in map(json.loads, (out / "records.jsonl").read_text().splitlines())}
+    assert records["meshes_good"]["status"] == "ok" and records["meshes_good"]["watertight_method"] == "udf"
+    assert records["meshes_good"]["n_surface"] == 2000
+    assert records["meshes_points"] == {**records["meshes_points"], "status": "failed", "reason": "no_triangles"}
+    assert records["meshes_inf"]["reason"] == "non_finite"
     assert "REJECTED no_triangles" in res.stdout and "1 ok, 2 rejected" in res.stdout
     assert (out / ".hydra" / "config.yaml").is_file()  # the composed config is saved with the run
 

@@ -192,3 +192,14 @@ def test_store_recovers_from_a_torn_run(tmp_path):
     assert set(ok) == {"a"} and ok["a"]["shard"] == "shard-000000.tar" and set(failed) == {"b"}
     assert not (tmp_path / "shards" / "shard-000001.tar.tmp").exists()
     assert (tmp_path / "journal" / "shard-000000.json").exists()
+
+
+def test_unreachable_remote_source_is_retried_then_recorded(tmp_path, pybullet_dir):
+    # a real fsspec HTTP fetch against a closed loopback port: refused, retried, then recorded
+    listing = tmp_path / "list.txt"
+    shutil.copy(pybullet_dir / "cube.obj", tmp_path / "cube.obj")
+    listing.write_text("cube.obj\nhttp://127.0.0.1:9/objects/chair.obj\n")
+    summary = preprocess(small_cfg(listing, tmp_path / "out", max_retries=1))
+    rows = {r["source"]: r for r in pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()}
+    assert summary["ok"] == 1 and rows["http://127.0.0.1:9/objects/chair.obj"]["reason"] == "fetch_failed"
+    assert "127.0.0.1:9" in rows["http://127.0.0.1:9/objects/chair.obj"]["message"]
