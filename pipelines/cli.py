@@ -8,6 +8,7 @@ import sys
 SUBCOMMANDS = {
     "preprocess": ("pipelines.preprocess", "meshes -> WebDataset shards + manifest (Ray; resumable, exactly-once)"),
     "inspect": ("pipelines.mesh_report", "load, make watertight and sample meshes; print a quality table"),
+    "summary": ("training.summary", "compose an experiment; print each module's parameter count"),
 }
 
 USAGE = "usage: craft SUBCOMMAND [KEY=VALUE ...]   (craft SUBCOMMAND --help for its options)\n\nsubcommands:\n" + "\n".join(

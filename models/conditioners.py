@@ -1,0 +1,197 @@
+"""Condition encoders: multi-view CLIP images with ModLN camera injection, and CLIP text.
+
+Weights come from a local directory (`save_pretrained` layout) or the Hugging Face cache; nothing is
+downloaded at run time. `pretrained: null` builds the configured architecture with random weights
+(tests, tiny experiments, and parameter counts on the meta device).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
+from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+KINDS = ("image", "text")
+CAMERA_DIM = 32  # sin and cos of the 16 entries of the flattened 4x4 camera-to-world
+
+
+@dataclass
+class ClipArchitecture:
+    """Used when `pretrained` is null; the defaults are openai/clip-vit-large-patch14's towers."""
+
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    intermediate_size: int = 4096
+    patch_size: int = 14
+    image_size: int = 224
+    text_hidden_size: int = 768
+    text_layers: int = 12
+    text_heads: int = 12
+    text_intermediate_size: int = 3072
+    vocab_size: int = 49408
+    max_text_length: int = 77
+
+
+@dataclass
+class ConditionerConfig:
+    kind: str = "image"
+    pretrained: Optional[str] = "openai/clip-vit-large-patch14"  # a local directory or a Hugging Face id in the cache
+    architecture: ClipArchitecture = field(default_factory=ClipArchitecture)
+    num_views: int = 4
+    modln: bool = True  # camera injection into every CLIP pre-norm; only the modulation trains
+    cfg_dropout: float = 0.1  # per-sample probability of the null condition in training
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"model.conditioner.kind must be one of {KINDS}, got {self.kind!r}")
+
+
+class WeightsNotFound(FileNotFoundError):
+    pass
+
+
+def load_pretrained(cls, name: str, **kwargs):
+    """`cls.from_pretrained` from a local directory or the local HF cache only, with a clear error."""
+    try:
+        return cls.from_pretrained(name, local_files_only=True, **kwargs)
+    except OSError as err:
+        where = os.path.abspath(name) if os.path.isdir(name) else (
+            f"the Hugging Face cache ({os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'})")
+        raise WeightsNotFound(
+            f"model.conditioner.pretrained={name!r}: no {cls.__name__} weights in {where}. Download them on a machine "
+            f"with internet (`hf download {name}` or `save_pretrained(DIR)`) and point model.conditioner.pretrained "
+            f"at that directory, or set it to null for random weights.") from err
+
+
+def camera_embedding(c2w: torch.Tensor) -> torch.Tensor:
+    """(..., 4, 4) camera-to-world -> (..., 32): [sin, cos] of the flattened matrix."""
+    flat = c2w.flatten(-2)
+    return torch.cat([flat.sin(), flat.cos()], dim=-1)
+
+
+def drop_conditions(context: torch.Tensor, null: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Classifier-free guidance dropout: each sample independently gets `null` with probability p."""
+    if p <= 0:
+        return context
+    drop = torch.rand(context.shape[0], generator=generator, device=context.device) < p
+    return torch.where(drop.view(-1, *[1] * (context.dim() - 1)), null.to(context.dtype).expand_as(context), context)
+
+
+# ----------------------------------------------------------------------------------------------
+# ModLN
+# ----------------------------------------------------------------------------------------------
+class ModulatedLayerNorm(nn.Module):
+    """LN(x) * (1 + scale) + shift with (shift, scale) = Linear(SiLU(camera)); zero-initialised."""
+
+    def __init__(self, norm: nn.LayerNorm, state: dict):
+        super().__init__()
+        self.norm, self.state = norm, state  # state["camera"]: (B*V, 32), set by the encoder per call
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(CAMERA_DIM, 2 * norm.normalized_shape[0]))
+        nn.init.zeros_(self.modulation[1].weight)
+        nn.init.zeros_(self.modulation[1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.modulation(self.state["camera"].to(x.dtype)).chunk(2, dim=-1)
+        return self.norm(x) * (1 + scale[:, None]) + shift[:, None]
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoders
+# ----------------------------------------------------------------------------------------------
+class MultiViewImageEncoder(nn.Module):
+    """(B, V, 3, H, W) images in [0, 1] + (B, V, 4, 4) c2w -> (B, V * tokens, hidden) CLIP tokens."""
+
+    def __init__(self, cfg: ConditionerConfig, load_weights: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.pretrained and load_weights:
+            self.clip = load_pretrained(CLIPVisionModel, cfg.pretrained, attn_implementation="sdpa")
+        else:
+            a = cfg.architecture
+            self.clip = CLIPVisionModel(CLIPVisionConfig(
+                hidden_size=a.hidden_size, num_hidden_layers=a.num_hidden_layers, num_attention_heads=a.num_attention_heads,
+                intermediate_size=a.intermediate_size, patch_size=a.patch_size, image_size=a.image_size,
+                attn_implementation="sdpa"))
+        self.clip.requires_grad_(False)
+        self.state: dict = {}
+        if cfg.modln:
+            tower = getattr(self.clip, "vision_model", self.clip)  # transformers < 5 nests the tower
+            for layer in tower.encoder.layers:
+                layer.layer_norm1 = ModulatedLayerNorm(layer.layer_norm1, self.state)
+                layer.layer_norm2 = ModulatedLayerNorm(layer.layer_norm2, self.state)
+        c = self.clip.config
+        self.image_size, self.hidden_size = c.image_size, c.hidden_size
+        self.tokens_per_view = (c.image_size // c.patch_size) ** 2 + 1
+        self.register_buffer("mean", torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "MultiViewImageEncoder":
+        super().train(mode)
+        self.clip.eval()  # frozen: no dropout, whatever the outer mode
+        return self
+
+    def forward(self, images: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+        b, v = images.shape[:2]
+        x = images.flatten(0, 1)[:, :3].float()
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True, align_corners=False)
+        x = ((x - self.mean) / self.std).to(self.mean.dtype)
+        self.state["camera"] = camera_embedding(c2w.flatten(0, 1).float())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.modln):
+            tokens = self.clip(pixel_values=x).last_hidden_state  # not post-LN, as the reference
+        self.state.pop("camera")
+        return tokens.reshape(b, v * tokens.shape[1], tokens.shape[2])
+
+    def null(self, batch: int) -> torch.Tensor:
+        """The unconditional embedding: zeros of the condition's shape."""
+        return torch.zeros(batch, self.cfg.num_views * self.tokens_per_view, self.hidden_size, device=self.mean.device)
+
+
+class TextEncoder(nn.Module):
+    """Prompts -> (B, 77, hidden) CLIP text tokens; the null condition is the empty prompt's encoding."""
+
+    def __init__(self, cfg: ConditionerConfig, load_weights: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        a = cfg.architecture
+        if cfg.pretrained and load_weights:
+            self.clip = load_pretrained(CLIPTextModel, cfg.pretrained, attn_implementation="sdpa")
+            self.tokenizer = load_pretrained(CLIPTokenizer, cfg.pretrained)
+        else:
+            self.clip = CLIPTextModel(CLIPTextConfig(
+                hidden_size=a.text_hidden_size, num_hidden_layers=a.text_layers, num_attention_heads=a.text_heads,
+                intermediate_size=a.text_intermediate_size, vocab_size=a.vocab_size,
+                max_position_embeddings=a.max_text_length, attn_implementation="sdpa"))
+            self.tokenizer = load_pretrained(CLIPTokenizer, cfg.pretrained) if cfg.pretrained else None
+        self.clip.requires_grad_(False).eval()
+        self.hidden_size = self.clip.config.hidden_size
+        self.max_length = self.clip.config.max_position_embeddings
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        if self.tokenizer is None:
+            raise WeightsNotFound("model.conditioner.pretrained is null: no tokenizer to encode text prompts")
+        return self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
+                              return_tensors="pt").input_ids
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.clip(input_ids=input_ids.to(self.clip.device)).last_hidden_state
+
+    @torch.no_grad()
+    def null(self, batch: int) -> torch.Tensor:
+        return self.forward(self.tokenize([""])).expand(batch, -1, -1)
+
+
+def build_conditioner(cfg: ConditionerConfig, load_weights: bool = True) -> nn.Module:
+    return (MultiViewImageEncoder if cfg.kind == "image" else TextEncoder)(cfg, load_weights)
