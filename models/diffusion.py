@@ -77,9 +77,12 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def set_latent_scale(self, latents: torch.Tensor) -> float:
         """Measure 1 / std of (unscaled) VAE latents and store it; returns the value."""
-        scale = 1.0 / latents.float().std().clamp(min=1e-6)
-        self.latent_scale.fill_(scale)
-        return float(scale)
+        return self.set_latent_scale_from_std(float(latents.float().std()))
+
+    @torch.no_grad()
+    def set_latent_scale_from_std(self, std: float) -> float:
+        self.latent_scale.fill_(1.0 / max(std, 1e-6))
+        return float(self.latent_scale)
 
     def encode_condition(self, cond: dict) -> torch.Tensor:
         if "images" in cond:

@@ -53,12 +53,13 @@ class VAEConfig:
 # Farthest point sampling
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def farthest_point_indices(xyz: torch.Tensor, k: int, random_start: bool = False) -> torch.Tensor:
+def farthest_point_indices(xyz: torch.Tensor, k: int, random_start: bool = False,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, N, 3) -> (B, k) indices, greedy farthest-point order (start at 0 unless random_start)."""
     b, n, _ = xyz.shape
     idx = torch.zeros(b, k, dtype=torch.long, device=xyz.device)
     dist = torch.full((b, n), float("inf"), device=xyz.device, dtype=xyz.dtype)
-    current = torch.randint(n, (b,), device=xyz.device) if random_start else torch.zeros(b, dtype=torch.long, device=xyz.device)
+    current = torch.randint(n, (b,), device=xyz.device, generator=generator) if random_start else torch.zeros(b, dtype=torch.long, device=xyz.device)
     rows = torch.arange(b, device=xyz.device)
     for i in range(k):
         idx[:, i] = current
@@ -115,12 +116,12 @@ class ShapeVAE(nn.Module):
             stack.checkpointing = cfg.checkpointing
 
     # -- encoder ---------------------------------------------------------------------------------
-    def posterior(self, surface: torch.Tensor) -> DiagonalGaussian:
+    def posterior(self, surface: torch.Tensor, generator: torch.Generator | None = None) -> DiagonalGaussian:
         """surface (B, N, 6) xyz + normals -> posterior over (B, num_latents, embed_dim)."""
         xyz, normals = surface[..., :3], surface[..., 3:6]
         tokens = self.input_proj(torch.cat([self.embedder(xyz), normals], dim=-1))
         if self.cfg.query_mode == "fps":
-            idx = farthest_point_indices(xyz.float(), self.cfg.num_latents, random_start=self.training)
+            idx = farthest_point_indices(xyz.float(), self.cfg.num_latents, random_start=self.training, generator=generator)
             queries = torch.gather(tokens, 1, idx[..., None].expand(-1, -1, tokens.shape[-1]))
         else:
             queries = self.learned_queries[None].expand(tokens.shape[0], -1, -1).to(tokens.dtype)
@@ -130,7 +131,7 @@ class ShapeVAE(nn.Module):
 
     def encode(self, surface: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
         """Latents (B, num_latents, embed_dim): a posterior sample, or its mean."""
-        post = self.posterior(surface)
+        post = self.posterior(surface, generator)
         return post.sample(generator) if sample else post.mean
 
     # -- decoder ---------------------------------------------------------------------------------
@@ -149,10 +150,11 @@ class ShapeVAE(nn.Module):
         out = self.query(tokens, xyz)
         return -out if self.cfg.head == "sdf" else out
 
-    def forward(self, surface: torch.Tensor, queries: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, surface: torch.Tensor, queries: torch.Tensor, sample: bool = True,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(head output at queries (B, M), KL per object (B,))."""
-        post = self.posterior(surface)
-        tokens = self.decode(post.sample() if sample else post.mean)
+        post = self.posterior(surface, generator)
+        tokens = self.decode(post.sample(generator) if sample else post.mean)
         return self.query(tokens, queries), post.kl()
 
 
@@ -168,11 +170,11 @@ class VAELossConfig:
 
 
 def vae_loss(model: ShapeVAE, surface: torch.Tensor, vol: torch.Tensor, near: torch.Tensor,
-             cfg: VAELossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             cfg: VAELossConfig, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and its parts; vol/near are (B, M, 4) xyz + sdf (sdf < 0 inside)."""
     n_vol = vol.shape[1]
     queries = torch.cat([vol, near], dim=1)
-    out, kl = model(surface, queries[..., :3])
+    out, kl = model(surface, queries[..., :3], generator=generator)
     sdf = queries[..., 3].float()
     out = out.float()
     if model.cfg.head == "occupancy":

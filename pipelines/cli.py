@@ -8,6 +8,7 @@ import sys
 SUBCOMMANDS = {
     "preprocess": ("pipelines.preprocess", "meshes -> WebDataset shards + manifest (Ray; resumable, exactly-once)"),
     "inspect": ("pipelines.mesh_report", "load, make watertight and sample meshes; print a quality table"),
+    "train": ("training.train", "train a VAE or diffusion model from shards (DeepSpeed; local, Ray Train or torchrun)"),
     "summary": ("training.summary", "compose an experiment; print each module's parameter count"),
 }
 

@@ -1,0 +1,96 @@
+"""`craft train experiment=NAME data.train_shards=GLOB run_dir=DIR [launcher=ray launcher.num_workers=K]`.
+
+The config is composed once, here on the driver, validated, saved as RUN_DIR/config.yaml and sent
+to the workers as a resolved plain dict. launcher=local trains in this process; launcher=ray runs
+Ray Train's TorchTrainer (gloo on CPU, NCCL on GPU) on the local Ray or `ray.address`; under
+torchrun or srun (launcher=torchrun) each process is one rank (see cluster/slurm/).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pipelines.config import CONF_DIR
+from training.checkpoint import latest_checkpoint
+from training.config import TrainConfig, register_configs, to_train_config
+from training.data import expand_urls
+from training.loop import train_worker
+from training.tasks import check_vae_checkpoint
+
+register_configs()
+log = logging.getLogger("craft.train")
+LAUNCHERS = ("local", "ray", "torchrun")
+RESUME = ("auto", "never")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Everything that can be checked before any worker starts; errors name the key."""
+    if not cfg.run_dir:
+        raise ValueError("run_dir is required: craft train ... run_dir=DIR")
+    if cfg.launcher.kind not in LAUNCHERS:
+        raise ValueError(f"launcher.kind must be one of {LAUNCHERS}, got {cfg.launcher.kind!r}")
+    if cfg.resume not in RESUME:
+        raise ValueError(f"resume must be one of {RESUME}, got {cfg.resume!r}")
+    if cfg.resume == "never" and latest_checkpoint(cfg.run_dir) is not None:
+        raise ValueError(f"resume=never but {cfg.run_dir} already has checkpoints: use another run_dir or resume=auto")
+    if cfg.trainer.max_steps < 1 or cfg.trainer.grad_accum < 1 or cfg.data.batch_size < 1:
+        raise ValueError("trainer.max_steps, trainer.grad_accum and data.batch_size must be >= 1")
+    if cfg.data.view_set not in ("random", "canonical"):
+        raise ValueError(f"data.view_set must be random or canonical, got {cfg.data.view_set!r}")
+    expand_urls(cfg.data.train_shards)
+    if cfg.model.kind == "diffusion":
+        check_vae_checkpoint(cfg.model)
+
+
+def launch_ray(cfg: TrainConfig, cfg_dict: dict) -> dict:
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=True)
+    storage = cfg.launcher.storage_path or str(Path(cfg.run_dir).resolve() / "ray")
+    trainer = TorchTrainer(
+        train_loop_per_worker=_ray_entry, train_loop_config=cfg_dict,
+        scaling_config=ScalingConfig(num_workers=cfg.launcher.num_workers, use_gpu=cfg.launcher.use_gpu,
+                                     resources_per_worker={"CPU": cfg.launcher.cpus_per_worker}),
+        run_config=RunConfig(name=cfg.name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=cfg.launcher.max_failures)))
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return dict(result.metrics or {})
+
+
+def _ray_entry(cfg_dict: dict) -> None:
+    """Each Ray Train worker: one rank. After a failure the group restarts here and resumes from RUN_DIR."""
+    cfg_dict = dict(cfg_dict, resume="auto")
+    summary = train_worker(cfg_dict)
+    Path(cfg_dict["run_dir"], "workers", f"rank-{summary['rank']}.json").write_text(json.dumps(summary))
+
+
+def run(dcfg: DictConfig) -> dict:
+    cfg = to_train_config(dcfg)
+    validate(cfg)
+    cfg_dict = OmegaConf.to_container(dcfg, resolve=True)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg_dict)))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    log.info("run %s: %s (%s launcher) -> %s", cfg.name, cfg.model.kind, cfg.launcher.kind, run_dir)
+    if cfg.launcher.kind == "ray":
+        return launch_ray(cfg, cfg_dict)
+    summary = train_worker(cfg_dict)
+    (run_dir / "workers" / f"rank-{summary['rank']}.json").write_text(json.dumps(summary))
+    return summary
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+def main(dcfg: DictConfig) -> None:
+    summary = run(dcfg)
+    print(f"train: {summary}")
