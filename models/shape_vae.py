@@ -38,6 +38,7 @@ class VAEConfig:
     head: str = "occupancy"  # occupancy logits (BCE) or sdf regression
     logvar_min: float = -30.0
     logvar_max: float = 20.0
+    logvar_init: float = 0.0  # initial posterior log-variance (bias of pre_kl); negative: near-deterministic start
     checkpointing: bool = False  # activation checkpointing in the self-attention stacks
 
     def __post_init__(self) -> None:
@@ -105,6 +106,9 @@ class ShapeVAE(nn.Module):
         self.encoder_ln = nn.LayerNorm(w)
         # bottleneck
         self.pre_kl = nn.Linear(w, 2 * cfg.embed_dim)
+        # std 1 at initialisation (the reference) makes the decoder learn from noise-dominated latents;
+        # a lower start lets small models fit in minutes and the posterior mean decode like a sample
+        nn.init.constant_(self.pre_kl.bias[cfg.embed_dim:], cfg.logvar_init)
         self.post_kl = nn.Linear(cfg.embed_dim, w)
         # decoder
         self.decoder = SelfAttentionStack(w, cfg.heads, cfg.decoder_layers, cfg.qkv_bias)

@@ -15,7 +15,7 @@ def write_obj(path: Path, vertices, faces) -> Path:
 
 
 TINY_SHARD_MESHES = ["duck.obj", "bunny.obj", "cube.obj", "soccerball.obj", "textured_sphere_smooth.obj",
-                     "random_urdfs/000/000.obj", "random_urdfs/001/001.obj", "random_urdfs/123/123.obj"]
+                     "random_urdfs/000/000.obj", "random_urdfs/001/001.obj", "random_urdfs/002/002.obj"]
 
 
 def make_tiny_shards(out: Path) -> Path:

@@ -128,8 +128,12 @@ def train_worker(cfg_dict: dict) -> dict:
         step += 1
         window["step_time"] += time.perf_counter() - t0
         window["steps"] += 1
+        for k, v in sums.items():
+            window[k] = window.get(k, 0.0) + v
         if step % cfg.trainer.log_every == 0 or step == cfg.trainer.max_steps:
-            metrics = _mean_over_ranks({**sums, "data_time": window["data_time"] / window["steps"],
+            # means over the steps since the last log line, and over ranks
+            metrics = _mean_over_ranks({**{k: window[k] / window["steps"] for k in sums},
+                                        "data_time": window["data_time"] / window["steps"],
                                         "step_time": window["step_time"] / window["steps"],
                                         "corrupt_skipped": float(batches.corrupt_skipped)})
             metrics["corrupt_skipped"] *= world  # a sum over ranks, not a mean

@@ -51,7 +51,7 @@ def check_vae_checkpoint(model_cfg: ModelConfig) -> Path:
     trained = json.loads((ckpt / "meta.json").read_text())["config"]["model"]
     if trained["kind"] != "vae":
         raise ValueError(f"model.vae_checkpoint={ckpt} is a {trained['kind']} checkpoint, not a VAE")
-    ours = {k: v for k, v in vars(model_cfg.vae).items() if k != "checkpointing"}
+    ours = {k: v for k, v in vars(model_cfg.vae).items() if k not in ("checkpointing", "logvar_init")}
     wrong = {k: (v, trained["vae"].get(k)) for k, v in ours.items() if trained["vae"].get(k) != v}
     if wrong:
         raise ValueError(f"model.vae does not match the VAE in {ckpt}: " +

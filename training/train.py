@@ -64,7 +64,8 @@ def launch_ray(cfg: TrainConfig, cfg_dict: dict) -> dict:
     result = trainer.fit()
     if result.error:
         raise result.error
-    return dict(result.metrics or {})
+    ranks = sorted(Path(cfg.run_dir, "workers").glob("rank-*.json"))
+    return {"workers": [json.loads(p.read_text()) for p in ranks]}
 
 
 def _ray_entry(cfg_dict: dict) -> None:
@@ -80,7 +81,8 @@ def run(dcfg: DictConfig) -> dict:
     cfg_dict = OmegaConf.to_container(dcfg, resolve=True)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg_dict)))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank composes; one writes
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg_dict)))
     os.environ.setdefault("WANDB_SILENT", "true")
     log.info("run %s: %s (%s launcher) -> %s", cfg.name, cfg.model.kind, cfg.launcher.kind, run_dir)
     if cfg.launcher.kind == "ray":
