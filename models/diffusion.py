@@ -85,9 +85,18 @@ class LatentDiffusion(nn.Module):
         return float(self.latent_scale)
 
     def encode_condition(self, cond: dict) -> torch.Tensor:
-        if "images" in cond:
-            return self.conditioner(cond["images"], cond["c2w"])
-        return self.conditioner(cond["input_ids"])
+        """{'images', 'c2w'[, 'view_mask']} or {'input_ids'} -> context tokens; the tokens of views
+        whose mask is False are replaced by the null condition's."""
+        if "images" not in cond:
+            return self.conditioner(cond["input_ids"])
+        ctx = self.conditioner(cond["images"], cond["c2w"])
+        mask = cond.get("view_mask")
+        if mask is not None:
+            b, v = mask.shape
+            per_view = ctx.view(b, v, -1, ctx.shape[-1])
+            null = self.conditioner.null(b).to(ctx).view(b, v, -1, ctx.shape[-1])
+            ctx = torch.where(mask.to(ctx.device)[..., None, None], per_view, null).flatten(1, 2)
+        return ctx
 
     def training_loss(self, latents: torch.Tensor, cond: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """latents: unscaled VAE latents (B, L, C); cond: {'images', 'c2w'} or {'input_ids'}."""

@@ -130,3 +130,14 @@ def export_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
     mesh.export(path)
     return path
 
+
+
+def remove_small_components(mesh: trimesh.Trimesh, min_ratio: float) -> trimesh.Trimesh:
+    """Drop connected parts with fewer faces than `min_ratio` x the largest part's (decoder floaters)."""
+    if min_ratio <= 0 or len(mesh.faces) == 0:
+        return mesh
+    parts = mesh.split(only_watertight=False)
+    if len(parts) <= 1:
+        return mesh
+    largest = max(len(p.faces) for p in parts)
+    return trimesh.util.concatenate([p for p in parts if len(p.faces) >= min_ratio * largest])

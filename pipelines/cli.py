@@ -9,6 +9,9 @@ SUBCOMMANDS = {
     "preprocess": ("pipelines.preprocess", "meshes -> WebDataset shards + manifest (Ray; resumable, exactly-once)"),
     "inspect": ("pipelines.mesh_report", "load, make watertight and sample meshes; print a quality table"),
     "train": ("training.train", "train a VAE or diffusion model from shards (DeepSpeed; local, Ray Train or torchrun)"),
+    "evaluate": ("evaluation.evaluate", "score checkpoints on held-out shards (IoU, Chamfer, F-score); report.html + W&B"),
+    "generate": ("inference.generate", "views (front/right/back/left, a folder, or one front image) -> GLB + OBJ"),
+    "app": ("inference.app", "a Gradio app on 127.0.0.1: images in, mesh out"),
     "summary": ("training.summary", "compose an experiment; print each module's parameter count"),
 }
 

@@ -94,6 +94,8 @@ def train_worker(cfg_dict: dict) -> dict:
         log.warning("data streams restarted: the checkpoint was written with another world size or grad_accum")
     if latest is None:
         extra_meta.update(task.prepare(batches, device))
+    if task.kind == "diffusion":
+        extra_meta["vae_checkpoint"] = task.vae_source
     logger = MetricsLogger(run_dir, rank, cfg.logger.wandb, cfg_dict, run_id)
     stop = StopFlag()
     global_batch = cfg.data.batch_size * cfg.trainer.grad_accum * world

@@ -1,0 +1,111 @@
+"""Training throughput, side by side in one run.
+
+1. Loader: samples/s of one loader core (num_workers=0) on real shards written by `craft preprocess`
+   with its default (full-size) settings, for VAE samples (points only) and diffusion samples
+   (points + 4 decoded, resized views), and the bytes each sample reads.
+2. Trainer: steps/s and samples/s of the tiny recipes on CPU through `craft train` (DeepSpeed,
+   ZeRO-1), 1 local worker versus 2 Ray Train workers at the same global batch.
+3. Capacity plan for 32 GPUs, from the measured loader figures (printed; see docs/benchmarks.md).
+
+    python bench/training.py [--shards 'OUT/shards/*.tar'] [--steps 40]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from training.config import DataConfig
+from training.data import BatchIterator, ShardStream, expand_urls
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_full_shards(out: Path, n: int) -> str:
+    """n real pybullet meshes through `craft preprocess` with the default settings."""
+    from pipelines.corpora import fixed_sample
+
+    listing = out / "meshes.txt"
+    out.mkdir(parents=True, exist_ok=True)
+    listing.write_text("\n".join(map(str, fixed_sample(n, seed=1))) + "\n")
+    subprocess.run([sys.executable, "-m", "pipelines.cli", "preprocess", f"source.path={listing}",
+                    f"output_dir={out / 'data'}"], check=True, capture_output=True)
+    return str(out / "data" / "shards" / "*.tar")
+
+
+def loader_rate(urls: list[str], kind: str, samples: int) -> tuple[float, float]:
+    """(samples/s on one core, MB read per sample)."""
+    cfg = DataConfig(batch_size=4, num_workers=0, shuffle_buffer=16, epoch_samples=10 ** 6,
+                     num_surface=4096, num_vol=2048, num_near=2048, views=4, image_size=224)
+    it = BatchIterator(ShardStream(urls, cfg, kind))
+    next(it)  # warm-up (opens a shard, fills the buffer)
+    start = time.perf_counter()
+    for _ in range(samples // cfg.batch_size):
+        next(it)
+    rate = samples / (time.perf_counter() - start)
+    total = sum(os.path.getsize(u) for u in urls)
+    return rate, total / max(1, _count(urls)) / 1e6
+
+
+def _count(urls: list[str]) -> int:
+    import webdataset as wds
+
+    return sum(1 for _ in wds.WebDataset(urls, shardshuffle=False, empty_check=False).to_tuple("__key__"))
+
+
+def train_rate(shards: str, experiment: str, steps: int, extra: list[str], vae_run: str | None) -> float:
+    """Samples/s over the last half of a short `craft train` run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [f"experiment={experiment}", f"data.train_shards={shards}", f"run_dir={tmp}/run", "logger=none",
+                f"trainer.max_steps={steps}", f"trainer.log_every={steps // 2}", f"trainer.ckpt_every={10 * steps}", *extra]
+        if vae_run:
+            args.append(f"model.vae_checkpoint={vae_run}")
+        env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        subprocess.run([sys.executable, "-m", "pipelines.cli", "train", *args], check=True, capture_output=True, env=env)
+        rows = [json.loads(x) for x in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
+        return rows[-1]["samples_per_s"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", help="full-size shards (default: preprocess 24 real meshes first)")
+    ap.add_argument("--tiny-shards", help="small shards for the trainer runs (default: the tests' recipe)")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--samples", type=int, default=64)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-training-"))
+    shards = args.shards or make_full_shards(work / "full", 24)
+    urls = expand_urls(shards)
+    print(f"## loader, one core, {len(urls)} shards of full-size samples")
+    rates = {}
+    for kind in ("vae", "diffusion"):
+        rates[kind], mb = loader_rate(urls, kind, args.samples)
+        print(f"{kind:<10} {rates[kind]:7.1f} samples/s/core   {mb:.2f} MB read per sample")
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import make_tiny_shards
+
+    tiny = args.tiny_shards or str(make_tiny_shards(work / "tiny") / "shards" / "*.tar")
+    print(f"\n## trainer on CPU, {args.steps} steps, global batch 8, DeepSpeed ZeRO-1, fp32")
+    one = train_rate(tiny, "vae_tiny", args.steps, ["data.batch_size=8"], None)
+    two = train_rate(tiny, "vae_tiny", args.steps, ["data.batch_size=4", "launcher=ray", "launcher.num_workers=2",
+                                                    "data.num_workers=1"], None)
+    print(f"vae_tiny   1 worker {one:6.1f} samples/s ({one / 8:.2f} steps/s)   2 Ray workers {two:6.1f} samples/s "
+          f"({two / 8:.2f} steps/s)   ratio {two / one:.2f}x")
+    vae_run = work / "vae"
+    subprocess.run([sys.executable, "-m", "pipelines.cli", "train", "experiment=vae_tiny", f"data.train_shards={tiny}",
+                    f"run_dir={vae_run}", "logger=none", "trainer.max_steps=2"], check=True, capture_output=True)
+    diff = train_rate(tiny, "diffusion_tiny", args.steps, ["data.batch_size=8"], str(vae_run))
+    print(f"diffusion_tiny 1 worker {diff:6.1f} samples/s ({diff / 8:.2f} steps/s)")
+    print(f"\nloader cores per GPU at G samples/s per GPU: G / {rates['diffusion']:.1f} (diffusion), "
+          f"G / {rates['vae']:.1f} (VAE); see docs/benchmarks.md for the 32-GPU plan")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Condition images from users: view files in front/right/back/left order, background handling."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+from inference.pipeline import VIEW_NAMES
+
+log = logging.getLogger("craft.generate")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+BACKGROUND_MODES = ("auto", "always", "never")
+
+
+class BackgroundRemovalUnavailable(RuntimeError):
+    pass
+
+
+def find_views(images: list[str], extra: dict[str, Optional[str]]) -> dict[str, Path]:
+    """{'front': path, ...} from a folder (files named front/right/back/left.*, else the first 4
+    in sorted order), or a list in front/right/back/left order, plus optional per-view paths."""
+    paths: dict[str, Path] = {}
+    if len(images) == 1 and Path(images[0]).is_dir():
+        folder = Path(images[0])
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        named = {p.stem.lower(): p for p in files}
+        if "front" in named:
+            paths = {v: named[v] for v in VIEW_NAMES if v in named}
+        else:
+            paths = dict(zip(VIEW_NAMES, files))
+    else:
+        if len(images) > 4:
+            raise ValueError(f"images: at most 4 views (front, right, back, left), got {len(images)}")
+        paths = {v: Path(p) for v, p in zip(VIEW_NAMES, images)}
+    for view, path in extra.items():
+        if path:
+            paths[view] = Path(path)
+    if "front" not in paths:
+        raise ValueError("images: no front view (give images=[front.png,...] or a folder with front.png)")
+    for view, path in paths.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"{view} view: {path} does not exist")
+    return paths
+
+
+def remove_background(img: Image.Image, mode: str) -> Image.Image:
+    """RGBA images are used as they are. Others go through rembg when its model is available locally;
+    otherwise 'auto' warns and keeps the image, 'always' fails."""
+    if mode not in BACKGROUND_MODES:
+        raise ValueError(f"remove_background must be one of {BACKGROUND_MODES}, got {mode!r}")
+    if img.mode == "RGBA" or mode == "never":
+        return img
+    try:
+        import rembg  # optional: `pip install rembg` and its u2net model in ~/.u2net
+
+        model = Path(os.environ.get("U2NET_HOME", "~/.u2net")).expanduser() / "u2net.onnx"
+        if not model.exists():
+            raise BackgroundRemovalUnavailable(f"rembg's model is not at {model} (it cannot be downloaded here)")
+        return rembg.remove(img, session=rembg.new_session("u2net"))
+    except (ImportError, BackgroundRemovalUnavailable) as err:
+        msg = (f"background removal unavailable ({err}); give RGBA images with a transparent background, "
+               "or install rembg with its u2net model")
+        if mode == "always":
+            raise BackgroundRemovalUnavailable(msg) from err
+        log.warning("%s; using the image as it is", msg)
+        return img
+
+
+def to_view_array(img: Image.Image, size: int) -> np.ndarray:
+    """RGBA/RGB -> (3, size, size) float32 in [0, 1], composited on white (as the training renders)."""
+    rgba = img.convert("RGBA").resize((size, size), Image.BICUBIC)
+    arr = np.asarray(rgba).astype(np.float32) / 255.0
+    rgb = arr[..., :3] * arr[..., 3:] + (1.0 - arr[..., 3:])
+    return rgb.transpose(2, 0, 1)
