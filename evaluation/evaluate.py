@@ -138,8 +138,9 @@ def evaluate_checkpoint(ckpt: Path, cfg: EvalConfig, out: Path) -> dict:
         writer.writeheader()
         writer.writerows({"step": step, **r} for r in rows)
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
-    with open(out / "history.jsonl", "a") as f:
-        f.write(json.dumps(result) + "\n")
+    # one line per checkpoint step: evaluating a step again replaces its line
+    lines = [json.dumps(h) for h in read_history(out) if h["step"] != step] + [json.dumps(result)]
+    (out / "history.jsonl").write_text("\n".join(lines) + "\n")
     result["rows"] = rows
     return result
 

@@ -76,3 +76,30 @@ def to_view_array(img: Image.Image, size: int) -> np.ndarray:
     arr = np.asarray(rgba).astype(np.float32) / 255.0
     rgb = arr[..., :3] * arr[..., 3:] + (1.0 - arr[..., 3:])
     return rgb.transpose(2, 0, 1)
+
+
+def export_views(shards: str, out: str, match: str = "") -> Path:
+    """Write the 4 canonical views (front/right/back/left.png, RGBA) of the first object in `shards`
+    whose uid contains `match`: example inputs for `craft generate`."""
+    import glob
+    import io
+
+    import webdataset as wds
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for sample in wds.WebDataset(sorted(glob.glob(shards)), shardshuffle=False, empty_check=False):
+        if match in sample["__key__"]:
+            for i, name in enumerate(VIEW_NAMES):
+                Image.open(io.BytesIO(sample[f"rgb_{i:03d}.png"])).save(folder / f"{name}.png")
+            (folder / "uid.txt").write_text(sample["__key__"] + "\n")
+            return folder
+    raise FileNotFoundError(f"no object with {match!r} in its uid in {shards}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) not in (3, 4):
+        sys.exit("usage: python -m inference.images SHARD_GLOB OUT_DIR [UID_SUBSTRING]")
+    print(export_views(*sys.argv[1:]))

@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: Eigen headers (pysdf builds from source), libusb/libgl/libgomp (open3d),
-# assimp-testmodels (a real corpus of valid and malformed meshes used by the tests).
+# assimp-testmodels (a real corpus of valid and malformed meshes used by the tests), g++ (DeepSpeed
+# JIT-builds its CPU communication op), chromium (headless browser tests of report.html and the app).
 need=()
-for pkg in libeigen3-dev libusb-1.0-0 libgl1 libgomp1 assimp-testmodels g++; do
+for pkg in libeigen3-dev libusb-1.0-0 libgl1 libgomp1 assimp-testmodels g++ chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then

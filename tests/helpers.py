@@ -1,6 +1,9 @@
 """Helpers for writing small real mesh files in tests."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,3 +39,19 @@ def make_tiny_shards(out: Path) -> Path:
     summary = preprocess(cfg)
     assert summary["ok"] == len(TINY_SHARD_MESHES), summary
     return out / "data"
+
+
+ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+
+
+def craft(*args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `craft ARGS` in a subprocess (as a user would); fail with its stderr when it fails."""
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"craft {args[0]} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def shard_glob(data: Path) -> str:
+    return str(data / "shards" / "*.tar")

@@ -1,7 +1,6 @@
 """Mesh extraction: the octree gives the dense grid's surface with far fewer queries, on a real shape."""
 from __future__ import annotations
 
-import numpy as np
 import open3d as o3d
 import pytest
 import torch

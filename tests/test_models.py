@@ -9,13 +9,12 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
 
-from models.build import ModelConfig, build_diffusion, build_vae, count_parameters
+from models.build import ModelConfig, build_vae, count_parameters
 from models.conditioners import (ConditionerConfig, MultiViewImageEncoder, TextEncoder, WeightsNotFound,
                                  camera_embedding, drop_conditions)
 from models.denoiser import DenoiserConfig, build_denoiser
-from models.diffusion import DiffusionConfig, LatentDiffusion, make_scheduler, snr_weights
 from models.shape_vae import ShapeVAE, VAEConfig, VAELossConfig, farthest_point_indices, vae_loss
-from models.transformer import set_attention_backend, set_checkpointing
+from models.transformer import set_attention_backend
 
 TINY_VAE = dict(num_inputs=256, num_latents=16, embed_dim=8, width=64, heads=4, encoder_layers=1, decoder_layers=2)
 TINY_DENOISER = dict(latent_dim=8, num_latents=16, context_dim=32, width=64, heads=4, encoder_layers=1)

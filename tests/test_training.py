@@ -1,6 +1,7 @@
 """`craft train` with real DeepSpeed engines on CPU, real shards from `craft preprocess`, W&B offline.
 
-The VAE run made here is also the frozen VAE of the diffusion runs.
+`vae_run` (conftest) is the tiny VAE trained once per session; it is also the frozen VAE of the
+diffusion runs and the checkpoint the evaluation tests score.
 """
 from __future__ import annotations
 
@@ -16,20 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from training.checkpoint import latest_checkpoint, list_checkpoints, load_weights, read_meta
 from evaluation.metrics import query_iou
+from helpers import ENV, craft, shard_glob
+from training.checkpoint import latest_checkpoint, list_checkpoints, load_weights, read_meta
 
-ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
 
-
-def craft_train(*overrides: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", *overrides], env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"craft train failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
+def craft_train(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    return craft("train", *overrides, check=check)
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -40,16 +35,7 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {m["step"]: m["loss"] for m in metrics(run_dir)}
 
 
-def shards(data: Path) -> str:
-    return str(data / "shards" / "*.tar")
-
-
-@pytest.fixture(scope="module")
-def vae_run(tiny_shards, tmp_path_factory) -> Path:
-    """vae_tiny trained on the 8 real shapes (the same recipe `make demo` uses)."""
-    run = tmp_path_factory.mktemp("vae") / "run"
-    craft_train("experiment=vae_tiny", f"data.train_shards={shards(tiny_shards)}", f"run_dir={run}")
-    return run
+shards = shard_glob
 
 
 @pytest.mark.slow

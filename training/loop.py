@@ -74,7 +74,7 @@ def train_worker(cfg_dict: dict) -> dict:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     task = make_task(cfg)
     if cfg.trainer.compile:
-        task.model = torch.compile(task.model)
+        task.model.compile()  # in place: parameter names (and checkpoints) stay the same
     engine, scheduler = build_engine(task.model, cfg, world)
     ema = EMA(engine, cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
     checkpointer = Checkpointer(run_dir, rank, cfg.trainer.keep_checkpoints)

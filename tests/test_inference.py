@@ -1,0 +1,125 @@
+"""`craft generate` and `craft app` on a trained tiny diffusion checkpoint; input handling."""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trimesh
+import webdataset as wds
+from PIL import Image
+
+from helpers import ENV, craft
+from inference.frontends import FrontEndWeightsMissing, build_frontend
+from inference.images import BackgroundRemovalUnavailable, find_views, remove_background
+
+CHROMIUM = "/usr/bin/chromium"
+VIEWS = ("front", "right", "back", "left")
+
+
+@pytest.fixture(scope="module")
+def view_folder(tiny_shards, tmp_path_factory) -> Path:
+    """The duck's 4 canonical renders (RGBA) as image files, as a user would pass them."""
+    folder = tmp_path_factory.mktemp("views")
+    for sample in wds.WebDataset(sorted(glob.glob(str(tiny_shards / "shards" / "*.tar"))), shardshuffle=False):
+        if "duck" in sample["__key__"]:
+            for i, name in enumerate(VIEWS):
+                Image.open(io.BytesIO(sample[f"rgb_{i:03d}.png"])).save(folder / f"{name}.png")
+    assert len(list(folder.glob("*.png"))) == 4
+    return folder
+
+
+def test_generate_from_a_folder_of_four_views(diffusion_run, view_folder, tmp_path):
+    proc = craft("generate", f"checkpoint={diffusion_run}", f"images=[{view_folder}]", f"output_dir={tmp_path}",
+                 "depth=6", "steps=5", "seed=3")
+    result = json.loads((tmp_path / "mesh.json").read_text())
+    assert result["views_given"] == list(VIEWS) and result["checkpoint_step"] == 40
+    for ext in (".glb", ".obj"):
+        mesh = trimesh.load(tmp_path / f"mesh{ext}", force="mesh")
+        assert len(mesh.faces) == result["faces"] > 0
+    assert "wrote" in proc.stdout
+
+
+def test_generate_from_one_front_image_plus_a_right_view(diffusion_run, view_folder, tmp_path):
+    proc = craft("generate", f"checkpoint={diffusion_run}", f"images=[{view_folder / 'front.png'}]",
+                 f"right_view={view_folder / 'right.png'}", f"output_dir={tmp_path}", "name=one", "depth=5", "steps=3")
+    assert json.loads((tmp_path / "one.json").read_text())["views_given"] == ["front", "right"]
+    assert "null condition" in proc.stdout + proc.stderr  # the warning (Hydra logs to stdout)
+    missing = craft("generate", f"checkpoint={diffusion_run}", f"images=[{view_folder / 'front.png'}]",
+                    f"output_dir={tmp_path}", "frontend=wonder3d", f"frontend_weights={tmp_path / 'no-weights'}", check=False)
+    assert missing.returncode != 0 and "no-weights lacks model_index.json" in missing.stderr
+
+
+def test_view_discovery_and_background_handling(view_folder, tmp_path):
+    assert find_views([str(view_folder)], {}) == {v: view_folder / f"{v}.png" for v in VIEWS}
+    assert list(find_views([str(view_folder / "front.png")], {"left": str(view_folder / "left.png")})) == ["front", "left"]
+    with pytest.raises(ValueError, match="no front view"):
+        find_views([], {"right": str(view_folder / "right.png")})
+    rgba = Image.open(view_folder / "front.png")
+    assert remove_background(rgba, "always") is rgba  # RGBA is used as it is
+    rgb = rgba.convert("RGB")
+    with pytest.raises(BackgroundRemovalUnavailable, match="give RGBA images"):
+        remove_background(rgb, "always")
+    assert remove_background(rgb, "auto") is rgb  # warns, goes on
+
+
+def test_front_ends_fail_clearly_without_local_weights(tmp_path):
+    for name in ("imagedream", "crm", "wonder3d"):
+        with pytest.raises(FrontEndWeightsMissing, match=str(tmp_path)):
+            build_frontend(name, str(tmp_path))
+    assert build_frontend("none", None) is None
+    with pytest.raises(ValueError, match="frontend must be one of"):
+        build_frontend("zero123", None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium (make setup installs it)")
+def test_app_in_headless_chromium(diffusion_run, view_folder, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    app = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "app", f"checkpoint={diffusion_run}", f"port={port}",
+                            f"output_dir={tmp_path}"], env={**ENV, "GRADIO_ANALYTICS_ENABLED": "False"},
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        line = ""
+        while "app: http://" not in line:
+            line = app.stdout.readline()
+            assert app.poll() is None and time.time() < deadline, "the app did not start"
+        assert re.search(rf"http://127\.0\.0\.1:{port}", line)  # loopback only by default
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page()
+            for _ in range(100):
+                try:
+                    page.goto(f"http://127.0.0.1:{port}/")
+                    break
+                except Exception:
+                    time.sleep(0.3)
+            page.wait_for_selector("#generate")
+            for name in VIEWS:
+                page.locator(f"#view-{name} input[type=file]").set_input_files(str(view_folder / f"{name}.png"))
+            page.locator("#generate").click()
+            page.wait_for_selector("#mesh-files a", timeout=180_000)
+            links = [a.get_attribute("href") for a in page.locator("#mesh-files a").all()]
+            assert any(h.endswith(".glb") for h in links) and any(h.endswith(".obj") for h in links)
+            assert "faces from front, right, back, left" in page.locator("#info").inner_text()
+            assert page.locator("#mesh-viewer canvas").count() == 1
+            browser.close()
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+    assert list(tmp_path.glob("*/mesh.glb"))
