@@ -10,9 +10,15 @@
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# run as `python bench/X.py`, this folder comes first on sys.path and this file's name would shadow
+# the package of the same name: look in the repository instead
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import time
-from pathlib import Path
 
 import torch
 

@@ -11,14 +11,19 @@
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# run as `python bench/X.py`, this folder comes first on sys.path and this file's name would shadow
+# the package of the same name: look in the repository instead
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 from training.config import DataConfig
 from training.data import BatchIterator, ShardStream, expand_urls

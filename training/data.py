@@ -54,6 +54,33 @@ class StreamState:
     corrupt_before_epoch: int = 0  # corrupt samples/shards skipped in earlier epochs
 
 
+def open_shards(srcs: Iterator[dict], handler) -> Iterator[dict]:
+    """{'url'} -> {'url', 'stream'}: local paths, pipe: and http(s) through webdataset's gopen,
+    other schemes (s3://, gs://, memory://, ...) through fsspec."""
+    import fsspec
+
+    for src in srcs:
+        url = src["url"]
+        try:
+            fsspec_url = "://" in url and not url.startswith(("http://", "https://"))
+            stream = fsspec.open(url, "rb").open() if fsspec_url else wds.gopen(url, "rb")
+            yield {"url": url, "stream": stream}
+        except Exception as exn:
+            if not handler(exn):
+                raise
+
+
+def member_filter(kind: str):
+    """Tar members a task reads: others (normal and depth maps, sharp points, meta) are skipped while
+    streaming, so they never reach the shuffle buffer."""
+    wanted = {"surface.npy", "vol.npy", "near.npy"} | ({"cameras.json"} if kind == "diffusion" else set())
+
+    def select(name: str) -> bool:
+        member = name.rsplit("/", 1)[-1].split(".", 1)[-1]
+        return member in wanted or (kind == "diffusion" and member.startswith("rgb_"))
+    return select
+
+
 def _rng_seed(*parts: int) -> int:
     return zlib.crc32(json.dumps(parts).encode())
 
@@ -166,7 +193,9 @@ class ShardStream(IterableDataset):
                 raise RuntimeError(f"{consecutive[0]} unreadable samples in a row (last: {exn}); are the shards valid?") from exn
             return True
 
-        raw = wds.tariterators.tarfile_samples(self._shards(worker, workers), handler=count_and_continue)
+        files = wds.tariterators.tar_file_expander(open_shards(self._shards(worker, workers), count_and_continue),
+                                                   handler=count_and_continue, select_files=member_filter(self.kind))
+        raw = wds.tariterators.group_by_keys(files, handler=count_and_continue)
         raw = wds.filters._shuffle(raw, self.cfg.shuffle_buffer, min(self.cfg.shuffle_buffer, 32), random.Random(seed))
         batch, made = [], 0
         for sample in raw:
@@ -216,12 +245,17 @@ class BatchIterator:
         return self.state.corrupt_before_epoch + sum(self.corrupt_by_worker.values())
 
     def __next__(self) -> dict:
+        delivered_before = self.state.batches_done
         while True:
             if self._it is None:
                 self._it = iter(epoch_loader(self.stream))
             try:
                 batch = next(self._it)
             except StopIteration:
+                if self.state.batches_done == 0 and delivered_before == 0:
+                    raise RuntimeError(f"a whole epoch of {len(self.stream.urls)} shard(s) gave no batch "
+                                       f"({self.corrupt_skipped} unreadable samples or shards): are they valid?")
+                delivered_before = 0
                 self._it = None
                 self.stream.state = StreamState(self.state.epoch + 1, 0, self.corrupt_skipped)
                 self.corrupt_by_worker = {}
