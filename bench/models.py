@@ -21,17 +21,13 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 import argparse
 import time
 
-import open3d as o3d
 import torch
 
 from models.build import ModelConfig, build_vae
 from models.denoiser import DenoiserConfig, build_denoiser
 from models.extraction import dense_grid, grid_iou, octree_grid
 from models.transformer import set_attention_backend
-from pipelines.corpora import pybullet_data_dir
-from pipelines.mesh_io import load_mesh
-from pipelines.meshops import raycasting_scene
-from pipelines.watertight import make_watertight
+from bench.shapes import duck_field
 
 
 def timed_steps(step, steps: int) -> float:
@@ -82,12 +78,6 @@ def attention_table(batch: int, steps: int, device, dtype) -> None:
             times[backend] = timed_steps(make_step(model, batch, device, dtype), steps)
         print(f"{name:<26}{times['sdpa']:>12.3f}{times['einsum']:>15.3f}{times['einsum'] / times['sdpa']:>9.2f}x")
         del model
-
-
-def duck_field():
-    mesh = make_watertight(load_mesh(pybullet_data_dir() / "duck.obj").mesh).mesh
-    scene = raycasting_scene(mesh)
-    return lambda xyz: -torch.from_numpy(scene.compute_signed_distance(o3d.core.Tensor(xyz.numpy())).numpy())
 
 
 @torch.no_grad()
