@@ -90,7 +90,7 @@ def write_report(out: Path, history: list[dict], latest: dict) -> Path:
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>Evaluation report: {html.escape(latest['kind'])} step {latest['step']}</title><style>{STYLE}</style></head><body>
 <h1>Evaluation report: {html.escape(latest['kind'])} checkpoint at step {latest['step']}</h1>
-<p>{html.escape(latest['checkpoint'])} ({html.escape(latest['weights'])} weights), {latest['objects']} held-out objects,
+<p>{html.escape(latest['checkpoint'])} ({html.escape(latest['weights'])} weights), {latest['objects']} objects from data.eval_shards,
 {len(history)} checkpoint(s) evaluated.</p>
 <h2>Latest checkpoint</h2><table id="summary">{summary}</table>
 <h2>Metrics over checkpoints</h2><div class="curves" id="curves">{curves}</div>
