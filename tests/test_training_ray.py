@@ -67,3 +67,16 @@ def test_a_killed_worker_restarts_the_group_from_the_checkpoint(tiny_shards, tmp
     assert steps[-1] == 40 and len(steps) > 40  # steps after the checkpoint ran twice
     assert read_meta(latest_checkpoint(run))["step"] == 40
     assert all(r["status"] == "finished" and r["step"] == 40 for r in worker_summaries(run))
+
+
+@pytest.mark.slow
+def test_diffusion_trains_with_two_ray_workers(vae_run, tiny_shards, tmp_path):
+    run = tmp_path / "run"
+    craft_train("experiment=diffusion_tiny", f"data.train_shards={shards(tiny_shards)}", f"run_dir={run}",
+                f"model.vae_checkpoint={vae_run}", "trainer.max_steps=6", "trainer.log_every=2", "launcher=ray",
+                "launcher.num_workers=2", "data.num_workers=1", "data.batch_size=2")
+    assert [m["step"] for m in metrics(run)] == [2, 4, 6]
+    ranks = worker_summaries(run)
+    assert [r["step"] for r in ranks] == [6, 6] and ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
+    # the latent scale was measured over both ranks' batches and stored once
+    assert read_meta(latest_checkpoint(run))["latent_scale"] > 0
