@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from pipelines.config import CONF_DIR, PreprocessConfig, SourceConfig, register_configs
 from pipelines.object_job import PIPELINE_VERSION, STAGES, failure, run_object
+from pipelines.raycluster import init_ray
 from pipelines.shards import ShardStore
 from pipelines.sources import ObjectRef, TransientError, folder_objects, list_file_objects, objaverse_objects
 
@@ -94,16 +95,8 @@ def claim_output(out: Path, cfg: PreprocessConfig, digest: str) -> None:
 
 
 def start_ray(cfg: PreprocessConfig):
-    import ray
-
     threads = str(cfg.threads_per_task)
-    env = {"env_vars": {"CRAFT_THREADS": threads, "OMP_NUM_THREADS": threads}}
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=True)
-    else:
-        ray.init(num_cpus=cfg.workers, include_dashboard=cfg.ray.dashboard, dashboard_host=cfg.ray.dashboard_host,
-                 runtime_env=env, log_to_driver=True)
-    return ray
+    return init_ray(cfg.ray, num_cpus=cfg.workers, env_vars={"CRAFT_THREADS": threads, "OMP_NUM_THREADS": threads})
 
 
 def _crash_reason(error: Exception) -> tuple[str, str]:

@@ -12,6 +12,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from models.build import ModelConfig
+from pipelines.config import RayConfig
 
 
 @dataclass
@@ -89,11 +90,6 @@ class LauncherConfig:
 
 
 @dataclass
-class RayAddressConfig:
-    address: Optional[str] = None  # None: a local Ray; "auto" or "ray://host:10001": a cluster
-
-
-@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -101,7 +97,7 @@ class TrainConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
-    ray: RayAddressConfig = field(default_factory=RayAddressConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     name: str = "run"  # the experiment's name (set by each experiment file)
     run_dir: Optional[str] = None  # required by `craft train`
     resume: str = "auto"  # auto: continue the run in run_dir if it has a checkpoint; never: refuse a used run_dir

@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines.config import CONF_DIR
+from pipelines.raycluster import init_ray
 from training.checkpoint import latest_checkpoint
 from training.config import TrainConfig, register_configs, to_train_config
 from training.data import expand_urls
@@ -48,12 +49,10 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def launch_ray(cfg: TrainConfig, cfg_dict: dict) -> dict:
-    import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=True)
+    init_ray(cfg.ray)
     storage = cfg.launcher.storage_path or str(Path(cfg.run_dir).resolve() / "ray")
     trainer = TorchTrainer(
         train_loop_per_worker=_ray_entry, train_loop_config=cfg_dict,
