@@ -10,6 +10,7 @@ evaluated checkpoint), DIR/report.html, and logs to W&B (offline by default).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ import torch
 import webdataset as wds
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from PIL import Image
 from tqdm import tqdm
 
 from evaluation.metrics import empty_mesh_metrics, encoder_input, field_iou, npy, sample_surface, surface_metrics
@@ -79,9 +81,6 @@ def _objects(cfg: EvalConfig):
 
 def _views(sample: dict, n: int = 4):
     """The shard's first n views (the canonical set): uint8 RGB (n, H, W, 3) and their cameras."""
-    from PIL import Image
-    import io
-
     cams = json.loads(sample["cameras.json"])["views"][:n]
     rgb = np.stack([np.asarray(Image.open(io.BytesIO(sample[f"rgb_{i:03d}.png"])).convert("RGB")) for i in range(n)])
     return rgb, cams

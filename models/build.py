@@ -10,6 +10,7 @@ from models.conditioners import ConditionerConfig, build_conditioner
 from models.denoiser import DenoiserConfig, build_denoiser
 from models.diffusion import DiffusionConfig, LatentDiffusion
 from models.shape_vae import ShapeVAE, VAEConfig, VAELossConfig
+from models.transformer import set_attention_backend
 
 KINDS = ("vae", "diffusion")
 
@@ -31,8 +32,6 @@ class ModelConfig:
 
 
 def build_vae(cfg: ModelConfig) -> ShapeVAE:
-    from models.transformer import set_attention_backend
-
     vae = ShapeVAE(cfg.vae)
     set_attention_backend(vae, cfg.attention)
     return vae
@@ -40,8 +39,6 @@ def build_vae(cfg: ModelConfig) -> ShapeVAE:
 
 def build_diffusion(cfg: ModelConfig, load_weights: bool = True) -> LatentDiffusion:
     """Denoiser + conditioner. The conditioner's width must be the denoiser's context_dim."""
-    from models.transformer import set_attention_backend
-
     conditioner = build_conditioner(cfg.conditioner, load_weights)
     if conditioner.hidden_size != cfg.denoiser.context_dim:
         raise ValueError(f"model.denoiser.context_dim={cfg.denoiser.context_dim} but the conditioner gives "

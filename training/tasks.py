@@ -9,7 +9,7 @@ import torch.distributed as dist
 from models.build import ModelConfig, build_diffusion, build_vae
 from models.shape_vae import vae_loss
 from models.transformer import set_checkpointing
-from training.checkpoint import latest_checkpoint, load_weights
+from training.checkpoint import latest_checkpoint, load_weights, read_meta
 from training.config import TrainConfig
 
 
@@ -46,9 +46,7 @@ def check_vae_checkpoint(model_cfg: ModelConfig) -> Path:
     ckpt = latest_checkpoint(model_cfg.vae_checkpoint)
     if ckpt is None:
         raise FileNotFoundError(f"model.vae_checkpoint={model_cfg.vae_checkpoint}: no checkpoint there")
-    import json
-
-    trained = json.loads((ckpt / "meta.json").read_text())["config"]["model"]
+    trained = read_meta(ckpt)["config"]["model"]
     if trained["kind"] != "vae":
         raise ValueError(f"model.vae_checkpoint={ckpt} is a {trained['kind']} checkpoint, not a VAE")
     ours = {k: v for k, v in vars(model_cfg.vae).items() if k not in ("checkpointing", "logvar_init")}
