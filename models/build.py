@@ -7,10 +7,10 @@ from typing import Optional
 from torch import nn
 
 from models.conditioners import ConditionerConfig, build_conditioner
-from models.denoiser import DenoiserConfig, build_denoiser
+from models.denoiser import DenoiserConfig, DiTBlock, build_denoiser
 from models.diffusion import DiffusionConfig, LatentDiffusion
 from models.shape_vae import ShapeVAE, VAEConfig, VAELossConfig
-from models.transformer import set_attention_backend
+from models.transformer import CrossBlock, SelfBlock, compile_blocks, set_attention_backend
 
 KINDS = ("vae", "diffusion")
 
@@ -49,6 +49,13 @@ def build_diffusion(cfg: ModelConfig, load_weights: bool = True) -> LatentDiffus
     denoiser = build_denoiser(cfg.denoiser)
     set_attention_backend(denoiser, cfg.attention)
     return LatentDiffusion(denoiser, conditioner, cfg.diffusion, cfg.conditioner.cfg_dropout)
+
+
+def compile_model(model: nn.Module, backend: str = "inductor") -> int:
+    """`torch.compile` the transformer blocks of a VAE or diffusion model (CLIP layers included) in place."""
+    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+    return compile_blocks(model, (SelfBlock, CrossBlock, DiTBlock, CLIPEncoderLayer), backend)
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

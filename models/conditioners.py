@@ -46,6 +46,7 @@ class ConditionerConfig:
     num_views: int = 4
     modln: bool = True  # camera injection into every CLIP pre-norm; only the modulation trains
     cfg_dropout: float = 0.1  # per-sample probability of the null condition in training
+    checkpointing: bool = False  # image: activation checkpointing of the CLIP layers (transformers' own)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -121,10 +122,17 @@ class MultiViewImageEncoder(nn.Module):
         self.clip.requires_grad_(False)
         self.state: dict = {}
         if cfg.modln:
-            tower = getattr(self.clip, "vision_model", self.clip)  # transformers < 5 nests the tower
-            for layer in tower.encoder.layers:
+            for layer in self._tower().encoder.layers:
                 layer.layer_norm1 = ModulatedLayerNorm(layer.layer_norm1, self.state)
                 layer.layer_norm2 = ModulatedLayerNorm(layer.layer_norm2, self.state)
+        if cfg.checkpointing:
+            # gradients reach the ModLN modulation through every frozen layer, so their activations
+            # are kept for the backward pass unless recomputed
+            enable = getattr(self.clip, "activation_checkpointing_enable", None)  # transformers >= 5.x
+            if enable is not None:
+                enable({"use_reentrant": False})
+            else:
+                self.clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         c = self.clip.config
         self.image_size, self.hidden_size = c.image_size, c.hidden_size
         self.tokens_per_view = (c.image_size // c.patch_size) ** 2 + 1
@@ -134,7 +142,15 @@ class MultiViewImageEncoder(nn.Module):
     def train(self, mode: bool = True) -> "MultiViewImageEncoder":
         super().train(mode)
         self.clip.eval()  # frozen: no dropout, whatever the outer mode
+        if mode and self.cfg.checkpointing:
+            # transformers checkpoints a layer only when that layer is in training mode; the layer
+            # itself has no dropout (its attention and MLP children stay in eval mode)
+            for layer in self._tower().encoder.layers:
+                layer.training = True
         return self
+
+    def _tower(self) -> nn.Module:
+        return getattr(self.clip, "vision_model", self.clip)  # transformers < 5 nests the tower
 
     def forward(self, images: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
         b, v = images.shape[:2]
@@ -142,10 +158,11 @@ class MultiViewImageEncoder(nn.Module):
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True, align_corners=False)
         x = ((x - self.mean) / self.std).to(self.mean.dtype)
+        # read by every ModLN; kept after the call, because activation checkpointing replays the
+        # layers (and reads it again) in the backward pass of this same call
         self.state["camera"] = camera_embedding(c2w.flatten(0, 1).float())
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.modln):
             tokens = self.clip(pixel_values=x).last_hidden_state  # not post-LN, as the reference
-        self.state.pop("camera")
         return tokens.reshape(b, v * tokens.shape[1], tokens.shape[2])
 
     def null(self, batch: int) -> torch.Tensor:

@@ -50,6 +50,12 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(timestep_embedding(t, self.width).to(self.mlp[0].weight.dtype))
 
 
+def _to_weights_dtype(layer: nn.Linear, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Inputs in the dtype of the weights: fp32 under autocast (which casts per op), bf16 when the
+    module itself was cast (DeepSpeed's bf16 mode, bf16 inference)."""
+    return tuple(x.to(layer.weight.dtype) for x in inputs)
+
+
 # ----------------------------------------------------------------------------------------------
 # CraftsMan's in-context U-Net transformer
 # ----------------------------------------------------------------------------------------------
@@ -79,6 +85,7 @@ class UNetTransformer(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """x (B, L, latent_dim), t (B,), context (B, C, context_dim) -> (B, L, latent_dim)."""
         ck = self.cfg.checkpointing
+        x, context = _to_weights_dtype(self.latent_embed, x, context)
         h = torch.cat([self.time_embed(t)[:, None], self.context_embed(context), self.latent_embed(x)], dim=1)
         stack = []
         for block in self.encoder:
@@ -138,6 +145,7 @@ class CrossAttentionDiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         c = self.time_embed(t)
+        x, context = _to_weights_dtype(self.latent_embed, x, context)
         ctx = self.context_embed(context)
         h = self.latent_embed(x)  # no positions: a latent set is permutation-equivariant, as in the reference
         for block in self.blocks:

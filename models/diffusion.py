@@ -98,10 +98,16 @@ class LatentDiffusion(nn.Module):
             ctx = torch.where(mask.to(ctx.device)[..., None, None], per_view, null).flatten(1, 2)
         return ctx
 
+    def forward(self, latents: torch.Tensor, cond: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """The training loss: what a training engine calls (`engine(latents, cond, generator)`)."""
+        return self.training_loss(latents, cond, generator)
+
     def training_loss(self, latents: torch.Tensor, cond: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """latents: unscaled VAE latents (B, L, C); cond: {'images', 'c2w'} or {'input_ids'}."""
+        """latents: unscaled VAE latents (B, L, C); cond: {'images', 'c2w'} or {'input_ids'}.
+
+        The schedule (noising, targets, SNR weights) and the loss run in fp32 whatever the autocast."""
         b, device = latents.shape[0], latents.device
-        x0 = latents * self.latent_scale
+        x0 = latents.float() * self.latent_scale
         context = self.encode_condition(cond)
         context = drop_conditions(context, self.conditioner.null(b).to(device), self.cfg_dropout if self.training else 0.0, generator)
         t = torch.randint(0, self.cfg.num_train_timesteps, (b,), device=device, generator=generator)

@@ -39,7 +39,7 @@ class VAEConfig:
     logvar_min: float = -30.0
     logvar_max: float = 20.0
     logvar_init: float = 0.0  # initial posterior log-variance (bias of pre_kl); negative: near-deterministic start
-    checkpointing: bool = False  # activation checkpointing in the self-attention stacks
+    checkpointing: bool = False  # activation checkpointing of every block (recomputed in the backward pass)
 
     def __post_init__(self) -> None:
         if self.query_mode not in QUERY_MODES:
@@ -102,7 +102,7 @@ class ShapeVAE(nn.Module):
         if cfg.query_mode == "learned":
             self.learned_queries = nn.Parameter(torch.randn(cfg.num_latents, w) * 0.02)
         self.encoder_cross = CrossBlock(w, cfg.heads, qkv_bias=cfg.qkv_bias)
-        self.encoder = SelfAttentionStack(w, cfg.heads, cfg.encoder_layers, cfg.qkv_bias)
+        self.encoder = SelfAttentionStack(w, cfg.heads, cfg.encoder_layers, cfg.qkv_bias, cfg.checkpointing)
         self.encoder_ln = nn.LayerNorm(w)
         # bottleneck
         self.pre_kl = nn.Linear(w, 2 * cfg.embed_dim)
@@ -111,27 +111,29 @@ class ShapeVAE(nn.Module):
         nn.init.constant_(self.pre_kl.bias[cfg.embed_dim:], cfg.logvar_init)
         self.post_kl = nn.Linear(cfg.embed_dim, w)
         # decoder
-        self.decoder = SelfAttentionStack(w, cfg.heads, cfg.decoder_layers, cfg.qkv_bias)
+        self.decoder = SelfAttentionStack(w, cfg.heads, cfg.decoder_layers, cfg.qkv_bias, cfg.checkpointing)
         self.query_proj = nn.Linear(self.embedder.out_dim, w)
         self.query_cross = CrossBlock(w, cfg.heads, qkv_bias=cfg.qkv_bias)
         self.query_ln = nn.LayerNorm(w)
         self.output = nn.Linear(w, 1)
-        for stack in (self.encoder, self.decoder):
-            stack.checkpointing = cfg.checkpointing
 
     # -- encoder ---------------------------------------------------------------------------------
     def posterior(self, surface: torch.Tensor, generator: torch.Generator | None = None) -> DiagonalGaussian:
         """surface (B, N, 6) xyz + normals -> posterior over (B, num_latents, embed_dim)."""
-        xyz, normals = surface[..., :3], surface[..., 3:6]
-        tokens = self.input_proj(torch.cat([self.embedder(xyz), normals], dim=-1))
+        xyz, normals = surface[..., :3].float(), surface[..., 3:6].float()
+        # Fourier features in fp32 (2^7 pi x does not survive bf16); the projection runs in the weights'
+        # dtype, so a module cast to bf16 (as DeepSpeed's bf16 mode does) gets bf16 inputs
+        features = torch.cat([self.embedder(xyz), normals], dim=-1)
+        tokens = self.input_proj(features.to(self.input_proj.weight.dtype))
         if self.cfg.query_mode == "fps":
-            idx = farthest_point_indices(xyz.float(), self.cfg.num_latents, random_start=self.training, generator=generator)
+            idx = farthest_point_indices(xyz, self.cfg.num_latents, random_start=self.training, generator=generator)
             queries = torch.gather(tokens, 1, idx[..., None].expand(-1, -1, tokens.shape[-1]))
         else:
             queries = self.learned_queries[None].expand(tokens.shape[0], -1, -1).to(tokens.dtype)
         x = run_block(self.encoder_cross, queries, tokens, checkpointed=self.cfg.checkpointing)
         x = self.encoder_ln(self.encoder(x))
-        return DiagonalGaussian(self.pre_kl(x), self.cfg.logvar_min, self.cfg.logvar_max)
+        # mean, log-variance, KL and samples in fp32
+        return DiagonalGaussian(self.pre_kl(x).float(), self.cfg.logvar_min, self.cfg.logvar_max)
 
     def encode(self, surface: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
         """Latents (B, num_latents, embed_dim): a posterior sample, or its mean."""
@@ -141,11 +143,11 @@ class ShapeVAE(nn.Module):
     # -- decoder ---------------------------------------------------------------------------------
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (B, L, embed_dim) -> decoded tokens (B, L, width) that the query decoder reads."""
-        return self.decoder(self.post_kl(latents))
+        return self.decoder(self.post_kl(latents.to(self.post_kl.weight.dtype)))
 
     def query(self, tokens: torch.Tensor, xyz: torch.Tensor) -> torch.Tensor:
         """Raw head output at query points: occupancy logits or sdf, (B, M)."""
-        q = self.query_proj(self.embedder(xyz))
+        q = self.query_proj(self.embedder(xyz.float()).to(self.query_proj.weight.dtype))
         x = run_block(self.query_cross, q, tokens, checkpointed=self.cfg.checkpointing)
         return self.output(self.query_ln(x)).squeeze(-1)
 

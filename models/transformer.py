@@ -128,10 +128,10 @@ def run_block(block: nn.Module, *args: torch.Tensor, checkpointed: bool = False)
 
 
 class SelfAttentionStack(nn.Module):
-    def __init__(self, width: int, heads: int, layers: int, qkv_bias: bool = True):
+    def __init__(self, width: int, heads: int, layers: int, qkv_bias: bool = True, checkpointing: bool = False):
         super().__init__()
         self.blocks = nn.ModuleList(SelfBlock(width, heads, qkv_bias) for _ in range(layers))
-        self.checkpointing = False
+        self.checkpointing = checkpointing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -139,11 +139,17 @@ class SelfAttentionStack(nn.Module):
         return x
 
 
-def set_checkpointing(module: nn.Module, enabled: bool) -> None:
-    """Turn activation checkpointing on or off for every stack below `module`."""
-    for m in module.modules():
-        if hasattr(m, "checkpointing"):
-            m.checkpointing = enabled
+def compile_blocks(module: nn.Module, block_types: tuple[type, ...], backend: str = "inductor") -> int:
+    """`torch.compile` every module of `block_types` below `module`, in place; returns how many.
+
+    Blocks rather than whole models (as torchtitan does): the blocks are where the time goes, identical
+    blocks share one compiled graph, and the code around them (farthest point sampling, random
+    generators, diffusers schedules) stays eager instead of breaking graphs. Parameter names and
+    checkpoints do not change."""
+    blocks = [m for m in module.modules() if isinstance(m, block_types)]
+    for block in blocks:
+        block.compile(backend=backend)
+    return len(blocks)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,15 +21,11 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from training.engine import barrier
+
 PREFIX = "step-"
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -91,9 +87,9 @@ class Checkpointer:
         self.rank, self.keep = rank, keep
         if rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
-        _barrier()
+        barrier()
 
-    def save(self, engine, step: int, rank_state: dict, meta: dict, ema: Optional[dict] = None,
+    def save(self, engine, step: int, rank_state: dict, meta: dict, ema=None,
              skip_prefixes: tuple[str, ...] = ()) -> Path:
         """Collective: every rank calls it at the same step."""
         name = f"{PREFIX}{step:07d}"
@@ -101,22 +97,22 @@ class Checkpointer:
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        _barrier()
+        barrier()
         engine.save_checkpoint(str(tmp), tag="ds", save_latest=False)
         torch.save({"torch_rng": torch.get_rng_state()}, tmp / f"rank-{self.rank:05d}.pt")
         (tmp / f"rank-{self.rank:05d}.json").write_text(json.dumps(rank_state))
-        _barrier()
+        barrier()
         if self.rank == 0:
             save_file(exportable_state(engine.module, skip_prefixes), str(tmp / "weights.safetensors"))
-            if ema is not None:
-                save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+            if ema is not None:  # training.engine.EMA: copied to the host here, and only here
+                save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
             _atomic_write(tmp / "meta.json", json.dumps({"step": step, **meta}, indent=1, default=str))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             _atomic_write(self.root / "latest", name)
             for old in list_checkpoints(self.root)[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
-        _barrier()
+        barrier()
         return final
 
     def load(self, engine, ckpt: Path) -> tuple[dict, dict]:

@@ -45,10 +45,10 @@ class TrainerConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * this at max_steps, once (no restarts)
     grad_clip: float = 1.0
     grad_accum: int = 1
-    precision: str = "bf16"  # bf16 or fp32
+    precision: str = "bf16"  # bf16: fp32 weights, forward under bf16 autocast; fp32: no autocast
     ema_decay: Optional[float] = 0.999  # null: no EMA
-    activation_checkpointing: bool = False
-    compile: bool = False
+    compile: bool = False  # torch.compile every transformer block (activation checkpointing: model.*.checkpointing)
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: trace without code generation)
     log_every: int = 10
     ckpt_every: int = 500
     keep_checkpoints: int = 3
@@ -83,7 +83,7 @@ class LoggerConfig:
 class LauncherConfig:
     kind: str = "local"  # local (one process), ray (Ray Train TorchTrainer), torchrun (under torchrun/srun)
     num_workers: int = 1
-    use_gpu: bool = False
+    use_gpu: Optional[bool] = None  # ray: one GPU per worker; null: when the Ray cluster has GPUs
     cpus_per_worker: int = 1
     max_failures: int = 2  # ray: restarts of the worker group from the latest checkpoint
     storage_path: Optional[str] = None  # ray: shared storage for checkpoints (default: RUN_DIR/ray)

@@ -222,17 +222,18 @@ class ShardStream(IterableDataset):
                     return
 
 
-def epoch_loader(stream: ShardStream) -> DataLoader:
-    """A DataLoader over the stream's current epoch (batches come ready-made from the workers)."""
-    return DataLoader(stream, batch_size=None, num_workers=stream.cfg.num_workers,
+def epoch_loader(stream: ShardStream, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over the stream's current epoch (batches come ready-made from the workers);
+    `pin_memory` for CUDA, so host-to-device copies run asynchronously."""
+    return DataLoader(stream, batch_size=None, num_workers=stream.cfg.num_workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=2 if stream.cfg.num_workers else None)
 
 
 class BatchIterator:
     """Endless batches across virtual epochs; `state` says where the stream is (checkpointed)."""
 
-    def __init__(self, stream: ShardStream):
-        self.stream = stream
+    def __init__(self, stream: ShardStream, pin_memory: bool = False):
+        self.stream, self.pin_memory = stream, pin_memory
         self._it: Iterator | None = None
         self.corrupt_by_worker: dict[int, int] = {}  # this epoch's running count per worker
 
@@ -248,7 +249,7 @@ class BatchIterator:
         delivered_before = self.state.batches_done
         while True:
             if self._it is None:
-                self._it = iter(epoch_loader(self.stream))
+                self._it = iter(epoch_loader(self.stream, self.pin_memory))
             try:
                 batch = next(self._it)
             except StopIteration:
@@ -275,13 +276,14 @@ class SlotBatches:
     """
 
     def __init__(self, urls: list[str], cfg: DataConfig, kind: str, rank: int, world_size: int, accum: int,
-                 states: list[dict] | None = None):
+                 states: list[dict] | None = None, pin_memory: bool = False):
         slots = world_size * accum
         if states is not None and len(states) != accum:
             states = None  # another world size or accumulation: start fresh streams (logged by the caller)
         self.restored = states is not None
         self.iters = [BatchIterator(ShardStream(urls, cfg, kind, rank * accum + a, slots,
-                                                StreamState(**states[a]) if states else None)) for a in range(accum)]
+                                                StreamState(**states[a]) if states else None), pin_memory)
+                      for a in range(accum)]
         self.next_slot = 0
 
     def __next__(self) -> dict:

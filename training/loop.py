@@ -1,4 +1,8 @@
-"""The training loop one rank runs (locally, under Ray Train, or under torchrun/srun)."""
+"""The training loop one rank runs (locally, under Ray Train, or under torchrun/srun).
+
+Nothing in a step waits for the GPU: losses stay on the device and are summed there; the host reads
+them (one transfer, one collective) only on logging steps.
+"""
 from __future__ import annotations
 
 import logging
@@ -12,11 +16,12 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from models.build import compile_model
 from training.checkpoint import Checkpointer, latest_checkpoint
 from training.config import TrainConfig
 from training.data import SlotBatches, expand_urls
-from training.engine import EMA, build_engine, setup_distributed
-from training.metrics import MetricsLogger, memory_stats
+from training.engine import EMA, build_engine, collective_device, setup_distributed
+from training.metrics import MetricsLogger, ProgressLine, memory_stats
 from training.tasks import make_task
 
 log = logging.getLogger("craft.train")
@@ -27,8 +32,12 @@ def config_from_dict(cfg_dict: dict) -> TrainConfig:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg_dict))
 
 
+def _distributed() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
 class StopFlag:
-    """Set by SIGTERM (preemption, scancel, Ray shutdown): checkpoint at the next step and leave."""
+    """Set by SIGTERM (preemption, scancel, Ray shutdown): checkpoint and leave."""
 
     def __init__(self):
         self.set = False
@@ -38,45 +47,65 @@ class StopFlag:
             pass
 
     def _handler(self, signum, frame) -> None:
-        log.warning("SIGTERM: checkpointing at the end of this step")
+        log.warning("SIGTERM: checkpointing at the next agreement point")
         self.set = True
 
     def agreed(self) -> bool:
-        """Any rank stopping stops all (a collective when distributed)."""
-        if not (dist.is_initialized() and dist.get_world_size() > 1):
+        """Any rank stopping stops all (a collective when distributed: call it on the same steps everywhere)."""
+        if not _distributed():
             return self.set
-        flag = torch.tensor([int(self.set)])
+        flag = torch.tensor([int(self.set)], device=collective_device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
 
-def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist()))
+class Window:
+    """Sums since the last log line: loss parts on the device, times and counts on the host."""
+
+    def __init__(self):
+        self.losses: torch.Tensor | None = None
+        self.keys: list[str] = []
+        self.micro_steps = self.steps = 0
+        self.data_time = self.step_time = 0.0
+
+    def add_losses(self, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([loss.detach().float(), *(v.detach().float() for v in parts.values())])
+        if self.losses is None:
+            self.keys, self.losses = ["loss", *parts], values
+        else:
+            self.losses += values
+        self.micro_steps += 1
+
+    def means(self, corrupt_skipped: int) -> dict[str, float]:
+        """Means over the window's steps and over ranks (one transfer and one all-reduce)."""
+        device = self.losses.device if self.losses is not None else collective_device()
+        host = torch.tensor([self.data_time / self.steps, self.step_time / self.steps, float(corrupt_skipped)], device=device)
+        packed = torch.cat([self.losses / self.micro_steps, host]) if self.losses is not None else host
+        if _distributed():
+            packed = packed.to(collective_device())
+            dist.all_reduce(packed)
+            packed /= dist.get_world_size()
+        values = packed.tolist()
+        out = dict(zip([*self.keys, "data_time", "step_time", "corrupt_skipped"], values))
+        if _distributed():
+            out["corrupt_skipped"] *= dist.get_world_size()  # a sum over ranks, not a mean
+        return out
 
 
 def train_worker(cfg_dict: dict) -> dict:
     """Train until trainer.max_steps (or SIGTERM); returns a summary of what happened."""
     cfg = config_from_dict(cfg_dict)
-    rank, world, local_rank = setup_distributed()
+    rank, world, _, device = setup_distributed()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     run_dir = Path(cfg.run_dir)
     (run_dir / "workers").mkdir(parents=True, exist_ok=True)
     (run_dir / "workers" / f"rank-{rank}.pid").write_text(str(os.getpid()))
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    task = make_task(cfg)
+    task = make_task(cfg, device)
     if cfg.trainer.compile:
-        task.model.compile()  # in place: parameter names (and checkpoints) stay the same
+        log.info("compiled %d blocks (%s)", compile_model(task.model, cfg.trainer.compile_backend), cfg.trainer.compile_backend)
     engine, scheduler = build_engine(task.model, cfg, world)
-    ema = EMA(engine, cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
+    ema = EMA(engine.module, cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
     checkpointer = Checkpointer(run_dir, rank, cfg.trainer.keep_checkpoints)
 
     step, rank_state, run_id, extra_meta = 0, {}, None, {}
@@ -89,64 +118,58 @@ def train_worker(cfg_dict: dict) -> dict:
             ema.load_state_dict(load_file(latest / "ema.safetensors"))
         log.info("resumed from %s at step %d", latest, step)
     batches = SlotBatches(expand_urls(cfg.data.train_shards), cfg.data, task.kind, rank, world, cfg.trainer.grad_accum,
-                          rank_state.get("data"))
+                          rank_state.get("data"), pin_memory=device.type == "cuda")
     if latest is not None and not batches.restored:
         log.warning("data streams restarted: the checkpoint was written with another world size or grad_accum")
     if latest is None:
-        extra_meta.update(task.prepare(batches, device))
+        extra_meta.update(task.prepare(batches))
     if task.kind == "diffusion":
         extra_meta["vae_checkpoint"] = task.vae_source
     logger = MetricsLogger(run_dir, rank, cfg.logger.wandb, cfg_dict, run_id)
+    progress = ProgressLine(cfg.trainer.max_steps, step) if rank == 0 else None
     stop = StopFlag()
     global_batch = cfg.data.batch_size * cfg.trainer.grad_accum * world
     manifest = _manifest_of(cfg.data.train_shards)
 
     def save(at: int) -> Path:
         meta = {"wandb_run_id": logger.run_id, "world_size": world, "config": cfg_dict, "kind": task.kind, **extra_meta}
-        path = checkpointer.save(engine, at, {"data": batches.state_dict()}, meta,
-                                 ema.state_dict() if ema else None, task.skip_prefixes)
+        path = checkpointer.save(engine, at, {"data": batches.state_dict()}, meta, ema, task.skip_prefixes)
         logger.log_checkpoint(path, at, manifest, cfg.logger.wandb.log_checkpoints)
         return path
 
     engine.train()
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.trainer.precision == "bf16")
-    window = {"data_time": 0.0, "step_time": 0.0, "steps": 0}
+    window = Window()
     status = "finished"
     while step < cfg.trainer.max_steps:
         t0 = time.perf_counter()
-        sums: dict[str, float] = {}
         for _ in range(cfg.trainer.grad_accum):
             td = time.perf_counter()
             batch = next(batches)
-            window["data_time"] += time.perf_counter() - td
-            with torch.autocast(**autocast):
-                loss, parts = task.loss(engine, batch, device)
+            window.data_time += time.perf_counter() - td
+            loss, parts = task.loss(engine, batch)
             engine.backward(loss)
             engine.step()
-            for k, v in {"loss": loss.detach(), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / cfg.trainer.grad_accum
+            window.add_losses(loss, parts)
         if ema is not None:
             ema.update()
         step += 1
-        window["step_time"] += time.perf_counter() - t0
-        window["steps"] += 1
-        for k, v in sums.items():
-            window[k] = window.get(k, 0.0) + v
-        if step % cfg.trainer.log_every == 0 or step == cfg.trainer.max_steps:
-            # means over the steps since the last log line, and over ranks
-            metrics = _mean_over_ranks({**{k: window[k] / window["steps"] for k in sums},
-                                        "data_time": window["data_time"] / window["steps"],
-                                        "step_time": window["step_time"] / window["steps"],
-                                        "corrupt_skipped": float(batches.corrupt_skipped)})
-            metrics["corrupt_skipped"] *= world  # a sum over ranks, not a mean
+        window.step_time += time.perf_counter() - t0
+        window.steps += 1
+        at_log = step % cfg.trainer.log_every == 0 or step == cfg.trainer.max_steps
+        at_ckpt = step % cfg.trainer.ckpt_every == 0 or step == cfg.trainer.max_steps
+        if at_log:
+            metrics = window.means(batches.corrupt_skipped)  # the step's only host sync
             grad_norm = engine.get_global_grad_norm()
             metrics.update({"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm if grad_norm is not None else float("nan")),
-                            "samples_per_s": global_batch / metrics["step_time"], **memory_stats()})
+                            "samples_per_s": global_batch / metrics["step_time"], **memory_stats(device)})
             logger.log(step, metrics)
+            if progress is not None:
+                progress.update(step, metrics)
             _ray_report(step, metrics)
-            window = {"data_time": 0.0, "step_time": 0.0, "steps": 0}
-        stopping = stop.agreed()
-        if step % cfg.trainer.ckpt_every == 0 or step == cfg.trainer.max_steps or stopping:
+            window = Window()
+        # ranks agree on a stop where they already synchronise (one process: every step, for free)
+        stopping = stop.agreed() if (at_log or at_ckpt or not _distributed()) else False
+        if at_ckpt or stopping:
             path = save(step)
             log.info("step %d: checkpoint %s", step, path)
         if stopping:

@@ -7,6 +7,7 @@ continues the same W&B run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 from pathlib import Path
@@ -17,11 +18,37 @@ import torch
 from training.config import WandbConfig
 
 
-def memory_stats() -> dict[str, float]:
-    """Peak memory: GPU allocator on CUDA, else this process's max RSS (GB)."""
-    if torch.cuda.is_available():
-        return {"mem_gpu_peak_gb": torch.cuda.max_memory_allocated() / 2 ** 30}
+def memory_stats(device: torch.device) -> dict[str, float]:
+    """Peak memory: the GPU allocator's on CUDA, else this process's max RSS (GB)."""
+    if device.type == "cuda":
+        return {"mem_gpu_peak_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30}
     return {"mem_rss_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+class ProgressLine:
+    """Rank 0's console: one line per logged step (step/max, loss, lr, samples/s, data share, ETA)."""
+
+    def __init__(self, max_steps: int, start_step: int, log: logging.Logger | None = None):
+        self.max_steps, self.start_step = max_steps, start_step
+        self.log = log or logging.getLogger("craft.train")
+        self.width = len(str(max_steps))
+
+    def format(self, step: int, m: dict[str, float]) -> str:
+        eta = (self.max_steps - step) * m["step_time"]
+        line = (f"step {step:>{self.width}}/{self.max_steps} | loss {m['loss']:.4f} | lr {m['lr']:.2e} | "
+                f"{m['samples_per_s']:.1f} samples/s | data {m['data_time'] / m['step_time']:.0%} | ETA {_duration(eta)}")
+        if m.get("corrupt_skipped"):
+            line += f" | skipped {int(m['corrupt_skipped'])} unreadable samples"
+        return line
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        self.log.info(self.format(step, metrics))
 
 
 class MetricsLogger:

@@ -8,9 +8,9 @@ import torch.distributed as dist
 
 from models.build import ModelConfig, build_diffusion, build_vae
 from models.shape_vae import vae_loss
-from models.transformer import set_checkpointing
 from training.checkpoint import latest_checkpoint, load_weights, read_meta
 from training.config import TrainConfig
+from training.engine import collective_device
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -26,17 +26,16 @@ class VAETask:
     kind = "vae"
     skip_prefixes: tuple[str, ...] = ()
 
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
         self.model = build_vae(cfg.model)
-        set_checkpointing(self.model, cfg.trainer.activation_checkpointing)
 
-    def prepare(self, batches, device: torch.device) -> dict:
+    def prepare(self, batches) -> dict:
         return {}
 
-    def loss(self, engine, batch: dict, device: torch.device) -> tuple[torch.Tensor, dict]:
-        b = _to(batch, device)
-        return vae_loss(engine, b["surface"], b["vol"], b["near"], self.cfg.model.vae_loss, _generator(batch, device))
+    def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict]:
+        b = _to(batch, self.device)
+        return vae_loss(engine, b["surface"], b["vol"], b["near"], self.cfg.model.vae_loss, _generator(batch, self.device))
 
 
 def check_vae_checkpoint(model_cfg: ModelConfig) -> Path:
@@ -60,42 +59,43 @@ def check_vae_checkpoint(model_cfg: ModelConfig) -> Path:
 class DiffusionTask:
     kind = "diffusion"
 
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
         ckpt = check_vae_checkpoint(cfg.model)
         self.vae = build_vae(cfg.model)
         state, _, self.vae_weights = load_weights(ckpt, prefer_ema=True)
         self.vae.load_state_dict(state)
-        self.vae.requires_grad_(False).eval()
+        # frozen, and only encodes: bf16 weights when training in bf16 (the model casts its inputs)
+        dtype = torch.bfloat16 if cfg.trainer.precision == "bf16" else torch.float32
+        self.vae.requires_grad_(False).eval().to(device, dtype)
         self.vae_source = str(ckpt)
         self.model = build_diffusion(cfg.model)
-        set_checkpointing(self.model.denoiser, cfg.trainer.activation_checkpointing)
         # a frozen pretrained CLIP is reloaded from model.conditioner.pretrained, not copied into checkpoints
         self.skip_prefixes = ("conditioner.clip.",) if cfg.model.conditioner.pretrained else ()
 
     @torch.no_grad()
     def _latents(self, surface: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Posterior samples of the frozen VAE: no graph is built (nothing of it is kept for backward)."""
         return self.vae.encode(surface, sample=True, generator=generator)
 
     @torch.no_grad()
-    def prepare(self, batches, device: torch.device, n_batches: int = 4) -> dict:
+    def prepare(self, batches, n_batches: int = 4) -> dict:
         """Measure the latent scale (1 / std of VAE latents) on a few batches, averaged over ranks."""
-        self.vae.to(device)
-        lat = torch.cat([self._latents(next(batches)["surface"].to(device)) for _ in range(n_batches)])
+        lat = torch.cat([self._latents(next(batches)["surface"].to(self.device)) for _ in range(n_batches)])
         var = lat.float().var()
         if dist.is_initialized():
+            var = var.to(collective_device())
             dist.all_reduce(var)
             var /= dist.get_world_size()
         scale = self.model.set_latent_scale_from_std(float(var.sqrt()))
         return {"latent_scale": scale}
 
-    def loss(self, engine, batch: dict, device: torch.device) -> tuple[torch.Tensor, dict]:
-        self.vae.to(device)
-        b = _to(batch, device)
+    def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict]:
+        b = _to(batch, self.device)
+        gen = _generator(batch, self.device)
         cond = {"images": b["images"].float() / 255.0, "c2w": b["c2w"]}
-        gen = _generator(batch, device)
-        return engine.module.training_loss(self._latents(b["surface"], gen), cond, gen)
+        return engine(self._latents(b["surface"], gen), cond, gen)
 
 
-def make_task(cfg: TrainConfig):
-    return VAETask(cfg) if cfg.model.kind == "vae" else DiffusionTask(cfg)
+def make_task(cfg: TrainConfig, device: torch.device):
+    return (VAETask if cfg.model.kind == "vae" else DiffusionTask)(cfg, device)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipelines.config import CONF_DIR
 from pipelines.raycluster import init_ray
 from training.checkpoint import latest_checkpoint
-from training.config import TrainConfig, register_configs, to_train_config
+from training.config import LauncherConfig, TrainConfig, register_configs, to_train_config
 from training.data import expand_urls
 from training.loop import train_worker
 from training.tasks import check_vae_checkpoint
@@ -48,16 +48,25 @@ def validate(cfg: TrainConfig) -> None:
         check_vae_checkpoint(cfg.model)
 
 
+def ray_resources(launcher: LauncherConfig, cluster_gpus: float) -> tuple[bool, dict[str, float]]:
+    """(use_gpu, resources per worker): one GPU per worker when asked, or, with `launcher.use_gpu`
+    unset, when the cluster has GPUs; each worker then binds the GPU of its LOCAL_RANK."""
+    use_gpu = cluster_gpus > 0 if launcher.use_gpu is None else launcher.use_gpu
+    return use_gpu, {"CPU": launcher.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+
+
 def launch_ray(cfg: TrainConfig, cfg_dict: dict) -> dict:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    init_ray(cfg.ray)
+    ray = init_ray(cfg.ray)
     storage = cfg.launcher.storage_path or str(Path(cfg.run_dir).resolve() / "ray")
+    use_gpu, resources = ray_resources(cfg.launcher, ray.cluster_resources().get("GPU", 0))
+    log.info("Ray Train: %d workers, %s per worker", cfg.launcher.num_workers, resources)
     trainer = TorchTrainer(
         train_loop_per_worker=_ray_entry, train_loop_config=cfg_dict,
-        scaling_config=ScalingConfig(num_workers=cfg.launcher.num_workers, use_gpu=cfg.launcher.use_gpu,
-                                     resources_per_worker={"CPU": cfg.launcher.cpus_per_worker}),
+        scaling_config=ScalingConfig(num_workers=cfg.launcher.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
         run_config=RunConfig(name=cfg.name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.launcher.max_failures)))
     result = trainer.fit()

@@ -1,0 +1,250 @@
+"""GPU training speed: the bare model step beside the real `craft train` loop, same GPU, same batch.
+
+For the shape VAE (vae_craftsman) and the diffusion model (diffusion_craftsman: CLIP ViT-L/14 with
+ModLN + the 104.8M denoiser, the frozen VAE's encode included in the real loop), eager and compiled:
+- bare: forward + backward + torch AdamW under bf16 autocast on one real batch kept on the GPU;
+- real: `craft train` in a subprocess (DeepSpeed ZeRO-1, EMA, the streamed shards, metrics);
+each timed over `--steps` steps after `--warmup`. Reported: samples/s, ms/step, MFU (FLOPs counted
+by torch.utils.flop_counter.FlopCounterMode on one bare step), peak memory, the EMA update's and
+the data wait's share of the real step.
+
+    python bench/gpu.py --make-shards DIR        # on a machine with the preprocessing dependencies
+    python bench/gpu.py --shards 'DIR/shards/*.tar' [--batch 32] [--steps 50] [--warmup 10]
+
+Without CUDA it prints one line and exits 0 (`--allow-cpu` runs the same procedure on the CPU with
+the tiny experiments: a check of the script, not a measurement).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# run as `python bench/X.py`, this folder comes first on sys.path and this file's name would shadow
+# the package of the same name: look in the repository instead
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.flop_counter import FlopCounterMode
+
+from pipelines.config import CONF_DIR
+from models.build import build_diffusion, build_vae, compile_model
+from models.shape_vae import vae_loss
+from training.config import register_configs, to_train_config
+from training.data import SlotBatches, expand_urls
+from training.engine import EMA
+
+PEAK_TFLOPS = float(os.environ.get("PEAK_BF16_TFLOPS", "989"))  # H100 SXM dense bf16
+BENCH_MESHES = ["duck.obj", "bunny.obj", "teddy2_VHACD_CHs.obj", "soccerball.obj", "textured_sphere_smooth.obj",
+                *(f"random_urdfs/{i:03d}/{i:03d}.obj" for i in range(7))]
+
+
+def make_bench_shards(out: Path) -> Path:
+    """`craft preprocess` on 12 real pybullet meshes with reduced point counts and 8 views at 224 px
+    (~1.5 MB per object, small enough to carry to a GPU machine); the loader subsamples as usual."""
+    from pipelines.config import PreprocessConfig, SampleConfig
+    from pipelines.corpora import pybullet_data_dir
+    from pipelines.preprocess import preprocess
+
+    out.mkdir(parents=True, exist_ok=True)
+    listing = out / "meshes.txt"
+    listing.write_text("\n".join(str(pybullet_data_dir() / m) for m in BENCH_MESHES) + "\n")
+    cfg = PreprocessConfig(output_dir=str(out / "data"), shard_max_bytes=5_000_000)
+    cfg.source.path = str(listing)
+    cfg.geometry.sample = SampleConfig(surface=20_000, sharp_max=2_000, volume=20_000, near=10_000)
+    cfg.render.resolution, cfg.render.extra_sets = 224, 1
+    summary = preprocess(cfg)
+    if summary["ok"] == 0:
+        raise SystemExit(f"no object made it into the shards: {summary}")
+    return out / "data" / "shards"
+
+
+def train_config(experiment: str, overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return to_train_config(compose(config_name="train", overrides=[f"experiment={experiment}", *overrides]))
+
+
+def synced(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step, warmup: int, steps: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        step()
+    synced(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synced(device)
+    return (time.perf_counter() - start) / steps
+
+
+# ----------------------------------------------------------------------------------------------
+# The bare step (run in its own process: `--bare KIND`)
+# ----------------------------------------------------------------------------------------------
+def bare(args) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = train_config(args.experiment, args.overrides)
+    kind = cfg.model.kind
+    batch = next(SlotBatches(expand_urls(cfg.data.train_shards), cfg.data, kind, 0, 1, 1))
+    b = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+    gen = torch.Generator(device).manual_seed(0)
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    if kind == "vae":
+        model = build_vae(cfg.model).to(device).train()
+
+        def loss_fn():
+            return vae_loss(model, b["surface"], b["vol"], b["near"], cfg.model.vae_loss, gen)[0]
+    else:
+        vae = build_vae(cfg.model).to(device, torch.bfloat16).eval()
+        with torch.no_grad():
+            latents = vae.encode(b["surface"], generator=gen)
+        del vae
+        model = build_diffusion(cfg.model).to(device).train()
+        cond = {"images": b["images"].float() / 255.0, "c2w": b["c2w"]}
+
+        def loss_fn():
+            return model(latents, cond, gen)[0]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.trainer.lr, betas=tuple(cfg.trainer.betas), eps=cfg.trainer.eps)
+
+    def step():
+        with torch.autocast(**autocast):
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with FlopCounterMode(display=False) as counter:  # eager, before any compile: the model's FLOPs
+        with torch.autocast(**autocast):
+            loss = loss_fn()
+        loss.backward()
+    opt.zero_grad(set_to_none=True)
+    if cfg.trainer.compile:
+        compile_model(model, cfg.trainer.compile_backend)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = time_steps(step, args.warmup, args.steps, device)
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
+    ema = EMA(model, 0.999)
+    ema_s = time_steps(ema.update, 3, 20, device)
+    return {"seconds": seconds, "flops": counter.get_total_flops(), "peak_gb": peak, "ema_s": ema_s,
+            "batch": cfg.data.batch_size, "params_trainable": sum(p.numel() for p in params)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The real loop: `craft train` as users run it
+# ----------------------------------------------------------------------------------------------
+def real(experiment: str, overrides: list[str], run_dir: Path, warmup: int, steps: int) -> dict:
+    log_every = warmup  # the first line covers the warm-up (compile, loader start), the rest are timed
+    if steps % log_every:
+        raise SystemExit(f"--steps ({steps}) must be a multiple of --warmup ({warmup})")
+    cmd = [sys.executable, "-m", "pipelines.cli", "train", f"experiment={experiment}", *overrides, f"run_dir={run_dir}",
+           f"trainer.max_steps={warmup + steps}", f"trainer.log_every={log_every}", "trainer.ckpt_every=1000000000",
+           "logger=none"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"craft train failed:\n{proc.stderr[-3000:]}")
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in rows if r["step"] > warmup] or rows
+    step_time = sum(r["step_time"] for r in timed) / len(timed)
+    data_time = sum(r["data_time"] for r in timed) / len(timed)
+    peak = rows[-1].get("mem_gpu_peak_gb", float("nan"))
+    return {"seconds": step_time, "data_share": data_time / step_time, "peak_gb": peak, "loss": rows[-1]["loss"]}
+
+
+def run_bare(experiment: str, overrides: list[str], args) -> dict:
+    cmd = [sys.executable, __file__, "--bare", experiment, "--warmup", str(args.warmup), "--steps", str(args.steps),
+           "--", *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"bare step failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def row(name: str, mode: str, r: dict, flops: float, batch: int, extra: str = "") -> str:
+    mfu = flops / r["seconds"] / (PEAK_TFLOPS * 1e12)
+    return (f"| {name} | {mode} | {batch / r['seconds']:.1f} | {1000 * r['seconds']:.1f} | {mfu:.1%} | "
+            f"{r['peak_gb']:.1f} | {extra} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", help="shard glob made by `craft preprocess` (see --make-shards)")
+    ap.add_argument("--make-shards", metavar="DIR", help="write a small real shard set to DIR and exit")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--loader-workers", type=int, default=6)
+    ap.add_argument("--clip", default=None, help="CLIP ViT-L/14 directory (default: its architecture, random weights)")
+    ap.add_argument("--only", choices=("vae", "diffusion"), default=None)
+    ap.add_argument("--vae-checkpoint", default=None, help="the frozen VAE of the diffusion runs (default: the VAE run's)")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--allow-cpu", action="store_true", help="run the procedure on the CPU with the tiny experiments")
+    ap.add_argument("--out", default=None, help="also write the figures as JSON here")
+    ap.add_argument("--bare", default=None, help=argparse.SUPPRESS)  # internal: one bare measurement
+    ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.bare:
+        args.experiment = args.bare
+        print(json.dumps(bare(args)))
+        return
+    if args.make_shards:
+        print(f"shards: {make_bench_shards(Path(args.make_shards))}/*.tar")
+        return
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.allow_cpu:
+        print(f"bench/gpu.py: no CUDA device here (torch {torch.__version__}); nothing measured")
+        return
+    if not args.shards:
+        raise SystemExit("--shards GLOB is required (make one with --make-shards DIR)")
+    name = torch.cuda.get_device_name() if cuda else "CPU (procedure check with the tiny experiments)"
+    experiments = ({"vae": "vae_craftsman", "diffusion": "diffusion_craftsman"} if cuda else
+                   {"vae": "vae_tiny", "diffusion": "diffusion_tiny"})
+    common = [f"data.train_shards={args.shards}", f"data.batch_size={args.batch}", "trainer.precision=bf16",
+              f"data.num_workers={args.loader_workers}"]
+    kinds = [args.only] if args.only else ["vae", "diffusion"]
+    modes = (False,) if args.no_compile else (False, True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    vae_checkpoint = args.vae_checkpoint
+    if "diffusion" in kinds and "vae" not in kinds and vae_checkpoint is None:  # the frozen VAE: a 1-step run
+        vae_checkpoint = tmp / "vae-for-diffusion"
+        real(experiments["vae"], common, vae_checkpoint, 1, 0)
+    print(f"# bench/gpu.py on {name}, torch {torch.__version__}, batch {args.batch}, bf16, "
+          f"{args.steps} timed steps after {args.warmup}")
+    print("| model | loop | samples/s | ms/step | MFU | peak GB | notes |\n|---|---|---|---|---|---|---|")
+    results = {}
+    for kind in kinds:
+        overrides = list(common)
+        if kind == "diffusion":
+            overrides += [f"model.vae_checkpoint={vae_checkpoint}", f"model.conditioner.pretrained={args.clip or 'null'}"]
+        for compiled in modes:
+            mode = "compiled" if compiled else "eager"
+            o = overrides + [f"trainer.compile={str(compiled).lower()}"]
+            b = run_bare(experiments[kind], o, args)
+            r = real(experiments[kind], o, tmp / f"{kind}-{mode}", args.warmup, args.steps)
+            if kind == "vae" and vae_checkpoint is None:
+                vae_checkpoint = tmp / f"{kind}-{mode}"
+            ratio = b["seconds"] / r["seconds"]
+            print(row(kind, f"bare, {mode}", b, b["flops"], args.batch), flush=True)
+            print(row(kind, f"craft train, {mode}", r, b["flops"], args.batch,
+                      f"{ratio:.0%} of bare; EMA {b['ema_s'] / r['seconds']:.1%} of the step, data wait {r['data_share']:.0%}"),
+                  flush=True)
+            results[f"{kind}-{mode}"] = {"bare": b, "real": r, "ratio": ratio}
+    if args.out:
+        Path(args.out).write_text(json.dumps({"device": name, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
