@@ -1,4 +1,5 @@
-"""GPU training speed: the bare model step beside the real `craft train` loop, same GPU, same batch.
+"""GPU speed: the bare model step beside the real `craft train` loop (same GPU, same batch), then
+`craft generate` and `craft evaluate` with the checkpoints those runs wrote.
 
 For the shape VAE (vae_craftsman) and the diffusion model (diffusion_craftsman: CLIP ViT-L/14 with
 ModLN + the 104.8M denoiser, the frozen VAE's encode included in the real loop), eager and compiled:
@@ -112,7 +113,7 @@ def bare(args) -> dict:
             latents = vae.encode(b["surface"], generator=gen)
         del vae
         model = build_diffusion(cfg.model).to(device).train()
-        cond = {"images": b["images"].float() / 255.0, "c2w": b["c2w"]}
+        cond = {"images": b["images"], "c2w": b["c2w"]}
 
         def loss_fn():
             return model(latents, cond, gen)[0]
@@ -173,6 +174,61 @@ def run_bare(experiment: str, overrides: list[str], args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# ----------------------------------------------------------------------------------------------
+# Inference and evaluation with the trained checkpoints (real commands' code paths)
+# ----------------------------------------------------------------------------------------------
+def generation(args) -> dict:
+    """Seconds per mesh through `craft generate`'s function, warm (model loaded once, reported apart)."""
+    from inference.generate import GenerateConfig, generate
+    from inference.images import export_views
+    from inference.pipeline import Generator
+    from inference.runtime import resolve_device
+
+    views = Path(tempfile.mkdtemp(prefix="bench-views-"))
+    export_views(args.shards, str(views))
+    start = time.perf_counter()
+    gen = Generator.load(args.generate, device=resolve_device("auto"))
+    load_s = time.perf_counter() - start
+    out = {"load_s": load_s}
+    for depth in (7, 8):
+        runs = [generate(GenerateConfig(checkpoint=args.generate, images=[str(views)], output_dir=str(views / "out"),
+                                        depth=depth, seed=i), gen) for i in range(3)]
+        out[f"depth{depth}"] = runs[-1]["stages_s"] | {"total": min(r["total_s"] for r in runs[1:]),
+                                                      "queries": runs[-1]["queries"]}
+    return out
+
+
+def evaluation(checkpoint: Path, shards: str, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "pipelines.cli", "evaluate", f"checkpoint={checkpoint}", f"data.eval_shards={shards}",
+           f"output_dir={out}", "wandb_mode=disabled"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"craft evaluate failed:\n{proc.stderr[-3000:]}")
+    wall = time.perf_counter() - start
+    result = json.loads((out / "metrics.json").read_text())
+    return {"objects": result["objects"], "wall_s": wall, "per_object_s": result["metrics"]["seconds"]}
+
+
+def inference_rows(vae_ckpt: Path, diffusion_ckpt: Path, shards: str, tmp: Path) -> None:
+    proc = subprocess.run([sys.executable, __file__, "--shards", shards, "--generate", str(diffusion_ckpt)], cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"generation failed:\n{proc.stderr[-3000:]}")
+    g = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"\n`craft generate` (4 views -> GLB + OBJ, warm; model load {g['load_s']:.1f} s apart):")
+    print("| depth | condition s | sampling s | decode + extraction s | export s | queries | seconds per mesh |\n|---|---|---|---|---|---|---|")
+    for depth in (7, 8):
+        d = g[f"depth{depth}"]
+        print(f"| {depth} | {d['condition']:.2f} | {d['sampling']:.2f} | {d['decode + extraction']:.2f} | {d['export']:.2f} | "
+              f"{d['queries']:,} | {d['total']:.2f} |")
+    print("\n`craft evaluate` (IoU, Chamfer, F-score, renders; model load included in the wall time):")
+    print("| checkpoint | objects | seconds per object | wall s | 100 objects, projected s |\n|---|---|---|---|---|")
+    for name, ckpt in (("vae", vae_ckpt), ("diffusion", diffusion_ckpt)):
+        e = evaluation(ckpt, shards, tmp / f"eval-{name}")
+        print(f"| {name} | {e['objects']} | {e['per_object_s']:.2f} | {e['wall_s']:.1f} | {100 * e['per_object_s']:.0f} |")
+
+
 def row(name: str, mode: str, r: dict, flops: float, batch: int, extra: str = "") -> str:
     mfu = flops / r["seconds"] / (PEAK_TFLOPS * 1e12)
     return (f"| {name} | {mode} | {batch / r['seconds']:.1f} | {1000 * r['seconds']:.1f} | {mfu:.1%} | "
@@ -193,12 +249,17 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--allow-cpu", action="store_true", help="run the procedure on the CPU with the tiny experiments")
     ap.add_argument("--out", default=None, help="also write the figures as JSON here")
+    ap.add_argument("--no-inference", action="store_true", help="skip the generate / evaluate timings")
     ap.add_argument("--bare", default=None, help=argparse.SUPPRESS)  # internal: one bare measurement
+    ap.add_argument("--generate", default=None, help=argparse.SUPPRESS)  # internal: generation timings
     ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare:
         args.experiment = args.bare
         print(json.dumps(bare(args)))
+        return
+    if args.generate:
+        print(json.dumps(generation(args)))
         return
     if args.make_shards:
         print(f"shards: {make_bench_shards(Path(args.make_shards))}/*.tar")
@@ -242,6 +303,8 @@ def main() -> None:
                       f"{ratio:.0%} of bare; EMA {b['ema_s'] / r['seconds']:.1%} of the step, data wait {r['data_share']:.0%}"),
                   flush=True)
             results[f"{kind}-{mode}"] = {"bare": b, "real": r, "ratio": ratio}
+    if not args.no_inference and not args.only:
+        inference_rows(Path(vae_checkpoint), tmp / "diffusion-eager", args.shards, tmp)
     if args.out:
         Path(args.out).write_text(json.dumps({"device": name, "results": results}, indent=1))
 

@@ -10,7 +10,6 @@ evaluated checkpoint), DIR/report.html, and logs to W&B (offline by default).
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import math
@@ -22,20 +21,17 @@ from typing import Optional
 import hydra
 import numpy as np
 import torch
-import webdataset as wds
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-from PIL import Image
 from tqdm import tqdm
 
-from evaluation.metrics import empty_mesh_metrics, encoder_input, field_iou, npy, sample_surface, surface_metrics
-from evaluation.render import render_pair
+from evaluation.objects import ObjectReader
 from evaluation.report import write_report
-from inference.pipeline import Generator, load_vae
-from models.extraction import export_mesh, extract_mesh
+from evaluation.scoring import Models, load_models, score_batch
+from inference.runtime import resolve_device
+from models.extraction import DEFAULT_DEPTH
 from pipelines.config import CONF_DIR
 from training.checkpoint import latest_checkpoint, list_checkpoints, read_meta
-from training.data import expand_urls
 
 log = logging.getLogger("craft.evaluate")
 
@@ -53,7 +49,9 @@ class EvalConfig:
     output_dir: str = MISSING
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     ema: bool = True  # EMA weights when the checkpoint has them; false: the raw weights
-    depth: int = 7  # octree depth of the extracted meshes ((2^depth + 1)^3 grid)
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    batch_size: int = 8  # objects per forward pass (encode, sample, decode, octree queries)
+    depth: int = DEFAULT_DEPTH  # octree depth of the extracted meshes ((2^depth + 1)^3 grid)
     surface_samples: int = 100_000  # points per side for Chamfer / F-score / normal consistency
     render_size: int = 192
     steps: Optional[int] = None  # diffusion: sampling steps (default: the model's config)
@@ -71,67 +69,29 @@ class EvalConfig:
 ConfigStore.instance().store(name="evaluate_schema", node=EvalConfig)
 
 
-def _objects(cfg: EvalConfig):
-    dataset = wds.WebDataset(expand_urls(cfg.data.eval_shards), shardshuffle=False, empty_check=False)
-    for i, sample in enumerate(dataset):
-        if cfg.data.max_objects is not None and i >= cfg.data.max_objects:
-            return
-        yield sample
-
-
-def _views(sample: dict, n: int = 4):
-    """The shard's first n views (the canonical set): uint8 RGB (n, H, W, 3) and their cameras."""
-    cams = json.loads(sample["cameras.json"])["views"][:n]
-    rgb = np.stack([np.asarray(Image.open(io.BytesIO(sample[f"rgb_{i:03d}.png"])).convert("RGB")) for i in range(n)])
-    return rgb, cams
-
-
-def evaluate_checkpoint(ckpt: Path, cfg: EvalConfig, out: Path) -> dict:
+def evaluate_checkpoint(ckpt: Path, cfg: EvalConfig, out: Path, device: torch.device,
+                        cached: Optional[Models] = None) -> tuple[dict, Models]:
     """Score one checkpoint on the eval shards; writes meshes, renders and the per-object table."""
     meta = read_meta(ckpt)
-    kind = meta["config"]["model"]["kind"]
     step = meta["step"]
     tag = f"step-{step:07d}"
     (out / "meshes" / tag).mkdir(parents=True, exist_ok=True)
     (out / "renders" / tag).mkdir(parents=True, exist_ok=True)
-    if kind == "vae":
-        vae, _, which = load_vae(ckpt, cfg.ema)
-        gen = None
-    else:
-        gen = Generator.load(ckpt, cfg.ema)
-        vae, which = gen.vae, gen.weights
-    rows = []
-    for sample in tqdm(list(_objects(cfg)), desc=f"evaluate {tag}", unit="obj"):
-        uid = sample["__key__"]
-        start = time.perf_counter()
-        with torch.no_grad():
-            if gen is None:
-                latents = vae.encode(encoder_input(sample, vae.cfg.num_inputs, cfg.seed), sample=False)
-            else:
-                rgb, cams = _views(sample)
-                size = gen.cfg.data.image_size
-                images = torch.from_numpy(rgb).permute(0, 3, 1, 2).float()[None] / 255.0
-                images = torch.nn.functional.interpolate(images[0], size=(size, size), mode="bilinear", antialias=True)[None]
-                c2w = torch.tensor(np.stack([c["c2w"] for c in cams]), dtype=torch.float32)[None]
-                latents = gen.latents(images, c2w, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed)
-            tokens = vae.decode(latents)
-        mesh, stats = extract_mesh(lambda xyz: vae.inside_field(tokens, xyz[None])[0], depth=cfg.depth)
-        row = {"uid": uid, **field_iou(vae, tokens, sample)}
-        surface = npy(sample, "surface.npy")
-        if len(mesh.faces):
-            row.update(surface_metrics(sample_surface(mesh, cfg.surface_samples, cfg.seed), (surface[:, :3], surface[:, 3:6])))
-            export_mesh(mesh, out / "meshes" / tag / f"{uid}.glb")
-        else:
-            row.update(empty_mesh_metrics())
-        row["faces"] = len(mesh.faces)
-        row["seconds"] = time.perf_counter() - start
-        rgb, cams = _views(sample)
-        render_pair(rgb, cams, mesh, out / "renders" / tag / f"{uid}.png", cfg.render_size)
-        rows.append(row)
-    keys = [k for k in rows[0] if k not in ("uid",)] if rows else []
-    agg = {k: float(np.nanmean([r[k] for r in rows])) if rows else float("nan") for k in keys if k != "faces"}
-    result = {"checkpoint": str(ckpt), "step": step, "kind": kind, "weights": which, "objects": len(rows),
-              "metrics": agg, "evaluated_at": time.time(), "output_root": str(out)}
+    models = load_models(ckpt, cfg.ema, device, cached)
+    reader = ObjectReader(cfg.data.eval_shards, cfg.data.max_objects, views=True)
+    rows: list[dict] = []
+    with tqdm(desc=f"evaluate {tag}", unit="obj", total=cfg.data.max_objects) as bar:
+        for batch in reader.batches(cfg.batch_size):
+            rows += score_batch(models, batch, cfg, device, out, tag)
+            bar.update(len(batch))
+    if not rows:
+        raise RuntimeError(f"data.eval_shards={cfg.data.eval_shards}: no readable object "
+                           f"({reader.skipped} unreadable shards or samples skipped)")
+    keys = [k for k in rows[0] if k not in ("uid",)]
+    agg = {k: float(np.nanmean([r[k] for r in rows])) for k in keys if k != "faces"}
+    result = {"checkpoint": str(ckpt), "step": step, "kind": models.kind, "weights": models.weights,
+              "objects": len(rows), "skipped": reader.skipped, "device": str(device), "metrics": agg,
+              "evaluated_at": time.time(), "output_root": str(out)}
     with open(out / "objects.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["step", "uid", *keys])
         writer.writeheader()
@@ -141,7 +101,7 @@ def evaluate_checkpoint(ckpt: Path, cfg: EvalConfig, out: Path) -> dict:
     lines = [json.dumps(h) for h in read_history(out) if h["step"] != step] + [json.dumps(result)]
     (out / "history.jsonl").write_text("\n".join(lines) + "\n")
     result["rows"] = rows
-    return result
+    return result, models
 
 
 def read_history(out: Path) -> list[dict]:
@@ -153,6 +113,9 @@ def run(cfg: EvalConfig) -> list[dict]:
     """Evaluate `checkpoint`, or in watch mode every checkpoint of `run_dir` once, in step order."""
     from evaluation.dashboard import Dashboard
 
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    device = resolve_device(cfg.device)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.watch:
@@ -160,7 +123,7 @@ def run(cfg: EvalConfig) -> list[dict]:
         if ckpt is None:
             raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no checkpoint there")
         dash = Dashboard(out, cfg)
-        result = evaluate_checkpoint(ckpt, cfg, out)
+        result, _ = evaluate_checkpoint(ckpt, cfg, out, device)
         dash.log(result)
         write_report(out, read_history(out), result)
         dash.close()
@@ -170,11 +133,11 @@ def run(cfg: EvalConfig) -> list[dict]:
     root = Path(cfg.run_dir) / "checkpoints"
     done = {h["step"] for h in read_history(out)}
     dash = Dashboard(out, cfg)
-    results, idle_since = [], time.time()
+    results, idle_since, models = [], time.time(), None
     while True:
         new = [c for c in list_checkpoints(root) if read_meta(c)["step"] not in done]
         for ckpt in new:
-            result = evaluate_checkpoint(ckpt, cfg, out)
+            result, models = evaluate_checkpoint(ckpt, cfg, out, device, models)
             done.add(result["step"])
             dash.log(result)
             write_report(out, read_history(out), result)
@@ -205,6 +168,7 @@ def _short(metrics: dict) -> str:
 def main(dcfg: DictConfig) -> None:
     cfg: EvalConfig = OmegaConf.to_object(dcfg)
     for result in run(cfg):
-        print(f"step {result['step']} ({result['kind']}, {result['weights']} weights, {result['objects']} objects): "
-              f"{_short(result['metrics'])}")
+        skipped = f", {result['skipped']} unreadable skipped" if result["skipped"] else ""
+        print(f"step {result['step']} ({result['kind']}, {result['weights']} weights, {result['objects']} objects{skipped}, "
+              f"{result['device']}): {_short(result['metrics'])}")
     print(f"report: {Path(cfg.output_dir) / 'report.html'}")

@@ -10,14 +10,21 @@ saw it under classifier-free guidance dropout), which works but loses detail.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from PIL import Image
+
+log = logging.getLogger("craft.generate")
 
 FRONTENDS = ("none", "imagedream", "crm", "wonder3d")
 
 
 class FrontEndWeightsMissing(FileNotFoundError):
+    pass
+
+
+class RemoteCodeRefused(PermissionError):
     pass
 
 
@@ -28,7 +35,7 @@ class MultiViewFrontEnd:
     hf_id = ""  # where users fetch the weights from (on a machine with internet)
     required = ("model_index.json",)  # files that mark a complete diffusers-format directory
 
-    def __init__(self, weights: str | None):
+    def __init__(self, weights: str | None, trust_remote_code: bool = False):
         if not weights:
             raise FrontEndWeightsMissing(f"frontend={self.name} needs frontend_weights=DIR (download {self.hf_id} there)")
         self.weights = Path(weights).expanduser()
@@ -37,12 +44,23 @@ class MultiViewFrontEnd:
             raise FrontEndWeightsMissing(
                 f"frontend={self.name}: {self.weights} lacks {', '.join(absent)}; download {self.hf_id} "
                 f"(`hf download {self.hf_id} --local-dir {self.weights}`) on a machine with internet")
+        self.trust_remote_code = trust_remote_code
         self.pipeline = self._load()
 
     def _load(self):
         from diffusers import DiffusionPipeline
 
-        return DiffusionPipeline.from_pretrained(str(self.weights), local_files_only=True, trust_remote_code=True)
+        code = sorted(p.name for p in self.weights.glob("*.py"))
+        if code and not self.trust_remote_code:  # refused before diffusers sees the directory
+            raise RemoteCodeRefused(
+                f"frontend={self.name}: {self.weights} ships Python code ({', '.join(code)}), which is not run by "
+                "default; read it, then set frontend_trust_remote_code=true to allow it")
+        if code:
+            log.warning("frontend=%s: running the Python code in %s (%s) because frontend_trust_remote_code=true",
+                        self.name, self.weights, ", ".join(code))
+        custom = {"custom_pipeline": str(self.weights)} if code else {}
+        return DiffusionPipeline.from_pretrained(str(self.weights), local_files_only=True,
+                                                 trust_remote_code=self.trust_remote_code, **custom)
 
     def views(self, front: Image.Image) -> dict[str, Image.Image]:
         raise NotImplementedError
@@ -80,7 +98,9 @@ class CRM(MultiViewFrontEnd):
             "(github.com/thu-ml/CRM, imagedream package) installed in this environment")
 
 
-def build_frontend(name: str, weights: str | None) -> MultiViewFrontEnd | None:
+def build_frontend(name: str, weights: str | None, trust_remote_code: bool = False) -> MultiViewFrontEnd | None:
     if name not in FRONTENDS:
         raise ValueError(f"frontend must be one of {FRONTENDS}, got {name!r}")
-    return None if name == "none" else {"wonder3d": Wonder3D, "imagedream": ImageDream, "crm": CRM}[name](weights)
+    if name == "none":
+        return None
+    return {"wonder3d": Wonder3D, "imagedream": ImageDream, "crm": CRM}[name](weights, trust_remote_code)

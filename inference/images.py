@@ -1,4 +1,5 @@
-"""Condition images from users: view files in front/right/back/left order, background handling."""
+"""Condition images from users: view files in front/right/back/left order, background handling.
+(Turning an image into the conditioner's input is shapedata.views.condition_image, for every path.)"""
 from __future__ import annotations
 
 import logging
@@ -6,10 +7,9 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 from PIL import Image
 
-from inference.pipeline import VIEW_NAMES
+from shapedata.views import VIEW_NAMES, view_member
 
 log = logging.getLogger("craft.generate")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -47,12 +47,17 @@ def find_views(images: list[str], extra: dict[str, Optional[str]]) -> dict[str, 
     return paths
 
 
+def has_alpha(img: Image.Image) -> bool:
+    """Whether the image carries its own mask (RGBA, LA, or a palette with a transparent entry)."""
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
+
+
 def remove_background(img: Image.Image, mode: str) -> Image.Image:
-    """RGBA images are used as they are. Others go through rembg when its model is available locally;
+    """Images with alpha are used as they are. Others go through rembg when its model is available locally;
     otherwise 'auto' warns and keeps the image, 'always' fails."""
     if mode not in BACKGROUND_MODES:
         raise ValueError(f"remove_background must be one of {BACKGROUND_MODES}, got {mode!r}")
-    if img.mode == "RGBA" or mode == "never":
+    if has_alpha(img) or mode == "never":
         return img
     try:
         import rembg  # optional: `pip install rembg` and its u2net model in ~/.u2net
@@ -70,14 +75,6 @@ def remove_background(img: Image.Image, mode: str) -> Image.Image:
         return img
 
 
-def to_view_array(img: Image.Image, size: int) -> np.ndarray:
-    """RGBA/RGB -> (3, size, size) float32 in [0, 1], composited on white (as the training renders)."""
-    rgba = img.convert("RGBA").resize((size, size), Image.BICUBIC)
-    arr = np.asarray(rgba).astype(np.float32) / 255.0
-    rgb = arr[..., :3] * arr[..., 3:] + (1.0 - arr[..., 3:])
-    return rgb.transpose(2, 0, 1)
-
-
 def export_views(shards: str, out: str, match: str = "") -> Path:
     """Write the 4 canonical views (front/right/back/left.png, RGBA) of the first object in `shards`
     whose uid contains `match`: example inputs for `craft generate`."""
@@ -91,7 +88,7 @@ def export_views(shards: str, out: str, match: str = "") -> Path:
     for sample in wds.WebDataset(sorted(glob.glob(shards)), shardshuffle=False, empty_check=False):
         if match in sample["__key__"]:
             for i, name in enumerate(VIEW_NAMES):
-                Image.open(io.BytesIO(sample[f"rgb_{i:03d}.png"])).save(folder / f"{name}.png")
+                Image.open(io.BytesIO(sample[view_member(i)])).save(folder / f"{name}.png")
             (folder / "uid.txt").write_text(sample["__key__"] + "\n")
             return folder
     raise FileNotFoundError(f"no object with {match!r} in its uid in {shards}")

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -106,7 +105,7 @@ class ModulatedLayerNorm(nn.Module):
 # Encoders
 # ----------------------------------------------------------------------------------------------
 class MultiViewImageEncoder(nn.Module):
-    """(B, V, 3, H, W) images in [0, 1] + (B, V, 4, 4) c2w -> (B, V * tokens, hidden) CLIP tokens."""
+    """(B, V, 3, S, S) uint8 views + (B, V, 4, 4) c2w -> (B, V * tokens, hidden) CLIP tokens."""
 
     def __init__(self, cfg: ConditionerConfig, load_weights: bool = True):
         super().__init__()
@@ -153,10 +152,14 @@ class MultiViewImageEncoder(nn.Module):
         return getattr(self.clip, "vision_model", self.clip)  # transformers < 5 nests the tower
 
     def forward(self, images: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+        """images: (B, V, 3, S, S) uint8 from shapedata.views.condition_image (or floats in [0, 1])."""
         b, v = images.shape[:2]
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"views of {tuple(images.shape[-2:])} px, the conditioner takes {self.image_size} px: prepare "
+                             "them with shapedata.views.condition_image at that size (data.image_size)")
         x = images.flatten(0, 1)[:, :3].float()
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True, align_corners=False)
+        if images.dtype == torch.uint8:
+            x = x / 255.0
         x = ((x - self.mean) / self.std).to(self.mean.dtype)
         # read by every ModLN; kept after the call, because activation checkpointing replays the
         # layers (and reads it again) in the backward pass of this same call

@@ -125,18 +125,30 @@ class LatentDiffusion(nn.Module):
                guidance_scale: Optional[float] = None, sampler: Optional[str] = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """Unscaled latents (B, num_latents, latent_dim) for the VAE decoder."""
+        return self.sample_from_context(self.encode_condition(cond), num_latents, latent_dim, steps, guidance_scale,
+                                        sampler, generator)
+
+    @torch.no_grad()
+    def sample_from_context(self, context: torch.Tensor, num_latents: int, latent_dim: int, steps: Optional[int] = None,
+                            guidance_scale: Optional[float] = None, sampler: Optional[str] = None,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+        """The sampling loop on encoded conditions. Nothing in it waits for the device: the scheduler's
+        tables stay on the host, the denoiser's timesteps are moved to the device once."""
         scheduler = make_scheduler(self.cfg, sampler or self.cfg.sampler)
         scheduler.set_timesteps(steps or self.cfg.sampling_steps)
         guidance = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
-        context = self.encode_condition(cond)
         b, device = context.shape[0], context.device
+        if generator is not None and generator.device.type != device.type:
+            raise ValueError(f"the generator is on {generator.device} but the model runs on {device}: "
+                             "create it on the model's device")
         if guidance != 1.0:  # one batch: [conditional ; unconditional]
             context = torch.cat([context, self.conditioner.null(b).to(device, context.dtype)])
         x = torch.randn((b, num_latents, latent_dim), generator=generator, device=device) * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
+        timesteps = scheduler.timesteps.to(device)
+        for i, t in enumerate(scheduler.timesteps):
             x_in = torch.cat([x, x]) if guidance != 1.0 else x
             x_in = scheduler.scale_model_input(x_in, t)
-            pred = self.denoiser(x_in, t.expand(x_in.shape[0]).to(device), context).float()
+            pred = self.denoiser(x_in, timesteps[i].expand(x_in.shape[0]), context).float()
             if guidance != 1.0:
                 cond_pred, uncond_pred = pred.chunk(2)
                 pred = uncond_pred + guidance * (cond_pred - uncond_pred)

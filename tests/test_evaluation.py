@@ -59,6 +59,19 @@ def test_evaluate_vae_writes_metrics_table_renders_and_wandb(vae_eval):
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 
 
+def test_objects_scored_together_score_as_one_at_a_time(vae_run, vae_eval, tiny_shards, tmp_path):
+    """vae_eval scored its 3 objects in one batch (batch_size 8); here they go one by one."""
+    out = tmp_path / "single"
+    craft("evaluate", f"checkpoint={vae_run}", f"data.eval_shards={shard_glob(tiny_shards)}", f"output_dir={out}",
+          "data.max_objects=3", "depth=6", "surface_samples=20000", "batch_size=1", "wandb_mode=disabled", "device=cpu")
+    batched, single = (list(csv.DictReader(open(d / "objects.csv"))) for d in (vae_eval, out))
+    assert [r["uid"] for r in batched] == [r["uid"] for r in single]
+    for a, b in zip(batched, single):
+        assert a["faces"] == b["faces"]
+        for key in ("iou_vol", "iou_near", "chamfer", "fscore@0.02"):
+            assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-6), key
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium (make setup installs it)")
 def test_report_opens_in_headless_chromium(vae_eval):
     from playwright.sync_api import sync_playwright

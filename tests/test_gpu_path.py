@@ -161,7 +161,7 @@ def test_diffusion_task_encodes_without_a_graph(vae_run, tiny_shards):
     cfg.model = ModelConfig(**{**vars(tiny_diffusion_config()), "vae_checkpoint": str(vae_run)})
     cfg.model.vae = load_vae_config(vae_run)
     cfg.model.denoiser.latent_dim, cfg.model.denoiser.num_latents = cfg.model.vae.embed_dim, cfg.model.vae.num_latents
-    cfg.trainer.precision = "bf16"
+    cfg.trainer.precision, cfg.data.image_size = "bf16", 32
     task = DiffusionTask(cfg, torch.device("cpu"))
     assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in task.vae.parameters())
     pts = surface(2, cfg.model.vae.num_inputs)

@@ -45,6 +45,9 @@ def test_generate_from_a_folder_of_four_views(diffusion_run, view_folder, tmp_pa
         mesh = trimesh.load(tmp_path / f"mesh{ext}", force="mesh")
         assert len(mesh.faces) == result["faces"] > 0
     assert "wrote" in proc.stdout
+    for stage in ("condition", "sampling", "decode + extraction", "export", "model load"):
+        assert stage in proc.stdout  # seconds per stage on the console
+    assert result["device"] == "cpu" and set(result["stages_s"]) == {"condition", "sampling", "decode + extraction", "export"}
 
 
 def test_generate_from_one_front_image_plus_a_right_view(diffusion_run, view_folder, tmp_path):

@@ -20,10 +20,10 @@ from typing import Iterator
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 from scipy.spatial.transform import Rotation
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from shapedata.views import SET_SIZE, shard_views, view_sets
 from training.config import DataConfig
 
 MAX_CONSECUTIVE_FAILURES = 1000
@@ -116,24 +116,16 @@ def decode_sample(raw: dict, cfg: DataConfig, kind: str, rng: np.random.Generato
         surface, vol, near = _rotate(surface, rot, True), _rotate(vol, rot, False), _rotate(near, rot, False)
     out = {"uid": raw["__key__"], "surface": surface, "vol": vol, "near": near}
     if kind == "diffusion":
-        cams = json.loads(raw["cameras.json"])["views"]
-        n_sets = len(cams) // 4
+        n_sets = view_sets(raw)
         if n_sets == 0:
-            raise ValueError(f"{len(cams)} views: a 4-view set is needed")
-        first = 4 * (int(rng.integers(n_sets)) if cfg.view_set == "random" else 0)
-        picked = range(first, first + cfg.views)
-        images = []
-        for i in picked:
-            img = Image.open(io.BytesIO(raw[f"rgb_{i:03d}.png"])).convert("RGB")
-            if img.size != (cfg.image_size, cfg.image_size):
-                img = img.resize((cfg.image_size, cfg.image_size), Image.BICUBIC)
-            images.append(np.asarray(img).transpose(2, 0, 1))
-        c2w = np.stack([np.asarray(cams[i]["c2w"], dtype=np.float32) for i in picked])
+            raise ValueError("no complete 4-view set in cameras.json")
+        first = SET_SIZE * (int(rng.integers(n_sets)) if cfg.view_set == "random" else 0)
+        images, c2w = shard_views(raw, range(first, first + cfg.views), cfg.image_size)
         if rot is not None:  # the cameras turn with the object: the images stay valid
             rot4 = np.eye(4, dtype=np.float32)
             rot4[:3, :3] = rot
             c2w = rot4 @ c2w
-        out["images"], out["c2w"] = np.stack(images), c2w
+        out["images"], out["c2w"] = images, c2w
     return out
 
 

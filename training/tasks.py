@@ -70,6 +70,9 @@ class DiffusionTask:
         self.vae.requires_grad_(False).eval().to(device, dtype)
         self.vae_source = str(ckpt)
         self.model = build_diffusion(cfg.model)
+        size = getattr(self.model.conditioner, "image_size", cfg.data.image_size)
+        if size != cfg.data.image_size:
+            raise ValueError(f"data.image_size={cfg.data.image_size} but the conditioner takes {size} px views")
         # a frozen pretrained CLIP is reloaded from model.conditioner.pretrained, not copied into checkpoints
         self.skip_prefixes = ("conditioner.clip.",) if cfg.model.conditioner.pretrained else ()
 
@@ -93,7 +96,7 @@ class DiffusionTask:
     def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict]:
         b = _to(batch, self.device)
         gen = _generator(batch, self.device)
-        cond = {"images": b["images"].float() / 255.0, "c2w": b["c2w"]}
+        cond = {"images": b["images"], "c2w": b["c2w"]}  # uint8 views: the conditioner scales them
         return engine(self._latents(b["surface"], gen), cond, gen)
 
 

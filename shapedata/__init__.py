@@ -1,0 +1,1 @@
+"""The data contract between preprocessing, training, evaluation and inference (docs/data-format.md)."""
