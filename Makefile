@@ -23,8 +23,8 @@ test-fast: setup
 # The demo scores the objects it trained on: 9 objects are too few to hold any out.
 demo: setup
 	mkdir -p $(DEMO)
-	$(PY) -m pipelines.corpora demo-list > $(DEMO)/meshes.txt
-	$(VENV)/bin/craft preprocess source.path=$(DEMO)/meshes.txt output_dir=$(DEMO)/data
+	$(PY) -m pipelines.corpora demo-list $(DEMO)/meshes
+	$(VENV)/bin/craft preprocess source.path=$(DEMO)/meshes/meshes.txt output_dir=$(DEMO)/data
 	$(VENV)/bin/craft train experiment=vae_tiny 'data.train_shards=$(DEMO)/data/shards/*.tar' run_dir=$(DEMO)/runs/vae
 	$(VENV)/bin/craft train experiment=diffusion_tiny 'data.train_shards=$(DEMO)/data/shards/*.tar' \
 	    model.vae_checkpoint=$(DEMO)/runs/vae run_dir=$(DEMO)/runs/diffusion trainer.max_steps=300

@@ -9,10 +9,12 @@ evaluated checkpoint), DIR/report.html, and logs to W&B (offline by default).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +31,10 @@ from evaluation.objects import ObjectReader
 from evaluation.report import write_report
 from evaluation.scoring import Models, load_models, score_batch
 from inference.runtime import resolve_device
-from models.extraction import DEFAULT_DEPTH
+from models.extraction import DEFAULT_DEPTH, MAX_DEPTH
 from pipelines.config import CONF_DIR
 from training.checkpoint import latest_checkpoint, list_checkpoints, read_meta
+from pipelines.errors import ConfigError, MissingInput, NothingDone, check_writable
 
 log = logging.getLogger("craft.evaluate")
 
@@ -109,27 +112,66 @@ def read_history(out: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
+def validate(cfg: EvalConfig) -> Optional[Path]:
+    """Everything checked before anything is written; returns the checkpoint (None in watch mode)."""
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if not 1 <= cfg.depth <= MAX_DEPTH:
+        raise ConfigError(f"depth must be in [1, {MAX_DEPTH}], got {cfg.depth}")
+    resolve_device(cfg.device)
+    check_writable(cfg.output_dir, "output_dir")
+    ObjectReader(cfg.data.eval_shards)  # the glob matches shards
+    if cfg.watch:
+        if not cfg.run_dir:
+            raise ConfigError("watch=true needs run_dir=DIR (the training run to follow)")
+        if not Path(cfg.run_dir).is_dir():
+            raise MissingInput(f"run_dir={cfg.run_dir} does not exist")
+        return None
+    ckpt = latest_checkpoint(cfg.checkpoint) if cfg.checkpoint else None
+    if ckpt is None:
+        raise MissingInput(f"checkpoint={cfg.checkpoint}: no checkpoint there")
+    return ckpt
+
+
+@contextlib.contextmanager
+def output_dir(path: Path):
+    """The output folder, created for the run; removed again if the run fails before writing to it."""
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if created and not any(path.rglob("*.*")):  # only empty folders (meshes/, renders/) inside
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
 def run(cfg: EvalConfig) -> list[dict]:
     """Evaluate `checkpoint`, or in watch mode every checkpoint of `run_dir` once, in step order."""
+    ckpt = validate(cfg)
+    device = resolve_device(cfg.device)
+    with output_dir(Path(cfg.output_dir)) as out:
+        return [evaluate_and_report(ckpt, cfg, out, device)[0]] if ckpt is not None else watch(cfg, out, device)
+
+
+def evaluate_and_report(ckpt: Path, cfg: EvalConfig, out: Path, device: torch.device,
+                        models: Optional[Models] = None, dash=None) -> tuple[dict, Models]:
     from evaluation.dashboard import Dashboard
 
-    if cfg.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
-    device = resolve_device(cfg.device)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if not cfg.watch:
-        ckpt = latest_checkpoint(cfg.checkpoint) if cfg.checkpoint else None
-        if ckpt is None:
-            raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no checkpoint there")
-        dash = Dashboard(out, cfg)
-        result, _ = evaluate_checkpoint(ckpt, cfg, out, device)
-        dash.log(result)
-        write_report(out, read_history(out), result)
+    own = dash is None
+    dash = dash or Dashboard(out, cfg)
+    result, models = evaluate_checkpoint(ckpt, cfg, out, device, models)
+    dash.log(result)
+    write_report(out, read_history(out), result)
+    if own:
         dash.close()
-        return [result]
-    if not cfg.run_dir:
-        raise ValueError("watch=true needs run_dir=DIR (the training run to follow)")
+    return result, models
+
+
+def watch(cfg: EvalConfig, out: Path, device: torch.device) -> list[dict]:
+    """Every checkpoint of `run_dir` once, in step order, until its last step or an idle timeout."""
+    from evaluation.dashboard import Dashboard
+
     root = Path(cfg.run_dir) / "checkpoints"
     done = {h["step"] for h in read_history(out)}
     dash = Dashboard(out, cfg)
@@ -137,10 +179,8 @@ def run(cfg: EvalConfig) -> list[dict]:
     while True:
         new = [c for c in list_checkpoints(root) if read_meta(c)["step"] not in done]
         for ckpt in new:
-            result, models = evaluate_checkpoint(ckpt, cfg, out, device, models)
+            result, models = evaluate_and_report(ckpt, cfg, out, device, models, dash)
             done.add(result["step"])
-            dash.log(result)
-            write_report(out, read_history(out), result)
             results.append(result)
             idle_since = time.time()
             log.info("evaluated step %d: %s", result["step"], _short(result["metrics"]))
@@ -148,6 +188,9 @@ def run(cfg: EvalConfig) -> list[dict]:
         if cfg.stop_at_max_steps and final is not None and final in done:
             break
         if time.time() - idle_since > cfg.idle_timeout_s:
+            if not done:
+                dash.close()
+                raise NothingDone(f"run_dir={cfg.run_dir}: no checkpoint appeared within idle_timeout_s={cfg.idle_timeout_s:.0f}")
             log.info("no new checkpoint for %.0f s: watch ends", cfg.idle_timeout_s)
             break
         time.sleep(cfg.poll_s)
@@ -167,8 +210,13 @@ def _short(metrics: dict) -> str:
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
 def main(dcfg: DictConfig) -> None:
     cfg: EvalConfig = OmegaConf.to_object(dcfg)
-    for result in run(cfg):
+    results = run(cfg)
+    for result in results:
         skipped = f", {result['skipped']} unreadable skipped" if result["skipped"] else ""
         print(f"step {result['step']} ({result['kind']}, {result['weights']} weights, {result['objects']} objects{skipped}, "
               f"{result['device']}): {_short(result['metrics'])}")
-    print(f"report: {Path(cfg.output_dir) / 'report.html'}")
+    report = Path(cfg.output_dir) / "report.html"
+    if report.exists():
+        print(f"report: {report}")
+    if not results:
+        print(f"nothing new: every checkpoint of {cfg.run_dir} is already in {Path(cfg.output_dir) / 'history.jsonl'}")

@@ -22,6 +22,7 @@ table{border-collapse:collapse;font-size:13px} th,td{border:1px solid #ccc;paddi
 th{background:#f3f3f3;cursor:pointer;user-select:none} td.uid{text-align:left;font-family:monospace}
 th.sorted-asc::after{content:" \\25B2"} th.sorted-desc::after{content:" \\25BC"}
 img.render{max-width:100%;border:1px solid #eee}
+.curve.single{width:180px} .curve .value{font-size:28px;margin:18px 0 4px}
 """
 
 SORT_JS = """
@@ -49,6 +50,10 @@ def svg_curve(name: str, steps: list[int], values: list[float]) -> str:
     pts = [(s, v) for s, v in zip(steps, values) if v is not None and not math.isnan(v)]
     if not pts:
         return f'<div class="curve"><h3>{html.escape(name)}</h3><p>no values</p></div>'
+    if len(pts) == 1:  # one checkpoint: a value, not a lone dot on a made-up axis
+        (x, y), = pts
+        return (f'<div class="curve single" data-metric="{html.escape(name)}"><h3>{html.escape(name)}</h3>'
+                f'<p class="value">{y:.4f}</p><p>at step {x} (one checkpoint so far)</p></div>')
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
     y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1e-9
@@ -63,6 +68,11 @@ def svg_curve(name: str, steps: list[int], values: list[float]) -> str:
             f'<text x="{CURVE_W - PAD}" y="{CURVE_H - 6}" font-size="10" text-anchor="end">{x1}</text>'
             f'<text x="2" y="{PAD - 10}" font-size="10">{y1:.3g}</text>'
             f'<text x="2" y="{CURVE_H - PAD + 4}" font-size="10">{y0:.3g}</text></svg></div>')
+
+
+def _skipped(latest: dict) -> str:
+    n = latest.get("skipped", 0)
+    return f' <strong id="skipped">{n} unreadable shard(s) or sample(s) skipped.</strong>' if n else ""
 
 
 def _image(path: Path) -> str:
@@ -91,7 +101,7 @@ def write_report(out: Path, history: list[dict], latest: dict) -> Path:
 <title>Evaluation report: {html.escape(latest['kind'])} step {latest['step']}</title><style>{STYLE}</style></head><body>
 <h1>Evaluation report: {html.escape(latest['kind'])} checkpoint at step {latest['step']}</h1>
 <p>{html.escape(latest['checkpoint'])} ({html.escape(latest['weights'])} weights), {latest['objects']} objects from data.eval_shards,
-{len(history)} checkpoint(s) evaluated.</p>
+{len(history)} checkpoint(s) evaluated.{_skipped(latest)}</p>
 <h2>Latest checkpoint</h2><table id="summary">{summary}</table>
 <h2>Metrics over checkpoints</h2><div class="curves" id="curves">{curves}</div>
 <h2>Per object (click a column to sort)</h2>

@@ -14,17 +14,18 @@ import logging
 from pathlib import Path
 
 from PIL import Image
+from pipelines.errors import ConfigError, MissingInput
 
 log = logging.getLogger("craft.generate")
 
 FRONTENDS = ("none", "imagedream", "crm", "wonder3d")
 
 
-class FrontEndWeightsMissing(FileNotFoundError):
+class FrontEndWeightsMissing(MissingInput):
     pass
 
 
-class RemoteCodeRefused(PermissionError):
+class RemoteCodeRefused(ConfigError):
     pass
 
 
@@ -100,7 +101,7 @@ class CRM(MultiViewFrontEnd):
 
 def build_frontend(name: str, weights: str | None, trust_remote_code: bool = False) -> MultiViewFrontEnd | None:
     if name not in FRONTENDS:
-        raise ValueError(f"frontend must be one of {FRONTENDS}, got {name!r}")
+        raise ConfigError(f"frontend must be one of {FRONTENDS}, got {name!r}")
     if name == "none":
         return None
     return {"wonder3d": Wonder3D, "imagedream": ImageDream, "crm": CRM}[name](weights, trust_remote_code)

@@ -24,7 +24,8 @@ from inference.frontends import build_frontend
 from inference.images import find_views, remove_background
 from inference.pipeline import Generator, canonical_c2w
 from inference.runtime import StageTimer, resolve_device
-from models.extraction import DEFAULT_DEPTH, export_mesh, remove_small_components
+from models.extraction import DEFAULT_DEPTH, MAX_DEPTH, export_mesh, remove_small_components
+from pipelines.errors import ConfigError
 from pipelines.config import CONF_DIR
 from shapedata.views import VIEW_NAMES, condition_image
 
@@ -77,6 +78,8 @@ def load_views(cfg: GenerateConfig, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def generate(cfg: GenerateConfig, generator: Generator | None = None) -> dict:
     """Views -> GLB + OBJ; returns what was written and the seconds per stage."""
+    if not 1 <= cfg.depth <= MAX_DEPTH:
+        raise ConfigError(f"depth must be in [1, {MAX_DEPTH}], got {cfg.depth}")
     start = time.perf_counter()
     if generator is None:
         generator = Generator.load(cfg.checkpoint, cfg.ema, resolve_device(cfg.device))

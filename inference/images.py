@@ -10,6 +10,7 @@ from typing import Optional
 from PIL import Image
 
 from shapedata.views import VIEW_NAMES, view_member
+from pipelines.errors import ConfigError, MissingInput
 
 log = logging.getLogger("craft.generate")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -34,16 +35,16 @@ def find_views(images: list[str], extra: dict[str, Optional[str]]) -> dict[str, 
             paths = dict(zip(VIEW_NAMES, files))
     else:
         if len(images) > 4:
-            raise ValueError(f"images: at most 4 views (front, right, back, left), got {len(images)}")
+            raise ConfigError(f"images: at most 4 views (front, right, back, left), got {len(images)}")
         paths = {v: Path(p) for v, p in zip(VIEW_NAMES, images)}
     for view, path in extra.items():
         if path:
             paths[view] = Path(path)
     if "front" not in paths:
-        raise ValueError("images: no front view (give images=[front.png,...] or a folder with front.png)")
+        raise ConfigError("images: no front view (give images=[front.png,...] or a folder with front.png)")
     for view, path in paths.items():
         if not path.is_file():
-            raise FileNotFoundError(f"{view} view: {path} does not exist")
+            raise MissingInput(f"{view} view: {path} does not exist")
     return paths
 
 
@@ -56,7 +57,7 @@ def remove_background(img: Image.Image, mode: str) -> Image.Image:
     """Images with alpha are used as they are. Others go through rembg when its model is available locally;
     otherwise 'auto' warns and keeps the image, 'always' fails."""
     if mode not in BACKGROUND_MODES:
-        raise ValueError(f"remove_background must be one of {BACKGROUND_MODES}, got {mode!r}")
+        raise ConfigError(f"remove_background must be one of {BACKGROUND_MODES}, got {mode!r}")
     if has_alpha(img) or mode == "never":
         return img
     try:

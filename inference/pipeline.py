@@ -22,6 +22,7 @@ from pipelines.render import CANONICAL_DIRECTIONS, look_at
 from training.checkpoint import latest_checkpoint, load_weights
 from training.config import TrainConfig
 from training.loop import config_from_dict
+from pipelines.errors import ConfigError, MissingInput
 
 
 def canonical_c2w(distance: float = 4.5) -> np.ndarray:
@@ -34,7 +35,7 @@ def load_vae(path: str | Path, prefer_ema: bool = True, device: torch.device | s
     state, meta, which = load_weights(path, prefer_ema)
     cfg = config_from_dict(meta["config"])
     if cfg.model.kind != "vae":
-        raise ValueError(f"{path} holds a {cfg.model.kind} checkpoint, not a VAE")
+        raise ConfigError(f"{path} holds a {cfg.model.kind} checkpoint, not a VAE")
     vae = build_vae(cfg.model)
     vae.load_state_dict(state)
     return vae.eval().to(device), meta, which
@@ -69,7 +70,7 @@ class Generator:
         state, meta, which = load_weights(path, prefer_ema)
         cfg = config_from_dict(meta["config"])
         if cfg.model.kind != "diffusion":
-            raise ValueError(f"{path} holds a {cfg.model.kind} checkpoint; generation needs a diffusion checkpoint")
+            raise ConfigError(f"{path} holds a {cfg.model.kind} checkpoint; generation needs a diffusion checkpoint")
         model = build_diffusion(cfg.model)
         # frozen pretrained CLIP weights are not in the checkpoint: they come from model.conditioner.pretrained
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -78,7 +79,7 @@ class Generator:
             raise ValueError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
         vae_path = meta.get("vae_checkpoint") or cfg.model.vae_checkpoint
         if not vae_path or latest_checkpoint(vae_path) is None:
-            raise FileNotFoundError(f"{path}: its VAE checkpoint {vae_path!r} is gone; set model.vae_checkpoint")
+            raise MissingInput(f"{path}: its VAE checkpoint {vae_path!r} is gone; set model.vae_checkpoint")
         vae, _, _ = load_vae(vae_path, prefer_ema, device)
         return cls(model.eval().to(device), vae, cfg, meta["step"], which, device)
 

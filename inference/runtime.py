@@ -5,6 +5,7 @@ import contextlib
 import time
 
 import torch
+from pipelines.errors import ConfigError
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -14,15 +15,15 @@ def resolve_device(spec: str) -> torch.device:
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(spec)
-    except RuntimeError as err:
-        raise ValueError(f"device={spec!r}: expected auto, cpu, cuda or cuda:N") from err
+    except RuntimeError:
+        raise ConfigError(f"device={spec!r}: expected auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={spec!r}: expected auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"device={spec!r}: expected auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={spec}: no CUDA device here (torch {torch.__version__}); use device=cpu or auto")
+            raise ConfigError(f"device={spec}: no CUDA device here (torch {torch.__version__}); use device=cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device={spec}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise ConfigError(f"device={spec}: only {torch.cuda.device_count()} CUDA device(s) here")
     return device
 
 

@@ -11,6 +11,7 @@ from models.denoiser import DenoiserConfig, DiTBlock, build_denoiser
 from models.diffusion import DiffusionConfig, LatentDiffusion
 from models.shape_vae import ShapeVAE, VAEConfig, VAELossConfig
 from models.transformer import CrossBlock, SelfBlock, compile_blocks, set_attention_backend
+from pipelines.errors import ConfigError
 
 KINDS = ("vae", "diffusion")
 
@@ -28,7 +29,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"model.kind must be one of {KINDS}, got {self.kind!r}")
+            raise ConfigError(f"model.kind must be one of {KINDS}, got {self.kind!r}")
 
 
 def build_vae(cfg: ModelConfig) -> ShapeVAE:
@@ -41,10 +42,10 @@ def build_diffusion(cfg: ModelConfig, load_weights: bool = True) -> LatentDiffus
     """Denoiser + conditioner. The conditioner's width must be the denoiser's context_dim."""
     conditioner = build_conditioner(cfg.conditioner, load_weights)
     if conditioner.hidden_size != cfg.denoiser.context_dim:
-        raise ValueError(f"model.denoiser.context_dim={cfg.denoiser.context_dim} but the conditioner gives "
+        raise ConfigError(f"model.denoiser.context_dim={cfg.denoiser.context_dim} but the conditioner gives "
                          f"{conditioner.hidden_size}-wide tokens")
     if (cfg.denoiser.latent_dim, cfg.denoiser.num_latents) != (cfg.vae.embed_dim, cfg.vae.num_latents):
-        raise ValueError(f"model.denoiser latent_dim/num_latents ({cfg.denoiser.latent_dim}, {cfg.denoiser.num_latents}) "
+        raise ConfigError(f"model.denoiser latent_dim/num_latents ({cfg.denoiser.latent_dim}, {cfg.denoiser.num_latents}) "
                          f"must equal model.vae embed_dim/num_latents ({cfg.vae.embed_dim}, {cfg.vae.num_latents})")
     denoiser = build_denoiser(cfg.denoiser)
     set_attention_backend(denoiser, cfg.attention)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from pipelines.errors import ConfigError, MissingInput
 
 KINDS = ("image", "text")
 CAMERA_DIM = 32  # sin and cos of the 16 entries of the flattened 4x4 camera-to-world
@@ -49,10 +50,10 @@ class ConditionerConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"model.conditioner.kind must be one of {KINDS}, got {self.kind!r}")
+            raise ConfigError(f"model.conditioner.kind must be one of {KINDS}, got {self.kind!r}")
 
 
-class WeightsNotFound(FileNotFoundError):
+class WeightsNotFound(MissingInput):
     pass
 
 

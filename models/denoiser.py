@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from models.transformer import MLP, CrossAttention, SelfAttention, SelfBlock, run_block, timestep_embedding
+from pipelines.errors import ConfigError
 
 KINDS = ("unet_transformer", "dit")
 
@@ -35,7 +36,7 @@ class DenoiserConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"model.denoiser.kind must be one of {KINDS}, got {self.kind!r}")
+            raise ConfigError(f"model.denoiser.kind must be one of {KINDS}, got {self.kind!r}")
 
 
 class TimestepEmbedder(nn.Module):

@@ -17,6 +17,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import nn
 
 from models.conditioners import drop_conditions
+from pipelines.errors import ConfigError
 
 PREDICTIONS = ("epsilon", "v_prediction")
 SAMPLERS = {"ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler, "ddpm": DDPMScheduler}
@@ -36,15 +37,15 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTIONS:
-            raise ValueError(f"model.diffusion.prediction_type must be one of {PREDICTIONS}, got {self.prediction_type!r}")
+            raise ConfigError(f"model.diffusion.prediction_type must be one of {PREDICTIONS}, got {self.prediction_type!r}")
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"model.diffusion.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
+            raise ConfigError(f"model.diffusion.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
 
 
 def make_scheduler(cfg: DiffusionConfig, kind: str = "ddpm"):
     """A diffusers scheduler with the training noise schedule; `kind` in ddpm / ddim / dpmsolver++."""
     if kind not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {kind!r}")
+        raise ConfigError(f"sampler must be one of {sorted(SAMPLERS)}, got {kind!r}")
     common = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                   beta_start=cfg.beta_start, beta_end=cfg.beta_end, prediction_type=cfg.prediction_type)
     if kind == "ddim":

@@ -22,6 +22,7 @@ import trimesh
 from skimage.measure import marching_cubes
 
 DEFAULT_DEPTH = 7  # (2^7 + 1)^3 grid: generate, evaluate and the app (CraftsMan's inference default)
+MAX_DEPTH = 10  # 1025^3: the grid alone is 4 GB of float32
 METHODS = ("octree", "dense")
 
 # field(xyz (M, 3)) -> (M,) values, > 0 inside; a batched field takes (B, M, 3) -> (B, M)
@@ -130,7 +131,8 @@ def extract_meshes(field: Field, batch: int, depth: int = DEFAULT_DEPTH, method:
     """The 0-level surfaces of a batched field (B, M, 3) -> (B, M) at grid depth `depth`."""
     start = time.perf_counter()
     if method == "octree":
-        values, visit, stats = octree_grids(field, batch, depth, coarse_depth, bound, chunk=chunk, device=device)
+        coarse = min(coarse_depth, depth)  # a shallow grid is all coarse
+        values, visit, stats = octree_grids(field, batch, depth, coarse, bound, chunk=chunk, device=device)
     elif method == "dense":
         (values, stats), visit = dense_grids(field, batch, depth, bound, chunk, device), None
     else:

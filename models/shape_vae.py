@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.transformer import CrossBlock, FourierEmbedder, SelfAttentionStack, run_block
+from pipelines.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------
 # Config
@@ -43,11 +44,11 @@ class VAEConfig:
 
     def __post_init__(self) -> None:
         if self.query_mode not in QUERY_MODES:
-            raise ValueError(f"model.vae.query_mode must be one of {QUERY_MODES}, got {self.query_mode!r}")
+            raise ConfigError(f"model.vae.query_mode must be one of {QUERY_MODES}, got {self.query_mode!r}")
         if self.head not in HEADS:
-            raise ValueError(f"model.vae.head must be one of {HEADS}, got {self.head!r}")
+            raise ConfigError(f"model.vae.head must be one of {HEADS}, got {self.head!r}")
         if self.query_mode == "fps" and self.num_latents > self.num_inputs:
-            raise ValueError(f"model.vae.num_latents ({self.num_latents}) > num_inputs ({self.num_inputs}) with fps queries")
+            raise ConfigError(f"model.vae.num_latents ({self.num_latents}) > num_inputs ({self.num_inputs}) with fps queries")
 
 
 # ----------------------------------------------------------------------------------------------

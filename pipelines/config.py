@@ -116,6 +116,7 @@ class PreprocessConfig:
     retry_failed: bool = False  # on resume, try objects recorded as failed again
     shard_max_bytes: int = 1_000_000_000
     threads_per_task: int = 1  # threads each object's geometry may use (1: one core per task)
+    lock_stale_s: float = 120.0  # a lock on output_dir with no heartbeat for this long is taken over
 
 
 def compute_threads() -> int:

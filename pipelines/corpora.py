@@ -58,9 +58,24 @@ def fixed_sample(n: int, seed: int = 0) -> list[Path]:
     return sorted(rng.sample(procedural, n - k) + rng.sample(other, k))
 
 
+def write_demo_list(folder: Path) -> Path:
+    """FOLDER/pybullet and FOLDER/assimp as links to the two corpora, and FOLDER/meshes.txt listing
+    the demo meshes through them: the listed files share FOLDER, so their uids read
+    `pybullet_duck-...`, not the virtual environment's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, root in (("pybullet", pybullet_data_dir()), ("assimp", assimp_models_dir())):
+        link = folder / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(root, target_is_directory=True)
+    listing = folder / "meshes.txt"
+    listing.write_text("".join(f"{corpus}/{rel}\n" for corpus, rel in DEMO_MESHES))
+    return listing
+
+
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] != ["demo-list"]:
-        raise SystemExit("usage: python -m pipelines.corpora demo-list   (prints the demo meshes, one path a line)")
-    print("\n".join(str(p) for p in demo_meshes()))
+    if len(sys.argv) != 3 or sys.argv[1] != "demo-list":
+        raise SystemExit("usage: python -m pipelines.corpora demo-list FOLDER   (links the corpora there, prints the list file)")
+    print(write_demo_list(Path(sys.argv[2])))

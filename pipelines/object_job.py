@@ -25,6 +25,16 @@ from pipelines.sources import ObjectRef, TransientError, local_copy
 
 PIPELINE_VERSION = "0.1.0"
 STAGES = ("load", "watertight", "sample", "render", "write")
+# Failure reasons of the job itself (the loader's are pipelines.mesh_io.REASONS)
+JOB_REASONS = {
+    "not_found": "the source does not exist (a missing file, HTTP 404, no such object in the bucket)",
+    "fetch_failed": "the source could not be fetched after max_retries (DNS, refused or reset connection, "
+                    "network timeout, HTTP 5xx/408/429); retried again on the next run",
+    "timeout": "no result within timeout_s; the worker was killed (retried with retry_failed=true)",
+    "worker_crashed": "the worker process died (out of memory, lost node); retried again on the next run",
+    "error": "an unexpected error in the pipeline or a library, with its message",
+}
+RETRIED_ON_RERUN = ("fetch_failed", "worker_crashed")
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -86,7 +96,7 @@ def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str) -> dict:
     except MeshRejected as e:
         return failure(base, e.code, e.message)
     except FileNotFoundError as e:
-        return failure(base, "unreadable", f"no such file: {e.filename or e}")
+        return failure(base, "not_found", f"no such file or object: {e.filename or e}")
     except Exception as e:  # a bug or an unexpected library error: recorded, the job goes on
         tb = traceback.format_exception_only(type(e), e)[-1].strip()
         return failure(base, "error", tb[:500])

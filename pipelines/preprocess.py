@@ -16,13 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pipelines.config import CONF_DIR, PreprocessConfig, SourceConfig, register_configs
-from pipelines.object_job import PIPELINE_VERSION, STAGES, failure, run_object
+from pipelines.object_job import PIPELINE_VERSION, RETRIED_ON_RERUN, STAGES, failure, run_object
 from pipelines.raycluster import init_ray
 from pipelines.shards import ShardStore
 from pipelines.sources import ObjectRef, TransientError, folder_objects, list_file_objects, objaverse_objects
+from pipelines.errors import ConfigError, MissingInput, NothingDone, check_writable
+from pipelines.lock import OutputLock
 
 log = logging.getLogger("craft.preprocess")
 register_configs()
+SOURCE_KINDS = ("auto", "folder", "list", "objaverse")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -30,23 +33,42 @@ register_configs()
 # ---------------------------------------------------------------------------------------------
 
 
+def validate(cfg: PreprocessConfig) -> None:
+    """Values the schema cannot check, before anything is read or written; errors name the key."""
+    for key, low in (("workers", 1), ("threads_per_task", 1), ("max_retries", 0)):
+        if getattr(cfg, key) < low:
+            raise ConfigError(f"{key} must be >= {low}, got {getattr(cfg, key)}")
+    for key in ("timeout_s", "memory_per_task_gb", "shard_max_bytes", "lock_stale_s"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be > 0, got {getattr(cfg, key)}")
+    check_writable(cfg.output_dir, "output_dir")
+    src = cfg.source
+    if src.kind not in SOURCE_KINDS:
+        raise ConfigError(f"source.kind={src.kind!r}: expected one of {', '.join(SOURCE_KINDS)}")
+    if src.kind != "objaverse":
+        if not src.path:
+            raise ConfigError("source.path is required (a folder or a list file), or set source.kind=objaverse")
+        if not Path(src.path).exists():
+            raise MissingInput(f"source.path={src.path} does not exist")
+        if src.kind == "folder" and not Path(src.path).is_dir():
+            raise MissingInput(f"source.path={src.path} is not a folder")
+        if src.kind == "list" and not Path(src.path).is_file():
+            raise MissingInput(f"source.path={src.path} is not a list file")
+    if src.partition:
+        parse_partition(src.partition)
+
+
 def resolve_sources(src: SourceConfig) -> list[ObjectRef]:
     kind = src.kind
     if kind == "auto":
-        if not src.path:
-            raise ValueError("source.path is required (a folder or a list file), or set source.kind=objaverse")
         kind = "folder" if Path(src.path).is_dir() else "list"
     if kind == "folder":
         refs = folder_objects(src.path)
     elif kind == "list":
-        if not src.path or not Path(src.path).is_file():
-            raise FileNotFoundError(f"source.path={src.path} is not a list file")
         refs = list_file_objects(src.path)
     elif kind == "objaverse":
         refs = objaverse_objects(src.uids or None, src.lvis_categories or None, src.cache_dir, src.annotations,
                                  src.limit, src.download_processes)
-    else:
-        raise ValueError(f"source.kind={kind!r}: expected auto, folder, list or objaverse")
     refs = list({r.uid: r for r in refs}.values())
     if src.partition:
         index, count = parse_partition(src.partition)
@@ -59,9 +81,9 @@ def parse_partition(text: str) -> tuple[int, int]:
     try:
         index, count = (int(x) for x in text.split("/"))
     except ValueError:
-        raise ValueError(f"source.partition={text!r}: expected 'i/n', e.g. 0/4") from None
+        raise ConfigError(f"source.partition={text!r}: expected 'i/n', e.g. 0/4") from None
     if not 0 <= index < count:
-        raise ValueError(f"source.partition={text!r}: need 0 <= i < n")
+        raise ConfigError(f"source.partition={text!r}: need 0 <= i < n")
     return index, count
 
 
@@ -71,17 +93,21 @@ def config_hash(cfg: PreprocessConfig) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def claim_output(out: Path, cfg: PreprocessConfig, digest: str) -> None:
-    """Record the config in OUT/config.json, or refuse an output written with another config."""
+def check_output(out: Path, digest: str) -> None:
+    """Refuse an output written with another geometry/render config (nothing is written here)."""
     path = out / "config.json"
     if path.exists():
         previous = json.loads(path.read_text())
         if previous["config_hash"] != digest:
-            raise SystemExit(
-                f"craft preprocess: {out} holds shards made with config hash {previous['config_hash']} "
-                f"(settings in {path}); this run's geometry/render settings hash to {digest}. "
-                "Use a new output_dir, or the same settings to resume."
-            )
+            raise ConfigError(
+                f"{out} holds shards made with config hash {previous['config_hash']} (settings in {path}); this "
+                f"run's geometry/render settings hash to {digest}: use a new output_dir, or the same settings to resume")
+
+
+def claim_output(out: Path, cfg: PreprocessConfig, digest: str) -> None:
+    """Record the config in OUT/config.json (once; a different config was refused by check_output)."""
+    path = out / "config.json"
+    if path.exists():
         return
     out.mkdir(parents=True, exist_ok=True)
     body = {"config_hash": digest, "pipeline_version": PIPELINE_VERSION,
@@ -221,27 +247,41 @@ def format_summary(s: dict) -> str:
 
 
 def preprocess(cfg: PreprocessConfig) -> dict:
-    """Run (or resume) the job described by `cfg`; returns the summary."""
+    """Run (or resume) the job described by `cfg`; returns the summary.
+
+    Nothing is written before the config, the sources and the output's lock check out. The
+    manifest describes every object in the shards and every recorded failure, whatever this run
+    listed (a resume over a narrower listing keeps the earlier rows)."""
+    validate(cfg)
     out = Path(cfg.output_dir).resolve()
     digest = config_hash(cfg)
-    claim_output(out, cfg, digest)
-    store = ShardStore(out, cfg.shard_max_bytes)
-    done_ok, done_failed = store.recover()
+    check_output(out, digest)
     refs = resolve_sources(cfg.source)
-    skip = set(done_ok) | (set() if cfg.retry_failed else set(done_failed))
-    todo = [r for r in refs if r.uid not in skip]
-    log.info("%d objects: %d already done, %d to process -> %s", len(refs), len(refs) - len(todo), len(todo), out)
-    t0 = time.monotonic()
-    fresh, startup = process_all(todo, cfg, digest, store) if todo else ({}, 0.0)
-    seconds = time.monotonic() - t0 - startup
-    rows = {**done_failed, **done_ok, **fresh}
-    wanted = {r.uid for r in refs}
-    final = [rows[u] for u in sorted(rows) if u in wanted]
-    store.write_manifest(final)
-    summary = summarize(final, seconds, len(todo), cfg.workers)
-    summary["config_hash"] = digest
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if not refs:
+        raise NothingDone(f"no mesh files found in {_describe(cfg.source)}")
+    with OutputLock(out, cfg.lock_stale_s):
+        claim_output(out, cfg, digest)
+        store = ShardStore(out, cfg.shard_max_bytes)
+        done_ok, done_failed = store.recover()
+        retry = set(done_failed) if cfg.retry_failed else {u for u, r in done_failed.items() if r["reason"] in RETRIED_ON_RERUN}
+        todo = [r for r in refs if r.uid not in done_ok and (r.uid not in done_failed or r.uid in retry)]
+        log.info("%d objects: %d already done, %d to process -> %s", len(refs), len(refs) - len(todo), len(todo), out)
+        t0 = time.monotonic()
+        fresh, startup = process_all(todo, cfg, digest, store) if todo else ({}, 0.0)
+        seconds = time.monotonic() - t0 - startup
+        rows = {**done_failed, **done_ok, **fresh}
+        store.write_manifest(list(rows.values()))
+        summary = summarize(list(rows.values()), seconds, len(todo), cfg.workers)
+        summary["this_run"]["ok"] = sum(r["status"] == "ok" for r in fresh.values())
+        summary["config_hash"] = digest
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _describe(src: SourceConfig) -> str:
+    if src.kind == "objaverse":
+        return f"Objaverse (source.uids={list(src.uids)[:3]}, source.lvis_categories={list(src.lvis_categories)})"
+    return f"source.path={src.path}" + (f" (partition {src.partition})" if src.partition else "")
 
 
 @hydra.main(config_path=CONF_DIR, config_name="preprocess", version_base="1.3")
@@ -251,3 +291,8 @@ def main(dcfg: DictConfig) -> None:
     print(format_summary(summary))
     out = Path(cfg.output_dir)
     print(f"shards: {out / 'shards'}  manifest: {out / 'manifest.parquet'}  summary: {out / 'summary.json'}")
+    run = summary["this_run"]
+    if run["processed"] and not run["ok"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["reasons"].items()))
+        raise NothingDone(f"none of the {run['processed']} objects this run processed succeeded ({reasons}); "
+                          f"reasons per object in {out / 'manifest.parquet'}")

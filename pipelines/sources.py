@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipelines.mesh_io import SUPPORTED_SUFFIXES
+from pipelines.errors import ConfigError, MissingInput
 
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -51,23 +54,26 @@ def folder_objects(root: str | Path) -> list[ObjectRef]:
     """Every supported mesh below `root` (recursive), uid from its path relative to root."""
     root = Path(root).resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"source.path={root} is not a folder")
+        raise MissingInput(f"source.path={root} is not a folder")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
     return [ObjectRef(sanitize_uid(str(p.relative_to(root))), str(p)) for p in files]
 
 
 def list_file_objects(list_path: str | Path) -> list[ObjectRef]:
-    """One local path or fsspec URL (s3://, gs://, https://, ...) per line; '#' starts a comment."""
-    refs = []
-    base = Path(list_path).resolve().parent
+    """One local path or fsspec URL (s3://, gs://, https://, ...) per line; '#' starts a comment.
+
+    Local paths (relative ones from the list file's folder) get uids from their path relative to
+    the common folder of the listed files, so names stay short and readable wherever the data
+    lives; URLs get theirs from the whole URL."""
+    base = Path(list_path).absolute().parent
+    items = []
     for line in Path(list_path).read_text().splitlines():
         item = line.split("#", 1)[0].strip()
-        if not item:
-            continue
-        if "://" not in item:
-            item = str((base / item).resolve())
-        refs.append(ObjectRef(sanitize_uid(item), item))
-    return refs
+        if item:
+            items.append(item if "://" in item else os.path.normpath(base / item))
+    local = [i for i in items if "://" not in i]
+    common = os.path.commonpath([os.path.dirname(i) for i in local]) if local else ""
+    return [ObjectRef(sanitize_uid(i if "://" in i else os.path.relpath(i, common)), i) for i in items]
 
 
 @contextmanager
@@ -84,7 +90,7 @@ def local_copy(source: str) -> Iterator[Path]:
         try:
             with fsspec.open(source, "rb") as src, target.open("wb") as dst:
                 shutil.copyfileobj(src, dst, length=1 << 20)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - classified: network trouble is retried, the rest is final
             if _is_transient(e):
                 raise TransientError(f"fetching {source}: {_root_cause(e)}") from e
             raise
@@ -99,12 +105,27 @@ def _chain(error: BaseException):
         error = error.__cause__ or error.__context__
 
 
+_NETWORK_WORDS = re.compile(r"Connect|Timeout|DNS|Unreachable|Temporar|ServerDisconnected")
+
+
+def _http_status(error: BaseException):
+    status = getattr(error, "status", None) or getattr(error, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
 def _is_transient(error: BaseException) -> bool:
-    """Network trouble anywhere in the chain (fsspec's HTTP filesystem reports a refused
-    connection as FileNotFoundError); a plain missing file or a denied access is final."""
-    if any(isinstance(e, (ConnectionError, TimeoutError)) for e in _chain(error)):
-        return True
-    return not isinstance(error, (FileNotFoundError, PermissionError))
+    """Network trouble anywhere in the chain: refused or reset connections, DNS failures, timeouts,
+    HTTP 5xx / 408 / 429 (fsspec's HTTP filesystem reports some of these as FileNotFoundError,
+    with the network error as its cause). Only a definite "not found" or "denied" is final."""
+    for e in _chain(error):
+        if isinstance(e, (ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        status = _http_status(e)
+        if status is not None and (status >= 500 or status in (408, 429)):
+            return True
+        if _NETWORK_WORDS.search(type(e).__name__):  # aiohttp, botocore, gcsfs client errors
+            return True
+    return isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, PermissionError))
 
 
 def _root_cause(error: BaseException) -> str:
@@ -145,14 +166,14 @@ def objaverse_objects(uids: list[str] | None, lvis_categories: list[str] | None,
             lvis = objaverse.load_lvis_annotations()
             unknown = sorted(set(lvis_categories) - set(lvis))
             if unknown:
-                raise ValueError(f"source.lvis_categories: unknown LVIS categories {unknown}")
+                raise ConfigError(f"source.lvis_categories: unknown LVIS categories {unknown}")
             in_cats = [u for c in lvis_categories for u in lvis[c]]
             selected = [u for u in selected if u in set(in_cats)] if uids else in_cats
         if not selected:
             selected = objaverse.load_uids()
         bad = [u for u in selected if not _OBJAVERSE_UID.match(u)]
         if bad:
-            raise ValueError(f"source.uids: not Objaverse uids (32 hex digits): {bad[:5]}")
+            raise ConfigError(f"source.uids: not Objaverse uids (32 hex digits): {bad[:5]}")
         selected = list(dict.fromkeys(selected))[:limit]
         paths = objaverse.load_objects(selected, download_processes=download_processes)
         missing = [u for u in selected if u not in paths]

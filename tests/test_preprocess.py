@@ -20,6 +20,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipelines.config import PreprocessConfig, SampleConfig
+from pipelines.errors import ConfigError
 from pipelines.preprocess import preprocess
 from pipelines.shards import ShardStore
 
@@ -131,8 +132,9 @@ def test_resume_skips_done_and_refuses_another_config(mesh_folder, tmp_path):
     assert sorted((out / "shards").glob("*.tar")) == shards
     changed = small_cfg(mesh_folder, out)
     changed.geometry.sample.surface = 1000
-    with pytest.raises(SystemExit, match="config hash"):
+    with pytest.raises(ConfigError, match="config hash"):
         preprocess(changed)
+    assert json.loads((out / "config.json").read_text())["geometry"]["sample"]["surface"] == 3000  # untouched
 
 
 def test_timeout_kills_the_work_not_the_job_and_failed_can_be_retried(mesh_folder, tmp_path):

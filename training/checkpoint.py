@@ -1,29 +1,41 @@
-"""Checkpoints: atomic, keep-N, resumable, and readable without DeepSpeed for inference.
+"""Checkpoints: atomic, keep-N, resumable, verified, never unpickled, and readable without DeepSpeed.
 
     RUN_DIR/checkpoints/step-000500/
-        ds/                   DeepSpeed engine state (module, optimizer partitions, lr scheduler)
-        rank-00000.pt         that rank's RNG state (tensors only: loads with weights_only=True)
-        rank-00000.json       that rank's data-stream state and corrupt-sample count
-        weights.safetensors   the trained module's weights (fp32; frozen pretrained CLIP left out)
-        ema.safetensors       EMA of the trainable weights (when trainer.ema_decay is set)
-        meta.json             step, W&B run id, latent scale, world size, the resolved config
-    RUN_DIR/checkpoints/latest  the name of the newest complete checkpoint
+        ds/                    DeepSpeed engine state (module, optimizer partitions, lr scheduler)
+        rank-00000.safetensors that rank's RNG state
+        rank-00000.json        that rank's data-stream state and corrupt-sample count
+        weights.safetensors    the trained module's weights (fp32; frozen pretrained CLIP left out)
+        ema.safetensors        EMA of the trainable weights (when trainer.ema_decay is set)
+        meta.json              step, W&B run id, latent scale, world size, the resolved config, and
+                               the size of every other file (written last)
+    RUN_DIR/checkpoints/latest   the name of the newest complete checkpoint
 
 Everything is written into `.tmp-step-N` and renamed once complete; a crash mid-save leaves the
-previous checkpoint as `latest`.
+previous checkpoint as `latest`. On resume a checkpoint whose files do not have their recorded
+sizes, or that fails to load, is reported by name and the previous one is used.
+
+Run dirs live on shared storage, so nothing in them is trusted: DeepSpeed's own files (pickles)
+are read with `torch.load(weights_only=True)` and an allow-list of the three plain DeepSpeed types
+they hold; everything else is safetensors or JSON.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from training.engine import barrier
+from pipelines.errors import MissingInput
+from training.engine import barrier, collective_device
+
+log = logging.getLogger("craft.train")
 
 PREFIX = "step-"
 
@@ -66,7 +78,7 @@ def load_weights(path: str | Path, prefer_ema: bool = True) -> tuple[dict[str, t
     the raw ones of the trainable weights when present and `prefer_ema`."""
     ckpt = latest_checkpoint(path)
     if ckpt is None:
-        raise FileNotFoundError(f"no checkpoint in {path} (expected RUN_DIR, RUN_DIR/checkpoints or a step-N dir)")
+        raise MissingInput(f"no checkpoint in {path} (expected RUN_DIR, RUN_DIR/checkpoints or a step-N dir)")
     state = load_file(ckpt / "weights.safetensors")
     which = "raw"
     if prefer_ema and (ckpt / "ema.safetensors").exists():
@@ -99,14 +111,15 @@ class Checkpointer:
             tmp.mkdir(parents=True)
         barrier()
         engine.save_checkpoint(str(tmp), tag="ds", save_latest=False)
-        torch.save({"torch_rng": torch.get_rng_state()}, tmp / f"rank-{self.rank:05d}.pt")
+        save_file({"torch_rng": torch.get_rng_state()}, str(tmp / f"rank-{self.rank:05d}.safetensors"))
         (tmp / f"rank-{self.rank:05d}.json").write_text(json.dumps(rank_state))
         barrier()
         if self.rank == 0:
             save_file(exportable_state(engine.module, skip_prefixes), str(tmp / "weights.safetensors"))
             if ema is not None:  # training.engine.EMA: copied to the host here, and only here
                 save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
-            _atomic_write(tmp / "meta.json", json.dumps({"step": step, **meta}, indent=1, default=str))
+            files = _file_sizes(tmp)  # every rank's files are in place (barrier above)
+            _atomic_write(tmp / "meta.json", json.dumps({"step": step, **meta, "files": files}, indent=1, default=str))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             _atomic_write(self.root / "latest", name)
@@ -117,10 +130,86 @@ class Checkpointer:
 
     def load(self, engine, ckpt: Path) -> tuple[dict, dict]:
         """Restore engine + this rank's RNG; returns (meta, this rank's state dict from rank-N.json)."""
-        engine.load_checkpoint(str(ckpt), tag="ds", load_optimizer_states=True, load_lr_scheduler_states=True)
-        rank_file = ckpt / f"rank-{self.rank:05d}.pt"
-        if rank_file.exists():
-            torch.set_rng_state(torch.load(rank_file, weights_only=True)["torch_rng"])
+        with deepspeed_files_without_pickle():
+            engine.load_checkpoint(str(ckpt), tag="ds", load_optimizer_states=True, load_lr_scheduler_states=True)
+        rng = ckpt / f"rank-{self.rank:05d}.safetensors"
+        if rng.exists():
+            torch.set_rng_state(load_file(rng)["torch_rng"])
         state_file = ckpt / f"rank-{self.rank:05d}.json"
         rank_state = json.loads(state_file.read_text()) if state_file.exists() else {}
         return read_meta(ckpt), rank_state
+
+    def restore(self, engine, ema=None) -> Optional[tuple[Path, dict, dict]]:
+        """Resume from the newest checkpoint that verifies and loads on every rank: (checkpoint,
+        meta, this rank's state), or None for a fresh run. A bad one is named, then the previous
+        is tried; a run dir whose checkpoints are all bad is an error, not a silent fresh start."""
+        found = list_checkpoints(self.root)
+        for ckpt in reversed(found):
+            problem = verify(ckpt)
+            if problem is None:
+                try:
+                    meta, rank_state = self.load(engine, ckpt)
+                    if ema is not None and (ckpt / "ema.safetensors").exists():
+                        ema.load_state_dict(load_file(ckpt / "ema.safetensors"))
+                except Exception as err:  # noqa: BLE001 - any failure to read means: not this checkpoint
+                    problem = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+            if _all_ranks_ok(problem is None):
+                return ckpt, meta, rank_state
+            log.warning("checkpoint %s is unreadable (%s): trying the previous one", ckpt, problem or "on another rank")
+        if found:
+            raise MissingInput(f"no readable checkpoint in {self.root} ({len(found)} found, all damaged): "
+                               "move them away to start over")
+        return None
+
+
+def verify(ckpt: Path) -> Optional[str]:
+    """What is wrong with a checkpoint's files (sizes against meta.json), or None."""
+    try:
+        files = read_meta(ckpt).get("files")
+    except (OSError, ValueError) as err:
+        return f"meta.json: {err}"
+    for name, size in (files or {}).items():
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+    return None
+
+
+def _all_ranks_ok(ok: bool) -> bool:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return ok
+    flag = torch.tensor([int(ok)], device=collective_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _deepspeed_safe_globals() -> list:
+    """The only non-tensor types DeepSpeed (ZeRO 1/2) pickles into its checkpoint files."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, LossScaler, fragment_address]
+
+
+@contextlib.contextmanager
+def deepspeed_files_without_pickle():
+    """Every `torch.load` DeepSpeed makes while loading becomes `weights_only=True` with the allow-list:
+    a planted pickle is refused instead of executed."""
+    original = torch.load
+
+    def safe_load(f, map_location=None, *args, weights_only=None, **kwargs):
+        with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+            return original(f, map_location, *args, weights_only=True, **kwargs)
+
+    torch.load = safe_load
+    try:
+        yield
+    finally:
+        torch.load = original

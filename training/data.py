@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shapedata.views import SET_SIZE, shard_views, view_sets
 from training.config import DataConfig
+from pipelines.errors import ConfigError, MissingInput
 
 MAX_CONSECUTIVE_FAILURES = 1000
 REMOTE_PREFIXES = ("pipe:", "s3://", "gs://", "http://", "https://", "memory://")
@@ -33,7 +34,7 @@ REMOTE_PREFIXES = ("pipe:", "s3://", "gs://", "http://", "https://", "memory://"
 def expand_urls(spec: str | None) -> list[str]:
     """Comma-separated paths, globs, brace patterns or URLs -> sorted shard list (an error if empty)."""
     if not spec:
-        raise ValueError("data.train_shards / data.eval_shards is empty: give a glob such as OUT/shards/*.tar")
+        raise ConfigError("data.train_shards / data.eval_shards is empty: give a glob such as OUT/shards/*.tar")
     urls: list[str] = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         for item in wds.shardlists.expand_urls(part):  # brace expansion
@@ -42,7 +43,7 @@ def expand_urls(spec: str | None) -> list[str]:
             else:
                 found = sorted(glob.glob(item))
                 if not found:
-                    raise FileNotFoundError(f"no shard matches {item!r}")
+                    raise MissingInput(f"no shard matches {item!r}")
                 urls.extend(found)
     return urls
 
@@ -149,7 +150,7 @@ class ShardStream(IterableDataset):
         self.urls, self.cfg, self.kind, self.rank, self.world_size = urls, cfg, kind, rank, world_size
         self.state = state or StreamState()
         if not cfg.resampled and len(urls) < world_size * max(cfg.num_workers, 1):
-            raise ValueError(f"{len(urls)} shards cannot be split over {world_size} ranks x {cfg.num_workers} workers "
+            raise ConfigError(f"{len(urls)} shards cannot be split over {world_size} ranks x {cfg.num_workers} workers "
                              "without resampling: set data.resampled=true or write more shards")
 
     def _worker(self) -> tuple[int, int]:

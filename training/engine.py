@@ -8,16 +8,22 @@ have to gather fp32 masters from the optimizer partitions every step.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
+import sys
+import tempfile
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from training.config import TrainConfig
+from pipelines.errors import ConfigError
 
 PRECISIONS = ("bf16", "fp32")
+log = logging.getLogger("craft.train")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -39,11 +45,47 @@ def setup_distributed() -> tuple[int, int, int, torch.device]:
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if not dist.is_initialized():  # Ray Train has made the group already (it binds the device itself)
-        # device_id binds the communicator to this rank's GPU (else NCCL guesses it from the global rank)
-        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)  # wraps the group
+    with library_chatter():
+        if not dist.is_initialized():  # Ray Train has made the group already (it binds the device itself)
+            # device_id binds the communicator to this rank's GPU (else NCCL guesses it from the global rank)
+            dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)  # wraps the group
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local_rank, device
+
+
+@contextlib.contextmanager
+def library_chatter():
+    """DeepSpeed's start-up output (compiler lines of its op builds, info banners) goes to the
+    debug log instead of the console; shown in full when the step fails, or with --verbose."""
+    if os.environ.get("CRAFT_VERBOSE") == "1":
+        yield
+        return
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            if failed:
+                sys.stderr.write(text)
+            elif text.strip():
+                log.debug("library output:\n%s", text)
 
 
 def free_port() -> int:
@@ -87,12 +129,12 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     t, ds = cfg.trainer, cfg.deepspeed
     if t.precision not in PRECISIONS:
-        raise ValueError(f"trainer.precision must be one of {PRECISIONS}, got {t.precision!r}")
+        raise ConfigError(f"trainer.precision must be one of {PRECISIONS}, got {t.precision!r}")
     if ds.zero_stage not in (0, 1, 2):
-        raise ValueError(f"deepspeed.zero_stage must be 0, 1 or 2 (3 shards parameters: not needed at this size), got {ds.zero_stage}")
+        raise ConfigError(f"deepspeed.zero_stage must be 0, 1 or 2 (3 shards parameters: not needed at this size), got {ds.zero_stage}")
     for key in ("bf16", "fp16", "torch_autocast"):
         if key in ds.extra:
-            raise ValueError(f"deepspeed.extra.{key}: precision is set by trainer.precision (fp32 weights, bf16 autocast); "
+            raise ConfigError(f"deepspeed.extra.{key}: precision is set by trainer.precision (fp32 weights, bf16 autocast); "
                              "remove the key")
     config = {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
@@ -122,9 +164,11 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int):
 
     params = [p for p in model.parameters() if p.requires_grad]
     t = cfg.trainer
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=params, config=deepspeed_config(cfg, world_size),
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t.warmup_steps, t.max_steps, t.min_lr_ratio)))
+    config = deepspeed_config(cfg, world_size)
+    with library_chatter():
+        engine, _, _, scheduler = deepspeed.initialize(
+            model=model, model_parameters=params, config=config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t.warmup_steps, t.max_steps, t.min_lr_ratio)))
     return engine, scheduler
 
 

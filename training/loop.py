@@ -14,10 +14,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
-from safetensors.torch import load_file
 
 from models.build import compile_model
-from training.checkpoint import Checkpointer, latest_checkpoint
+from training.checkpoint import Checkpointer
 from training.config import TrainConfig
 from training.data import SlotBatches, expand_urls
 from training.engine import EMA, build_engine, collective_device, setup_distributed
@@ -109,13 +108,12 @@ def train_worker(cfg_dict: dict) -> dict:
     checkpointer = Checkpointer(run_dir, rank, cfg.trainer.keep_checkpoints)
 
     step, rank_state, run_id, extra_meta = 0, {}, None, {}
-    latest = latest_checkpoint(run_dir) if cfg.resume == "auto" else None
-    if latest is not None:
-        meta, rank_state = checkpointer.load(engine, latest)
+    restored = checkpointer.restore(engine, ema) if cfg.resume == "auto" else None
+    latest = restored[0] if restored else None
+    if restored is not None:
+        latest, meta, rank_state = restored
         step, run_id = meta["step"], meta.get("wandb_run_id")
         extra_meta = {k: meta[k] for k in ("latent_scale",) if k in meta}
-        if ema is not None and (latest / "ema.safetensors").exists():
-            ema.load_state_dict(load_file(latest / "ema.safetensors"))
         log.info("resumed from %s at step %d", latest, step)
     batches = SlotBatches(expand_urls(cfg.data.train_shards), cfg.data, task.kind, rank, world, cfg.trainer.grad_accum,
                           rank_state.get("data"), pin_memory=device.type == "cuda")

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from training.config import WandbConfig
+from pipelines.errors import ConfigError
 
 
 def memory_stats(device: torch.device) -> dict[str, float]:
@@ -64,7 +65,7 @@ class MetricsLogger:
             import wandb
 
             if wandb_cfg.mode == "online" and not (os.environ.get("WANDB_API_KEY") or Path("~/.netrc").expanduser().exists()):
-                raise ValueError("logger.wandb.mode=online needs WANDB_API_KEY (or `wandb login`); use mode=offline")
+                raise ConfigError("logger.wandb.mode=online needs WANDB_API_KEY (or `wandb login`); use mode=offline")
             self.run = wandb.init(project=wandb_cfg.project, entity=wandb_cfg.entity, name=wandb_cfg.name,
                                   tags=list(wandb_cfg.tags), config=config, dir=str(self.run_dir), mode=wandb_cfg.mode,
                                   id=run_id, resume="allow", settings=wandb.Settings(silent=True, console="off"))

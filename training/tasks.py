@@ -11,6 +11,7 @@ from models.shape_vae import vae_loss
 from training.checkpoint import latest_checkpoint, load_weights, read_meta
 from training.config import TrainConfig
 from training.engine import collective_device
+from pipelines.errors import ConfigError, MissingInput
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -41,17 +42,17 @@ class VAETask:
 def check_vae_checkpoint(model_cfg: ModelConfig) -> Path:
     """The VAE checkpoint a diffusion run needs: present, complete, and shaped like model.vae."""
     if not model_cfg.vae_checkpoint:
-        raise ValueError("model.vae_checkpoint is required for model.kind=diffusion: the run dir or checkpoint of a trained VAE")
+        raise ConfigError("model.vae_checkpoint is required for model.kind=diffusion: the run dir or checkpoint of a trained VAE")
     ckpt = latest_checkpoint(model_cfg.vae_checkpoint)
     if ckpt is None:
-        raise FileNotFoundError(f"model.vae_checkpoint={model_cfg.vae_checkpoint}: no checkpoint there")
+        raise MissingInput(f"model.vae_checkpoint={model_cfg.vae_checkpoint}: no checkpoint there")
     trained = read_meta(ckpt)["config"]["model"]
     if trained["kind"] != "vae":
-        raise ValueError(f"model.vae_checkpoint={ckpt} is a {trained['kind']} checkpoint, not a VAE")
+        raise ConfigError(f"model.vae_checkpoint={ckpt} is a {trained['kind']} checkpoint, not a VAE")
     ours = {k: v for k, v in vars(model_cfg.vae).items() if k not in ("checkpointing", "logvar_init")}
     wrong = {k: (v, trained["vae"].get(k)) for k, v in ours.items() if trained["vae"].get(k) != v}
     if wrong:
-        raise ValueError(f"model.vae does not match the VAE in {ckpt}: " +
+        raise ConfigError(f"model.vae does not match the VAE in {ckpt}: " +
                          ", ".join(f"model.vae.{k}={a} (checkpoint: {b})" for k, (a, b) in wrong.items()))
     return ckpt
 
@@ -72,7 +73,7 @@ class DiffusionTask:
         self.model = build_diffusion(cfg.model)
         size = getattr(self.model.conditioner, "image_size", cfg.data.image_size)
         if size != cfg.data.image_size:
-            raise ValueError(f"data.image_size={cfg.data.image_size} but the conditioner takes {size} px views")
+            raise ConfigError(f"data.image_size={cfg.data.image_size} but the conditioner takes {size} px views")
         # a frozen pretrained CLIP is reloaded from model.conditioner.pretrained, not copied into checkpoints
         self.skip_prefixes = ("conditioner.clip.",) if cfg.model.conditioner.pretrained else ()
 

@@ -17,11 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines.config import CONF_DIR
 from pipelines.raycluster import init_ray
-from training.checkpoint import latest_checkpoint
+from training.checkpoint import latest_checkpoint, read_meta
 from training.config import LauncherConfig, TrainConfig, register_configs, to_train_config
 from training.data import expand_urls
 from training.loop import train_worker
 from training.tasks import check_vae_checkpoint
+from pipelines.errors import ConfigError, check_writable
 
 register_configs()
 log = logging.getLogger("craft.train")
@@ -29,20 +30,60 @@ LAUNCHERS = ("local", "ray", "torchrun")
 RESUME = ("auto", "never")
 
 
+# What may differ between a run's checkpoints and a resume of it: cadence, logging, placement (a moved
+# run_dir included) and memory/speed switches that do not change the computation. The rest is refused.
+RESUMABLE_CHANGES = ("trainer.max_steps", "trainer.log_every", "trainer.ckpt_every", "trainer.keep_checkpoints",
+                     "trainer.compile", "trainer.compile_backend", "data.num_workers", "model.vae.checkpointing",
+                     "model.denoiser.checkpointing", "model.conditioner.checkpointing", "logger.", "launcher.", "ray.",
+                     "resume", "run_dir")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(previous: dict, current: dict) -> dict[str, tuple]:
+    """{key: (the run's value, this command's value)} for every key that differs."""
+    old, new = _flatten(previous), _flatten(current)
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def check_resume(cfg: TrainConfig, cfg_dict: dict) -> dict[str, tuple]:
+    """A resume may change only RESUMABLE_CHANGES; returns those changes (logged), refuses the rest."""
+    ckpt = latest_checkpoint(cfg.run_dir) if cfg.resume == "auto" else None
+    if ckpt is None:
+        return {}
+    changes = config_changes(read_meta(ckpt)["config"], cfg_dict)
+    refused = {k: v for k, v in changes.items() if not k.startswith(RESUMABLE_CHANGES)}
+    if refused:
+        listing = "; ".join(f"{k}={b} (the run has {a})" for k, (a, b) in refused.items())
+        raise ConfigError(f"run_dir={cfg.run_dir} holds a run with another config: {listing}. Resume with the run's "
+                          "values (only trainer.max_steps, logging, checkpoint cadence, placement and checkpointing "
+                          "switches may change) or use another run_dir")
+    return changes
+
+
 def validate(cfg: TrainConfig) -> None:
     """Everything that can be checked before any worker starts; errors name the key."""
     if not cfg.run_dir:
-        raise ValueError("run_dir is required: craft train ... run_dir=DIR")
+        raise ConfigError("run_dir is required: craft train ... run_dir=DIR")
+    check_writable(cfg.run_dir, "run_dir")
     if cfg.launcher.kind not in LAUNCHERS:
-        raise ValueError(f"launcher.kind must be one of {LAUNCHERS}, got {cfg.launcher.kind!r}")
+        raise ConfigError(f"launcher.kind must be one of {LAUNCHERS}, got {cfg.launcher.kind!r}")
     if cfg.resume not in RESUME:
-        raise ValueError(f"resume must be one of {RESUME}, got {cfg.resume!r}")
+        raise ConfigError(f"resume must be one of {RESUME}, got {cfg.resume!r}")
     if cfg.resume == "never" and latest_checkpoint(cfg.run_dir) is not None:
-        raise ValueError(f"resume=never but {cfg.run_dir} already has checkpoints: use another run_dir or resume=auto")
+        raise ConfigError(f"resume=never but {cfg.run_dir} already has checkpoints: use another run_dir or resume=auto")
     if cfg.trainer.max_steps < 1 or cfg.trainer.grad_accum < 1 or cfg.data.batch_size < 1:
-        raise ValueError("trainer.max_steps, trainer.grad_accum and data.batch_size must be >= 1")
+        raise ConfigError("trainer.max_steps, trainer.grad_accum and data.batch_size must be >= 1")
     if cfg.data.view_set not in ("random", "canonical"):
-        raise ValueError(f"data.view_set must be random or canonical, got {cfg.data.view_set!r}")
+        raise ConfigError(f"data.view_set must be random or canonical, got {cfg.data.view_set!r}")
     expand_urls(cfg.data.train_shards)
     if cfg.model.kind == "diffusion":
         check_vae_checkpoint(cfg.model)
@@ -87,6 +128,8 @@ def run(dcfg: DictConfig) -> dict:
     cfg = to_train_config(dcfg)
     validate(cfg)
     cfg_dict = OmegaConf.to_container(dcfg, resolve=True)
+    for key, (old, new) in check_resume(cfg, cfg_dict).items():
+        log.info("resuming with %s=%s (the run had %s)", key, new, old)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank composes; one writes
@@ -103,4 +146,9 @@ def run(dcfg: DictConfig) -> dict:
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(dcfg: DictConfig) -> None:
     summary = run(dcfg)
-    print(f"train: {summary}")
+    workers = summary.get("workers", [summary])
+    states = sorted({(w["status"], w["step"]) for w in workers})
+    for status, step in states:
+        print(f"train: {status} at step {step} ({len(workers)} rank(s)); checkpoints in {Path(dcfg.run_dir) / 'checkpoints'}")
+    if any(s == "preempted" for s, _ in states):
+        print("train: stopped by SIGTERM after a checkpoint; the same command resumes it")

@@ -1,0 +1,35 @@
+"""Errors a user fixes by changing the command: `craft` prints them as one line and exits 2."""
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A bad key, value or path in the configuration, found before any work is done (exit 2)."""
+
+
+class MissingInput(ConfigError, FileNotFoundError):
+    """A path the configuration names does not exist or holds nothing usable (exit 2)."""
+
+
+class NothingDone(RuntimeError):
+    """The job ran but produced nothing (no inputs, or every object failed): exit 1 with its reason."""
+
+
+def check_writable(path: str, key: str) -> None:
+    """Refuse, naming the key, a folder that cannot be created or written (read-only mounts, no rights)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(path)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    target = folder if folder.exists() else existing
+    if target is None or not target.is_dir():
+        raise ConfigError(f"{key}={path}: {target} is not a folder")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path}: {target} is not writable")
+    if folder.exists():
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise ConfigError(f"{key}={path}: cannot write there ({err.strerror})") from None
