@@ -12,11 +12,13 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 	touch $@
 
+# Two workers (pytest-xdist), one test file each at a time: the suite's processes are mostly
+# single-threaded, and the expensive fixtures are built once and shared (tests/conftest.py).
 test: setup
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile
 
 test-fast: setup
-	$(PY) -m pytest -q -ra -m "not slow"
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile -m "not slow"
 
 # End to end on the bundled real meshes: preprocess (local Ray) -> train a tiny VAE and a tiny
 # diffusion model (DeepSpeed on CPU, W&B offline) -> evaluate both (report.html) -> generate a mesh.

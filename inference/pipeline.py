@@ -20,6 +20,7 @@ from models.extraction import DEFAULT_DEPTH, ExtractionStats, extract_meshes
 from models.shape_vae import ShapeVAE
 from pipelines.render import CANONICAL_DIRECTIONS, look_at
 from training.checkpoint import latest_checkpoint, load_weights
+from training.tasks import pretrained_frozen_keys
 from training.config import TrainConfig
 from training.loop import config_from_dict
 from pipelines.errors import ConfigError, MissingInput
@@ -74,7 +75,9 @@ class Generator:
         model = build_diffusion(cfg.model)
         # frozen pretrained CLIP weights are not in the checkpoint: they come from model.conditioner.pretrained
         missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("conditioner.clip.")]
+        if cfg.model.conditioner.pretrained:
+            frozen = set(pretrained_frozen_keys(model))
+            missing = [k for k in missing if k not in frozen]
         if missing or unexpected:
             raise ValueError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
         vae_path = meta.get("vae_checkpoint") or cfg.model.vae_checkpoint

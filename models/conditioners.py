@@ -18,6 +18,8 @@ from pipelines.errors import ConfigError, MissingInput
 
 KINDS = ("image", "text")
 CAMERA_DIM = 32  # sin and cos of the 16 entries of the flattened 4x4 camera-to-world
+CAMERA_CONVENTIONS = ("opencv", "opengl_unit")
+NULL_CONDITIONS = ("zeros", "clip_zero_images")
 
 
 @dataclass
@@ -47,10 +49,18 @@ class ConditionerConfig:
     modln: bool = True  # camera injection into every CLIP pre-norm; only the modulation trains
     cfg_dropout: float = 0.1  # per-sample probability of the null condition in training
     checkpointing: bool = False  # image: activation checkpointing of the CLIP layers (transformers' own)
+    camera_convention: str = "opencv"  # cameras as the shards store them; opengl_unit: CraftsMan's frame
+    null_condition: str = "zeros"  # image CFG null: zero tokens, or clip_zero_images (CraftsMan's empty embeds)
+    normalize_embeds: bool = False  # unit-norm condition tokens (CraftsMan's normalize_embeds)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"model.conditioner.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.camera_convention not in CAMERA_CONVENTIONS:
+            raise ConfigError(f"model.conditioner.camera_convention must be one of {CAMERA_CONVENTIONS}, "
+                              f"got {self.camera_convention!r}")
+        if self.null_condition not in NULL_CONDITIONS:
+            raise ConfigError(f"model.conditioner.null_condition must be one of {NULL_CONDITIONS}, got {self.null_condition!r}")
 
 
 class WeightsNotFound(MissingInput):
@@ -68,6 +78,15 @@ def load_pretrained(cls, name: str, **kwargs):
             f"model.conditioner.pretrained={name!r}: no {cls.__name__} weights in {where}. Download them on a machine "
             f"with internet (`hf download {name}` or `save_pretrained(DIR)`) and point model.conditioner.pretrained "
             f"at that directory, or set it to null for random weights.") from err
+
+
+def opengl_unit(c2w: torch.Tensor) -> torch.Tensor:
+    """OpenCV camera-to-world (x right, y down, z forward; any distance) as CraftsMan's cameras:
+    OpenGL axes (y up, z backward) and the camera at unit distance from the origin."""
+    out = c2w.clone()
+    out[..., :3, 1:3] = -out[..., :3, 1:3]
+    out[..., :3, 3] = out[..., :3, 3] / out[..., :3, 3].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    return out
 
 
 def camera_embedding(c2w: torch.Tensor) -> torch.Tensor:
@@ -98,6 +117,8 @@ class ModulatedLayerNorm(nn.Module):
         nn.init.zeros_(self.modulation[1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.state.get("modulate", True):  # the plain CLIP layer norm (CraftsMan's empty embeds)
+            return self.norm(x)
         shift, scale = self.modulation(self.state["camera"].to(x.dtype)).chunk(2, dim=-1)
         return self.norm(x) * (1 + scale[:, None]) + shift[:, None]
 
@@ -121,6 +142,7 @@ class MultiViewImageEncoder(nn.Module):
                 attn_implementation="sdpa"))
         self.clip.requires_grad_(False)
         self.state: dict = {}
+        self._null: Optional[torch.Tensor] = None  # cached null condition (clip_zero_images)
         if cfg.modln:
             for layer in self._tower().encoder.layers:
                 layer.layer_norm1 = ModulatedLayerNorm(layer.layer_norm1, self.state)
@@ -162,16 +184,34 @@ class MultiViewImageEncoder(nn.Module):
         if images.dtype == torch.uint8:
             x = x / 255.0
         x = ((x - self.mean) / self.std).to(self.mean.dtype)
+        c2w = c2w.flatten(0, 1).float()
+        if self.cfg.camera_convention == "opengl_unit":
+            c2w = opengl_unit(c2w)
         # read by every ModLN; kept after the call, because activation checkpointing replays the
         # layers (and reads it again) in the backward pass of this same call
-        self.state["camera"] = camera_embedding(c2w.flatten(0, 1).float())
+        self.state["camera"] = camera_embedding(c2w)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.modln):
             tokens = self.clip(pixel_values=x).last_hidden_state  # not post-LN, as the reference
+        if self.cfg.normalize_embeds:
+            tokens = tokens / tokens.norm(dim=-1, keepdim=True)
         return tokens.reshape(b, v * tokens.shape[1], tokens.shape[2])
 
     def null(self, batch: int) -> torch.Tensor:
-        """The unconditional embedding: zeros of the condition's shape."""
-        return torch.zeros(batch, self.cfg.num_views * self.tokens_per_view, self.hidden_size, device=self.mean.device)
+        """The unconditional embedding: zero tokens, or (`null_condition=clip_zero_images`) the frozen
+        CLIP without modulation on all-zero images, computed once per device (CraftsMan's empty
+        image embeds, which it computes before any checkpoint weight is loaded: plain CLIP)."""
+        device = self.mean.device
+        if self.cfg.null_condition == "zeros":
+            return torch.zeros(batch, self.cfg.num_views * self.tokens_per_view, self.hidden_size, device=device)
+        if self._null is None or self._null.device != device:
+            v, size = self.cfg.num_views, self.image_size
+            self.state["modulate"] = False
+            try:
+                with torch.no_grad(), torch.autocast(device.type, enabled=False):
+                    self._null = self(torch.zeros(1, v, 3, size, size, device=device), torch.eye(4, device=device).expand(1, v, 4, 4)).float()
+            finally:
+                self.state["modulate"] = True
+        return self._null.expand(batch, -1, -1)
 
 
 class TextEncoder(nn.Module):

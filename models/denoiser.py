@@ -20,6 +20,8 @@ from models.transformer import MLP, CrossAttention, SelfAttention, SelfBlock, ru
 from pipelines.errors import ConfigError
 
 KINDS = ("unet_transformer", "dit")
+TIME_ORDERS = ("cos_sin", "sin_cos")
+ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU}
 
 
 @dataclass
@@ -32,23 +34,29 @@ class DenoiserConfig:
     heads: int = 12
     encoder_layers: int = 6  # unet_transformer: 6 + 1 middle + 6; dit: 2 * encoder_layers + 1 blocks
     qkv_bias: bool = False
+    time_embedding: str = "cos_sin"  # order of the sinusoidal halves; sin_cos: CraftsMan's (diffusers Timesteps)
+    time_activation: str = "silu"  # of the timestep MLP; gelu: CraftsMan's
     checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"model.denoiser.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.time_embedding not in TIME_ORDERS:
+            raise ConfigError(f"model.denoiser.time_embedding must be one of {TIME_ORDERS}, got {self.time_embedding!r}")
+        if self.time_activation not in ACTIVATIONS:
+            raise ConfigError(f"model.denoiser.time_activation must be one of {tuple(ACTIVATIONS)}, got {self.time_activation!r}")
 
 
 class TimestepEmbedder(nn.Module):
-    """Sinusoidal(width) -> Linear(w, 4w) -> SiLU -> Linear(4w, w)."""
+    """Sinusoidal(width) -> Linear(w, 4w) -> SiLU (or GELU) -> Linear(4w, w)."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, order: str = "cos_sin", activation: str = "silu"):
         super().__init__()
-        self.width = width
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.SiLU(), nn.Linear(4 * width, width))
+        self.width, self.order = width, order
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), ACTIVATIONS[activation](), nn.Linear(4 * width, width))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.width).to(self.mlp[0].weight.dtype))
+        return self.mlp(timestep_embedding(t, self.width, order=self.order).to(self.mlp[0].weight.dtype))
 
 
 def _to_weights_dtype(layer: nn.Linear, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -74,7 +82,7 @@ class UNetTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         w, layers = cfg.width, cfg.encoder_layers
-        self.time_embed = TimestepEmbedder(w)
+        self.time_embed = TimestepEmbedder(w, cfg.time_embedding, cfg.time_activation)
         self.context_embed = nn.Sequential(nn.LayerNorm(cfg.context_dim), nn.Linear(cfg.context_dim, w))
         self.latent_embed = nn.Linear(cfg.latent_dim, w)
         self.encoder = nn.ModuleList(SelfBlock(w, cfg.heads, cfg.qkv_bias) for _ in range(layers))
@@ -133,7 +141,7 @@ class CrossAttentionDiT(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = cfg.width
-        self.time_embed = TimestepEmbedder(w)
+        self.time_embed = TimestepEmbedder(w, cfg.time_embedding, cfg.time_activation)
         self.context_embed = nn.Sequential(nn.LayerNorm(cfg.context_dim), nn.Linear(cfg.context_dim, w))
         self.latent_embed = nn.Linear(cfg.latent_dim, w)
         self.blocks = nn.ModuleList(DiTBlock(w, cfg.heads, cfg.qkv_bias) for _ in range(2 * cfg.encoder_layers + 1))

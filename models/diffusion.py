@@ -34,6 +34,8 @@ class DiffusionConfig:
     sampler: str = "ddim"
     sampling_steps: int = 50
     guidance_scale: float = 7.5
+    set_alpha_to_one: bool = True  # DDIM's last step returns the predicted x0 (CraftsMan: false)
+    steps_offset: int = 1  # DDIM/DPM-Solver timestep offset (diffusers), as CraftsMan
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTIONS:
@@ -50,7 +52,7 @@ def make_scheduler(cfg: DiffusionConfig, kind: str = "ddpm"):
                   beta_start=cfg.beta_start, beta_end=cfg.beta_end, prediction_type=cfg.prediction_type)
     if kind == "ddim":
         # set_alpha_to_one: the last step returns the predicted x0, not x0 plus the t=0 noise level
-        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, steps_offset=1)
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=cfg.set_alpha_to_one, steps_offset=cfg.steps_offset)
     if kind == "dpmsolver++":
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
     return DDPMScheduler(**common, clip_sample=False)

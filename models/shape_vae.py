@@ -40,6 +40,8 @@ class VAEConfig:
     logvar_min: float = -30.0
     logvar_max: float = 20.0
     logvar_init: float = 0.0  # initial posterior log-variance (bias of pre_kl); negative: near-deterministic start
+    encoder_ln: bool = True  # LayerNorm after the encoder stack (CraftsMan's use_ln_post)
+    shape_token: bool = False  # one extra leading query whose output is dropped (CraftsMan's "aligned" VAE)
     checkpointing: bool = False  # activation checkpointing of every block (recomputed in the backward pass)
 
     def __post_init__(self) -> None:
@@ -47,8 +49,12 @@ class VAEConfig:
             raise ConfigError(f"model.vae.query_mode must be one of {QUERY_MODES}, got {self.query_mode!r}")
         if self.head not in HEADS:
             raise ConfigError(f"model.vae.head must be one of {HEADS}, got {self.head!r}")
-        if self.query_mode == "fps" and self.num_latents > self.num_inputs:
+        if self.query_mode == "fps" and self.num_queries > self.num_inputs:
             raise ConfigError(f"model.vae.num_latents ({self.num_latents}) > num_inputs ({self.num_inputs}) with fps queries")
+
+    @property
+    def num_queries(self) -> int:
+        return self.num_latents + int(self.shape_token)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,10 +107,10 @@ class ShapeVAE(nn.Module):
         # encoder
         self.input_proj = nn.Linear(self.embedder.out_dim + 3, w)  # + raw normals
         if cfg.query_mode == "learned":
-            self.learned_queries = nn.Parameter(torch.randn(cfg.num_latents, w) * 0.02)
+            self.learned_queries = nn.Parameter(torch.randn(cfg.num_queries, w) * 0.02)
         self.encoder_cross = CrossBlock(w, cfg.heads, qkv_bias=cfg.qkv_bias)
         self.encoder = SelfAttentionStack(w, cfg.heads, cfg.encoder_layers, cfg.qkv_bias, cfg.checkpointing)
-        self.encoder_ln = nn.LayerNorm(w)
+        self.encoder_ln = nn.LayerNorm(w) if cfg.encoder_ln else nn.Identity()
         # bottleneck
         self.pre_kl = nn.Linear(w, 2 * cfg.embed_dim)
         # std 1 at initialisation (the reference) makes the decoder learn from noise-dominated latents;
@@ -127,12 +133,14 @@ class ShapeVAE(nn.Module):
         features = torch.cat([self.embedder(xyz), normals], dim=-1)
         tokens = self.input_proj(features.to(self.input_proj.weight.dtype))
         if self.cfg.query_mode == "fps":
-            idx = farthest_point_indices(xyz, self.cfg.num_latents, random_start=self.training, generator=generator)
+            idx = farthest_point_indices(xyz, self.cfg.num_queries, random_start=self.training, generator=generator)
             queries = torch.gather(tokens, 1, idx[..., None].expand(-1, -1, tokens.shape[-1]))
         else:
             queries = self.learned_queries[None].expand(tokens.shape[0], -1, -1).to(tokens.dtype)
         x = run_block(self.encoder_cross, queries, tokens, checkpointed=self.cfg.checkpointing)
         x = self.encoder_ln(self.encoder(x))
+        if self.cfg.shape_token:  # the leading token served CraftsMan's CLIP alignment, not the latents
+            x = x[:, 1:]
         # mean, log-variance, KL and samples in fp32
         return DiagonalGaussian(self.pre_kl(x).float(), self.cfg.logvar_min, self.cfg.logvar_max)
 

@@ -169,10 +169,11 @@ class FourierEmbedder(nn.Module):
         return torch.cat([xyz, angles.sin(), angles.cos()], dim=-1)
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (B,) timesteps, as in DDPM / DiT: (B, dim) with [cos, sin] halves."""
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, order: str = "cos_sin") -> torch.Tensor:
+    """Sinusoidal embedding of (B,) timesteps: (B, dim) with [cos, sin] halves as in DDPM / DiT, or
+    [sin, cos] (`order="sin_cos"`: diffusers' Timesteps without flip_sin_to_cos, as CraftsMan)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([args.cos(), args.sin()], dim=-1)
-    return F.pad(emb, (0, dim % 2))
+    halves = [args.cos(), args.sin()] if order == "cos_sin" else [args.sin(), args.cos()]
+    return F.pad(torch.cat(halves, dim=-1), (0, dim % 2))

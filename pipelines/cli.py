@@ -68,6 +68,12 @@ SUBCOMMANDS = {
         "inference.app:AppConfig", (),
         ["craft app checkpoint=runs/diff                    # http://127.0.0.1:7860",
          "craft app checkpoint=runs/diff port=8000 compile=true"]),
+    "convert": Subcommand(
+        "training.convert", "convert", "a released CraftsMan v1 checkpoint (+ config.yaml) -> checkpoints of ours",
+        "training.convert:ConvertConfig", (),
+        ["craft convert checkpoint=ckpts/craftsman/model.ckpt output_dir=models/craftsman   # config.yaml beside it",
+         "craft convert checkpoint=model.ckpt config=config.yaml clip=ckpts/clip-vit-large-patch14 output_dir=DIR",
+         "Then: craft generate checkpoint=DIR/diffusion ...; craft train ... init_from=DIR/diffusion (docs/craftsman-weights.md)."]),
     "summary": Subcommand(
         "training.summary", "train", "compose an experiment; print each module's parameter count",
         "training.config:TrainConfig", ("experiment", "model"),

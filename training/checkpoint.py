@@ -87,10 +87,10 @@ def load_weights(path: str | Path, prefer_ema: bool = True) -> tuple[dict[str, t
     return state, read_meta(ckpt), which
 
 
-def exportable_state(module: torch.nn.Module, skip_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """The module's state dict in fp32, contiguous, minus keys under `skip_prefixes`."""
+def exportable_state(module: torch.nn.Module, skip: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
+    """The module's state dict in fp32, contiguous, minus the keys in `skip`."""
     return {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
-            for k, v in module.state_dict().items() if not k.startswith(skip_prefixes)}
+            for k, v in module.state_dict().items() if k not in skip}
 
 
 class Checkpointer:
@@ -102,7 +102,7 @@ class Checkpointer:
         barrier()
 
     def save(self, engine, step: int, rank_state: dict, meta: dict, ema=None,
-             skip_prefixes: tuple[str, ...] = ()) -> Path:
+             skip: frozenset[str] = frozenset()) -> Path:
         """Collective: every rank calls it at the same step."""
         name = f"{PREFIX}{step:07d}"
         tmp, final = self.root / f".tmp-{name}", self.root / name
@@ -115,7 +115,7 @@ class Checkpointer:
         (tmp / f"rank-{self.rank:05d}.json").write_text(json.dumps(rank_state))
         barrier()
         if self.rank == 0:
-            save_file(exportable_state(engine.module, skip_prefixes), str(tmp / "weights.safetensors"))
+            save_file(exportable_state(engine.module, skip), str(tmp / "weights.safetensors"))
             if ema is not None:  # training.engine.EMA: copied to the host here, and only here
                 save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
             files = _file_sizes(tmp)  # every rank's files are in place (barrier above)
@@ -160,6 +160,28 @@ class Checkpointer:
             raise MissingInput(f"no readable checkpoint in {self.root} ({len(found)} found, all damaged): "
                                "move them away to start over")
         return None
+
+
+def write_weights_checkpoint(run_dir: str | Path, step: int, state: dict[str, torch.Tensor], meta: dict,
+                             config: Optional[dict] = None) -> Path:
+    """A weights-only checkpoint (no engine state) in the same layout: what `craft convert` writes and
+    what evaluation, generation and `craft train init_from=` read."""
+    root = Path(run_dir) / "checkpoints"
+    name = f"{PREFIX}{step:07d}"
+    tmp, final = root / f".tmp-{name}", root / name
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous() for k, v in state.items()},
+              str(tmp / "weights.safetensors"))
+    _atomic_write(tmp / "meta.json", json.dumps({"step": step, **meta, "files": _file_sizes(tmp)}, indent=1, default=str))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _atomic_write(root / "latest", name)
+    if config is not None:
+        import yaml
+
+        (Path(run_dir) / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return final
 
 
 def verify(ckpt: Path) -> Optional[str]:

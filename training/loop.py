@@ -16,7 +16,8 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from models.build import compile_model
-from training.checkpoint import Checkpointer
+from pipelines.errors import ConfigError
+from training.checkpoint import Checkpointer, latest_checkpoint, load_weights
 from training.config import TrainConfig
 from training.data import SlotBatches, expand_urls
 from training.engine import EMA, build_engine, collective_device, setup_distributed
@@ -101,6 +102,12 @@ def train_worker(cfg_dict: dict) -> dict:
     (run_dir / "workers" / f"rank-{rank}.pid").write_text(str(os.getpid()))
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     task = make_task(cfg, device)
+    resuming = cfg.resume == "auto" and latest_checkpoint(run_dir) is not None
+    initialised = bool(cfg.init_from) and not resuming
+    if initialised:
+        initialise(task, cfg.init_from)
+    elif cfg.init_from:
+        log.info("init_from=%s ignored: resuming the run in %s", cfg.init_from, run_dir)
     if cfg.trainer.compile:
         log.info("compiled %d blocks (%s)", compile_model(task.model, cfg.trainer.compile_backend), cfg.trainer.compile_backend)
     engine, scheduler = build_engine(task.model, cfg, world)
@@ -119,8 +126,10 @@ def train_worker(cfg_dict: dict) -> dict:
                           rank_state.get("data"), pin_memory=device.type == "cuda")
     if latest is not None and not batches.restored:
         log.warning("data streams restarted: the checkpoint was written with another world size or grad_accum")
-    if latest is None:
+    if latest is None and not initialised:
         extra_meta.update(task.prepare(batches))
+    if initialised and task.kind == "diffusion":  # fine-tuning keeps the released model's latent scale
+        extra_meta["latent_scale"] = float(task.model.latent_scale)
     if task.kind == "diffusion":
         extra_meta["vae_checkpoint"] = task.vae_source
     logger = MetricsLogger(run_dir, rank, cfg.logger.wandb, cfg_dict, run_id)
@@ -131,7 +140,7 @@ def train_worker(cfg_dict: dict) -> dict:
 
     def save(at: int) -> Path:
         meta = {"wandb_run_id": logger.run_id, "world_size": world, "config": cfg_dict, "kind": task.kind, **extra_meta}
-        path = checkpointer.save(engine, at, {"data": batches.state_dict()}, meta, ema, task.skip_prefixes)
+        path = checkpointer.save(engine, at, {"data": batches.state_dict()}, meta, ema, task.frozen_pretrained_keys)
         logger.log_checkpoint(path, at, manifest, cfg.logger.wandb.log_checkpoints)
         return path
 
@@ -175,6 +184,18 @@ def train_worker(cfg_dict: dict) -> dict:
             break
     logger.close()
     return {"status": status, "step": step, "rank": rank, "param_checksum": _checksum(engine.module)}
+
+
+def initialise(task, path: str) -> None:
+    """Start from trained (or converted) weights: EMA where the checkpoint has it; a fresh optimizer,
+    schedule and step count (not a resume). Frozen pretrained CLIP weights may be absent."""
+    state, meta, which = load_weights(path, prefer_ema=True)
+    missing, unexpected = task.model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in task.frozen_pretrained_keys]
+    if missing or unexpected:
+        raise ConfigError(f"init_from={path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    log.info("initialised from %s (step %s of that run, %s weights); optimizer, schedule and step count start fresh",
+             path, meta.get("step"), which)
 
 
 def _checksum(module: torch.nn.Module) -> float:

@@ -25,7 +25,7 @@ def _generator(batch: dict, device: torch.device) -> torch.Generator:
 
 class VAETask:
     kind = "vae"
-    skip_prefixes: tuple[str, ...] = ()
+    frozen_pretrained_keys: frozenset[str] = frozenset()
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg, self.device = cfg, device
@@ -74,8 +74,9 @@ class DiffusionTask:
         size = getattr(self.model.conditioner, "image_size", cfg.data.image_size)
         if size != cfg.data.image_size:
             raise ConfigError(f"data.image_size={cfg.data.image_size} but the conditioner takes {size} px views")
-        # a frozen pretrained CLIP is reloaded from model.conditioner.pretrained, not copied into checkpoints
-        self.skip_prefixes = ("conditioner.clip.",) if cfg.model.conditioner.pretrained else ()
+        # a frozen pretrained CLIP is reloaded from model.conditioner.pretrained, not copied into every
+        # checkpoint; its trained parts (the ModLN modulation) are
+        self.frozen_pretrained_keys = frozenset(pretrained_frozen_keys(self.model) if cfg.model.conditioner.pretrained else ())
 
     @torch.no_grad()
     def _latents(self, surface: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -99,6 +100,12 @@ class DiffusionTask:
         gen = _generator(batch, self.device)
         cond = {"images": b["images"], "c2w": b["c2w"]}  # uint8 views: the conditioner scales them
         return engine(self._latents(b["surface"], gen), cond, gen)
+
+
+def pretrained_frozen_keys(model: torch.nn.Module) -> list[str]:
+    """State-dict keys of the frozen CLIP tower (its parameters that do not train, and its buffers)."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return [k for k in model.state_dict() if k.startswith("conditioner.clip.") and k not in trainable]
 
 
 def make_task(cfg: TrainConfig, device: torch.device):

@@ -22,7 +22,7 @@ from training.config import LauncherConfig, TrainConfig, register_configs, to_tr
 from training.data import expand_urls
 from training.loop import train_worker
 from training.tasks import check_vae_checkpoint
-from pipelines.errors import ConfigError, check_writable
+from pipelines.errors import ConfigError, MissingInput, check_writable
 
 register_configs()
 log = logging.getLogger("craft.train")
@@ -87,6 +87,34 @@ def validate(cfg: TrainConfig) -> None:
     expand_urls(cfg.data.train_shards)
     if cfg.model.kind == "diffusion":
         check_vae_checkpoint(cfg.model)
+    if cfg.init_from:
+        check_init_from(cfg)
+
+
+def check_init_from(cfg: TrainConfig) -> Path:
+    """`init_from` names weights of this model's kind whose every tensor fits the configured model."""
+    from safetensors import safe_open
+
+    from models.build import build_diffusion, build_vae
+
+    ckpt = latest_checkpoint(cfg.init_from)
+    if ckpt is None:
+        raise MissingInput(f"init_from={cfg.init_from}: no checkpoint there")
+    kind = read_meta(ckpt)["config"]["model"]["kind"]
+    if kind != cfg.model.kind:
+        raise ConfigError(f"init_from={ckpt} holds a {kind} model, this run trains a {cfg.model.kind}")
+    import torch
+
+    with torch.device("meta"):
+        model = build_vae(cfg.model) if kind == "vae" else build_diffusion(cfg.model, load_weights=False)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    with safe_open(str(ckpt / "weights.safetensors"), "pt") as f:
+        theirs = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    wrong = [f"{k} {theirs[k]} vs {ours[k]}" for k in theirs if k in ours and theirs[k] != ours[k]]
+    unknown = [k for k in theirs if k not in ours]
+    if wrong or unknown:
+        raise ConfigError(f"init_from={ckpt} does not fit model.*: " + "; ".join((wrong + [f"{k} unknown" for k in unknown])[:5]))
+    return ckpt
 
 
 def ray_resources(launcher: LauncherConfig, cluster_gpus: float) -> tuple[bool, dict[str, float]]:
