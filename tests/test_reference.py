@@ -303,9 +303,10 @@ def test_craft_convert_then_generate_and_fine_tune(released, tmp_path, tiny_shar
     assert (tmp_path / "mesh" / "mesh.glb").exists()
     tune = craft("train", "experiment=vae_tiny", f"data.train_shards={shard_glob(tiny_shards)}", f"run_dir={tmp_path / 'ft'}",
                  f"init_from={out / 'vae'}", "trainer.max_steps=2", "logger=none", "data.batch_size=2",
-                 *[f"model.vae.{k}={v}" for k, v in model["vae"].items() if k in ("num_latents", "embed_dim", "width", "heads",
-                   "encoder_layers", "decoder_layers", "include_pi", "qkv_bias", "query_mode", "encoder_ln")])
+                 "model.vae.checkpointing=true")  # the weights' model, plus this command's model overrides
     assert "initialised from" in tune.stdout and "step 2/2" in tune.stdout
+    tuned = yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())["model"]["vae"]
+    assert tuned["width"] == W and tuned["include_pi"] is False and tuned["checkpointing"] is True
 
 
 def test_convert_refuses_to_unpickle_anything_else(released, tmp_path):

@@ -101,7 +101,7 @@ class TrainConfig:
     name: str = "run"  # the experiment's name (set by each experiment file)
     run_dir: Optional[str] = None  # required by `craft train`
     resume: str = "auto"  # auto: continue the run in run_dir if it has a checkpoint; never: refuse a used run_dir
-    init_from: Optional[str] = None  # a new run starts from these weights (a run or checkpoint dir; EMA when present)
+    init_from: Optional[str] = None  # a new run starts from these weights and their model config (EMA when present)
     seed: int = 0
 
 

@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipelines.config import CONF_DIR
 from pipelines.raycluster import init_ray
 from training.checkpoint import latest_checkpoint, read_meta
+from models.build import ModelConfig
 from training.config import LauncherConfig, TrainConfig, register_configs, to_train_config
 from training.data import expand_urls
 from training.loop import train_worker
@@ -152,7 +153,30 @@ def _ray_entry(cfg_dict: dict) -> None:
     Path(cfg_dict["run_dir"], "workers", f"rank-{summary['rank']}.json").write_text(json.dumps(summary))
 
 
+def adopt_model(dcfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """With `init_from`, the model is the weights' model: its `model` section comes from that
+    checkpoint's config, then this command line's own `model.*` overrides apply on top (loss weights,
+    CFG dropout, checkpointing switches...). Interpolations (data sizes) follow the new model."""
+    ckpt = latest_checkpoint(dcfg.init_from)
+    if ckpt is None:
+        raise MissingInput(f"init_from={dcfg.init_from}: no checkpoint there")
+    model = OmegaConf.merge(OmegaConf.structured(ModelConfig), read_meta(ckpt)["config"]["model"],
+                            OmegaConf.from_dotlist([o.removeprefix("model.") for o in overrides if o.startswith("model.")]))
+    dcfg = dcfg.copy()
+    with open_dict(dcfg):
+        dcfg.model = model
+    return dcfg
+
+
+def _command_line_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def run(dcfg: DictConfig) -> dict:
+    if dcfg.get("init_from") and latest_checkpoint(dcfg.run_dir or "") is None:
+        dcfg = adopt_model(dcfg, _command_line_overrides())
     cfg = to_train_config(dcfg)
     validate(cfg)
     cfg_dict = OmegaConf.to_container(dcfg, resolve=True)
