@@ -32,7 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SEED = 0
 
 
-def _configs(small: bool) -> tuple[dict, dict]:
+VAE_VARIANTS = {  # system.shape_model differences: qkv_bias, use_downsample (FPS queries), model type
+    "released": (False, True, "michelangelo-autoencoder"),
+    "autoencoder": (True, True, "michelangelo-autoencoder"),  # configs/shape-autoencoder/l256-e64-ne8-nd16.yaml
+    "learned": (False, False, "michelangelo-autoencoder"),
+    "aligned": (False, True, "michelangelo-aligned-autoencoder"),
+}
+
+
+def _configs(small: bool, vae: str = "released") -> tuple[dict, dict]:
     """(reference config.yaml as a dict, CLIP config): CraftsMan's released settings, or small ones."""
     width, heads, enc, dec, layers = (64, 4, 1, 2, 1) if small else (768, 12, 8, 16, 6)
     vision = (dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=14, image_size=224)
@@ -40,12 +48,13 @@ def _configs(small: bool) -> tuple[dict, dict]:
                                  patch_size=14, image_size=224))
     shape = {"num_latents": 256, "embed_dim": 64, "point_feats": 3, "out_dim": 1, "num_freqs": 8, "include_pi": False,
              "heads": heads, "width": width, "num_encoder_layers": enc, "num_decoder_layers": dec, "use_ln_post": True,
-             "init_scale": 0.25, "qkv_bias": False, "use_flash": False, "use_checkpoint": False, "use_downsample": True}
+             "init_scale": 0.25, "qkv_bias": VAE_VARIANTS[vae][0], "use_flash": False, "use_checkpoint": False,
+             "use_downsample": VAE_VARIANTS[vae][1]}
     sched = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
              "clip_sample": False}
     config = {"system_type": "shape-diffusion-system", "system": {
         "z_scale_factor": 1.0, "guidance_scale": 7.5, "num_inference_steps": 50, "snr_gamma": 5.0,
-        "shape_model_type": "michelangelo-autoencoder", "shape_model": shape,
+        "shape_model_type": VAE_VARIANTS[vae][2], "shape_model": shape,
         "condition_model_type": "clip-embedder",
         "condition_model": {"pretrained_model_name_or_path": "", "encode_camera": True, "camera_embeds_dim": 32,
                             "n_views": 4, "empty_embeds_ratio": 0.1, "normalize_embeds": False, "zero_uncond_embeds": False},
@@ -138,7 +147,7 @@ def _torchvision_stand_in() -> None:
     del F
 
 
-def reference_side(repo: Path, out: Path, small: bool) -> None:
+def reference_side(repo: Path, out: Path, small: bool, vae: str) -> None:
     import yaml
     from safetensors.torch import save_file
 
@@ -164,12 +173,12 @@ def reference_side(repo: Path, out: Path, small: bool) -> None:
     from craftsman.systems.shape_diffusion import ddim_sample
 
     out.mkdir(parents=True, exist_ok=True)
-    config, clip_config = _configs(small)
+    config, clip_config = _configs(small, vae)
     (out / "config.yaml").write_text(yaml.safe_dump(config))
     (out / "clip_config.json").write_text(json.dumps(clip_config))
     system = config["system"]
     torch.manual_seed(SEED)
-    shape = registry["michelangelo-autoencoder"](system["shape_model"]).eval()
+    shape = registry[system["shape_model_type"]](system["shape_model"]).eval()
     cond_cfg = {**system["condition_model"], "config_path": str(out / "clip_config.json")}
     condition = registry["clip-embedder"](cond_cfg).eval()
     with torch.no_grad():  # ModLN is zero at initialisation: make it matter
@@ -251,11 +260,12 @@ def main() -> None:
     ap.add_argument("--repo", type=Path, help="a CraftsMan checkout at commit 2fc35ee (reference side)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--small", action="store_true", help="small widths (minutes less on a CPU)")
+    ap.add_argument("--vae", choices=sorted(VAE_VARIANTS), default="released", help="the VAE variant (reference side)")
     args = ap.parse_args()
     if args.side == "reference":
         if not args.repo:
             raise SystemExit("--repo CRAFTSMAN_CHECKOUT is required on the reference side")
-        reference_side(args.repo, args.out, args.small)
+        reference_side(args.repo, args.out, args.small, args.vae)
     else:
         our_side(args.out)
 
