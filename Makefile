@@ -25,7 +25,7 @@ test-fast: setup
 # The demo scores the objects it trained on: 9 objects are too few to hold any out.
 demo: setup
 	mkdir -p $(DEMO)
-	$(PY) -m pipelines.corpora demo-list $(DEMO)/meshes
+	$(PY) -m craftsman_platform.corpora demo-list $(DEMO)/meshes
 	$(VENV)/bin/craft preprocess source.path=$(DEMO)/meshes/meshes.txt output_dir=$(DEMO)/data
 	$(VENV)/bin/craft train experiment=vae_tiny 'data.train_shards=$(DEMO)/data/shards/*.tar' run_dir=$(DEMO)/runs/vae
 	$(VENV)/bin/craft train experiment=diffusion_tiny 'data.train_shards=$(DEMO)/data/shards/*.tar' \
@@ -34,7 +34,7 @@ demo: setup
 	    output_dir=$(DEMO)/eval/vae
 	$(VENV)/bin/craft evaluate checkpoint=$(DEMO)/runs/diffusion 'data.eval_shards=$(DEMO)/data/shards/*.tar' \
 	    output_dir=$(DEMO)/eval/diffusion data.max_objects=4 steps=20
-	$(PY) -m inference.images '$(DEMO)/data/shards/*.tar' $(DEMO)/views duck
+	$(PY) -m craftsman_platform.inference.images '$(DEMO)/data/shards/*.tar' $(DEMO)/views duck
 	$(VENV)/bin/craft generate checkpoint=$(DEMO)/runs/diffusion 'images=[$(DEMO)/views]' \
 	    output_dir=$(DEMO)/generated name=duck depth=7
 	@echo

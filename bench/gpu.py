@@ -36,12 +36,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipelines.config import CONF_DIR
-from models.build import build_diffusion, build_vae, compile_model
-from models.shape_vae import vae_loss
-from training.config import register_configs, to_train_config
-from training.data import SlotBatches, expand_urls
-from training.engine import EMA
+from craftsman_platform.config import CONF_DIR
+from craftsman_platform.models.build import build_diffusion, build_vae, compile_model
+from craftsman_platform.models.shape_vae import vae_loss
+from craftsman_platform.training.config import register_configs, to_train_config
+from craftsman_platform.training.data import SlotBatches, expand_urls
+from craftsman_platform.training.engine import EMA
 
 PEAK_TFLOPS = float(os.environ.get("PEAK_BF16_TFLOPS", "989"))  # H100 SXM dense bf16
 BENCH_MESHES = ["duck.obj", "bunny.obj", "teddy2_VHACD_CHs.obj", "soccerball.obj", "textured_sphere_smooth.obj",
@@ -51,9 +51,9 @@ BENCH_MESHES = ["duck.obj", "bunny.obj", "teddy2_VHACD_CHs.obj", "soccerball.obj
 def make_bench_shards(out: Path) -> Path:
     """`craft preprocess` on 12 real pybullet meshes with reduced point counts and 8 views at 224 px
     (~1.5 MB per object, small enough to carry to a GPU machine); the loader subsamples as usual."""
-    from pipelines.config import PreprocessConfig, SampleConfig
-    from pipelines.corpora import pybullet_data_dir
-    from pipelines.preprocess import preprocess
+    from craftsman_platform.config import PreprocessConfig, SampleConfig
+    from craftsman_platform.corpora import pybullet_data_dir
+    from craftsman_platform.preprocess.job import preprocess
 
     out.mkdir(parents=True, exist_ok=True)
     listing = out / "meshes.txt"
@@ -151,7 +151,7 @@ def real(experiment: str, overrides: list[str], run_dir: Path, warmup: int, step
     log_every = warmup  # the first line covers the warm-up (compile, loader start), the rest are timed
     if steps % log_every:
         raise SystemExit(f"--steps ({steps}) must be a multiple of --warmup ({warmup})")
-    cmd = [sys.executable, "-m", "pipelines.cli", "train", f"experiment={experiment}", *overrides, f"run_dir={run_dir}",
+    cmd = [sys.executable, "-m", "craftsman_platform.cli", "train", f"experiment={experiment}", *overrides, f"run_dir={run_dir}",
            f"trainer.max_steps={warmup + steps}", f"trainer.log_every={log_every}", "trainer.ckpt_every=1000000000",
            "logger=none"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -179,10 +179,10 @@ def run_bare(experiment: str, overrides: list[str], args) -> dict:
 # ----------------------------------------------------------------------------------------------
 def generation(args) -> dict:
     """Seconds per mesh through `craft generate`'s function, warm (model loaded once, reported apart)."""
-    from inference.generate import GenerateConfig, generate
-    from inference.images import export_views
-    from inference.pipeline import Generator
-    from inference.runtime import resolve_device
+    from craftsman_platform.inference.generate import GenerateConfig, generate
+    from craftsman_platform.inference.images import export_views
+    from craftsman_platform.inference.pipeline import Generator
+    from craftsman_platform.inference.runtime import resolve_device
 
     views = Path(tempfile.mkdtemp(prefix="bench-views-"))
     export_views(args.shards, str(views))
@@ -199,7 +199,7 @@ def generation(args) -> dict:
 
 
 def evaluation(checkpoint: Path, shards: str, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "pipelines.cli", "evaluate", f"checkpoint={checkpoint}", f"data.eval_shards={shards}",
+    cmd = [sys.executable, "-m", "craftsman_platform.cli", "evaluate", f"checkpoint={checkpoint}", f"data.eval_shards={shards}",
            f"output_dir={out}", "wandb_mode=disabled"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -24,11 +24,11 @@ import time
 
 import torch
 
-from inference.pipeline import Generator, canonical_c2w
-from inference.runtime import StageTimer, autocast, query_chunk
-from models.build import ModelConfig, build_diffusion, build_vae
-from models.conditioners import ConditionerConfig
-from models.extraction import extract_meshes
+from craftsman_platform.inference.pipeline import Generator, canonical_c2w
+from craftsman_platform.inference.runtime import StageTimer, autocast, query_chunk
+from craftsman_platform.models.build import ModelConfig, build_diffusion, build_vae
+from craftsman_platform.models.conditioners import ConditionerConfig
+from craftsman_platform.models.extraction import extract_meshes
 
 
 def tiny_table(checkpoint: str, device: torch.device) -> None:

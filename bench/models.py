@@ -23,10 +23,10 @@ import time
 
 import torch
 
-from models.build import ModelConfig, build_vae
-from models.denoiser import DenoiserConfig, build_denoiser
-from models.extraction import dense_grid, grid_iou, octree_grid
-from models.transformer import set_attention_backend
+from craftsman_platform.models.build import ModelConfig, build_vae
+from craftsman_platform.models.denoiser import DenoiserConfig, build_denoiser
+from craftsman_platform.models.extraction import dense_grid, grid_iou, octree_grid
+from craftsman_platform.models.transformer import set_attention_backend
 from bench.shapes import duck_field
 
 

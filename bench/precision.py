@@ -23,7 +23,7 @@ import numpy as np
 
 
 def losses(experiment: str, precision: str, run_dir: Path, steps: int, overrides: list[str]) -> np.ndarray:
-    cmd = [sys.executable, "-m", "pipelines.cli", "train", f"experiment={experiment}", f"run_dir={run_dir}",
+    cmd = [sys.executable, "-m", "craftsman_platform.cli", "train", f"experiment={experiment}", f"run_dir={run_dir}",
            f"trainer.precision={precision}", f"trainer.max_steps={steps}", "trainer.log_every=1",
            "trainer.ckpt_every=1000000000", "logger=none", *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines.config import PreprocessConfig
-from pipelines.corpora import fixed_sample
-from pipelines.object_job import STAGES
-from pipelines.preprocess import preprocess
+from craftsman_platform.config import PreprocessConfig
+from craftsman_platform.corpora import fixed_sample
+from craftsman_platform.preprocess.object_job import STAGES
+from craftsman_platform.preprocess.job import preprocess
 
 
 def run(files: list[Path], workers: int, root: Path, name: str) -> tuple[dict, list[dict]]:

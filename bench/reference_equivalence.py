@@ -220,10 +220,10 @@ def our_side(out: Path) -> dict:
     from safetensors.torch import load_file
 
     sys.path[0] = str(ROOT)  # not this folder: its file names would shadow the packages
-    from inference.pipeline import Generator
+    from craftsman_platform.inference.pipeline import Generator
 
     converted = out / "converted"
-    subprocess.run([sys.executable, "-m", "pipelines.cli", "convert", f"checkpoint={out / 'model.ckpt'}",
+    subprocess.run([sys.executable, "-m", "craftsman_platform.cli", "convert", f"checkpoint={out / 'model.ckpt'}",
                     f"output_dir={converted}"], cwd=ROOT, check=True)
     ref = load_file(str(out / "reference.safetensors"))
     gen = Generator.load(converted / "diffusion", device="cpu")
@@ -235,8 +235,8 @@ def our_side(out: Path) -> dict:
         diffs["posterior mean"] = (mean - ref["posterior_mean"]).abs().max()
         diffs["decoded tokens"] = (tokens - ref["tokens"]).abs().max()
         diffs["occupancy logits"] = (vae.query(tokens, ref["queries"]) - ref["logits"]).abs().max()
-        from models.conditioners import opengl_unit  # noqa: F401  (the conversion in the conditioner)
-        from inference.pipeline import canonical_c2w
+        from craftsman_platform.models.conditioners import opengl_unit  # noqa: F401  (the conversion in the conditioner)
+        from craftsman_platform.inference.pipeline import canonical_c2w
 
         images = ref["images"].permute(0, 1, 4, 2, 3)  # (1, 4, 3, 224, 224) floats in [0, 1]
         c2w = torch.from_numpy(canonical_c2w())[None]

@@ -4,10 +4,10 @@ from __future__ import annotations
 import open3d as o3d
 import torch
 
-from pipelines.corpora import pybullet_data_dir
-from pipelines.mesh_io import load_mesh
-from pipelines.meshops import raycasting_scene
-from pipelines.watertight import make_watertight
+from craftsman_platform.corpora import pybullet_data_dir
+from craftsman_platform.geometry.mesh_io import load_mesh
+from craftsman_platform.geometry.meshops import raycasting_scene
+from craftsman_platform.geometry.watertight import make_watertight
 
 
 def duck_field():

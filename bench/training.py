@@ -25,20 +25,20 @@ import subprocess
 import tempfile
 import time
 
-from training.config import DataConfig
-from training.data import BatchIterator, ShardStream, expand_urls
+from craftsman_platform.training.config import DataConfig
+from craftsman_platform.training.data import BatchIterator, ShardStream, expand_urls
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_full_shards(out: Path, n: int) -> str:
     """n real pybullet meshes through `craft preprocess` with the default settings."""
-    from pipelines.corpora import fixed_sample
+    from craftsman_platform.corpora import fixed_sample
 
     listing = out / "meshes.txt"
     out.mkdir(parents=True, exist_ok=True)
     listing.write_text("\n".join(map(str, fixed_sample(n, seed=1))) + "\n")
-    subprocess.run([sys.executable, "-m", "pipelines.cli", "preprocess", f"source.path={listing}",
+    subprocess.run([sys.executable, "-m", "craftsman_platform.cli", "preprocess", f"source.path={listing}",
                     f"output_dir={out / 'data'}"], check=True, capture_output=True)
     return str(out / "data" / "shards" / "*.tar")
 
@@ -71,7 +71,7 @@ def train_rate(shards: str, experiment: str, steps: int, extra: list[str], vae_r
         if vae_run:
             args.append(f"model.vae_checkpoint={vae_run}")
         env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        subprocess.run([sys.executable, "-m", "pipelines.cli", "train", *args], check=True, capture_output=True, env=env)
+        subprocess.run([sys.executable, "-m", "craftsman_platform.cli", "train", *args], check=True, capture_output=True, env=env)
         rows = [json.loads(x) for x in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
         return rows[-1]["samples_per_s"]
 
@@ -103,7 +103,7 @@ def main() -> None:
     print(f"vae_tiny   1 worker {one:6.1f} samples/s ({one / 8:.2f} steps/s)   2 Ray workers {two:6.1f} samples/s "
           f"({two / 8:.2f} steps/s)   ratio {two / one:.2f}x")
     vae_run = work / "vae"
-    subprocess.run([sys.executable, "-m", "pipelines.cli", "train", "experiment=vae_tiny", f"data.train_shards={tiny}",
+    subprocess.run([sys.executable, "-m", "craftsman_platform.cli", "train", "experiment=vae_tiny", f"data.train_shards={tiny}",
                     f"run_dir={vae_run}", "logger=none", "trainer.max_steps=2"], check=True, capture_output=True)
     diff = train_rate(tiny, "diffusion_tiny", args.steps, ["data.batch_size=8"], str(vae_run))
     print(f"diffusion_tiny 1 worker {diff:6.1f} samples/s ({diff / 8:.2f} steps/s)")

@@ -21,11 +21,11 @@ import point_cloud_utils as pcu
 import trimesh
 from tqdm import tqdm
 
-from pipelines.config import WatertightConfig
-from pipelines.corpora import assimp_models_dir, fixed_sample
-from pipelines.mesh_io import MeshRejected, load_mesh
-from pipelines.meshops import signed_volume
-from pipelines.watertight import make_watertight, surface_fidelity
+from craftsman_platform.config import WatertightConfig
+from craftsman_platform.corpora import assimp_models_dir, fixed_sample
+from craftsman_platform.geometry.mesh_io import MeshRejected, load_mesh
+from craftsman_platform.geometry.meshops import signed_volume
+from craftsman_platform.geometry.watertight import make_watertight, surface_fidelity
 
 ASSIMP_EXTRA = ["OBJ/spider.obj", "glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb",
                 "STL/sphereWithHole.stl", "OFF/Wuson.off", "PLY/Wuson.ply"]

@@ -15,7 +15,7 @@ from typing import Callable
 import pytest
 from filelock import FileLock
 
-from pipelines.corpora import assimp_models_dir, pybullet_data_dir
+from craftsman_platform.corpora import assimp_models_dir, pybullet_data_dir
 
 
 def shared(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:

@@ -23,9 +23,9 @@ TINY_SHARD_MESHES = ["duck.obj", "bunny.obj", "cube.obj", "soccerball.obj", "tex
 
 def make_tiny_shards(out: Path) -> Path:
     """`craft preprocess` on 8 real pybullet meshes with small counts: ~2 objects per shard, 8 views each."""
-    from pipelines.config import PreprocessConfig, SampleConfig
-    from pipelines.corpora import pybullet_data_dir
-    from pipelines.preprocess import preprocess
+    from craftsman_platform.config import PreprocessConfig, SampleConfig
+    from craftsman_platform.corpora import pybullet_data_dir
+    from craftsman_platform.preprocess.job import preprocess
 
     listing = out / "meshes.txt"
     out.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,7 @@ ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_SILENT": "true", "OMP_NUM_T
 
 def craft(*args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
     """Run `craft ARGS` in a subprocess (as a user would); fail with its stderr when it fails."""
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], env=ENV, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "craftsman_platform.cli", *args], env=ENV, capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"craft {args[0]} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")

@@ -11,11 +11,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from pipelines.config import GeometryConfig, register_configs
-from pipelines.corpora import demo_meshes
+from craftsman_platform.config import CONF_DIR, GeometryConfig, register_configs
+from craftsman_platform.corpora import demo_meshes
 
 ROOT = Path(__file__).resolve().parents[1]
-CRAFT = [sys.executable, "-m", "pipelines.cli"]
+CRAFT = [sys.executable, "-m", "craftsman_platform.cli"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -24,7 +24,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def test_inspect_config_composes_and_validates():
     register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="inspect")
         geometry = OmegaConf.to_object(cfg.geometry)
         assert isinstance(geometry, GeometryConfig) and geometry == GeometryConfig()
@@ -71,7 +71,7 @@ def test_inspect_records_good_and_bad_meshes(tmp_path, pybullet_dir, assimp_dir)
 
 def test_preprocess_config_composes_validates_and_documents(tmp_path):
     register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = OmegaConf.to_object(compose(config_name="preprocess", overrides=[f"output_dir={tmp_path}", "source.path=x"]))
         assert cfg.geometry == GeometryConfig() and cfg.render.extra_sets == 4 and cfg.workers == 2
         assert cfg.ray.dashboard_host == "127.0.0.1" and cfg.timeout_s == 300

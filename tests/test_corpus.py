@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.config import GeometryConfig, SampleConfig
-from pipelines.geometry import process_mesh
+from craftsman_platform.config import GeometryConfig, SampleConfig
+from craftsman_platform.geometry.pipeline import process_mesh
 
 # A fixed subset: procedural objects of touching parts, robot parts (open, multi-shell), scanned
 # shapes, a textured sphere, and assimp's multi-part glTF engine.

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from inference.pipeline import canonical_c2w
-from training.config import DataConfig
-from training.data import BatchIterator, ShardStream, StreamState, expand_urls
+from craftsman_platform.inference.pipeline import canonical_c2w
+from craftsman_platform.training.config import DataConfig
+from craftsman_platform.training.data import BatchIterator, ShardStream, StreamState, expand_urls
 
 SMALL = dict(batch_size=2, num_workers=0, shuffle_buffer=4, epoch_samples=8, num_surface=256, num_vol=64,
              num_near=64, image_size=64, views=4)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.pipeline import Generator
-from inference.runtime import device_generator, resolve_device
-from models.build import build_diffusion, build_vae
+from craftsman_platform.inference.pipeline import Generator
+from craftsman_platform.inference.runtime import device_generator, resolve_device
+from craftsman_platform.models.build import build_diffusion, build_vae
 from test_gpu_path import tiny_diffusion_config
-from training.config import TrainConfig
+from craftsman_platform.training.config import TrainConfig
 
 
 def test_device_key():

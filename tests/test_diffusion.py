@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.build import ModelConfig, build_diffusion
-from models.conditioners import ConditionerConfig, ClipArchitecture
-from models.denoiser import DenoiserConfig
-from models.diffusion import DiffusionConfig, LatentDiffusion, make_scheduler, snr_weights
-from models.shape_vae import VAEConfig
+from craftsman_platform.models.build import ModelConfig, build_diffusion
+from craftsman_platform.models.conditioners import ConditionerConfig, ClipArchitecture
+from craftsman_platform.models.denoiser import DenoiserConfig
+from craftsman_platform.models.diffusion import DiffusionConfig, LatentDiffusion, make_scheduler, snr_weights
+from craftsman_platform.models.shape_vae import VAEConfig
 
 
 class Oracle(torch.nn.Module):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from evaluation.metrics import surface_metrics
+from craftsman_platform.evaluation.metrics import surface_metrics
 from helpers import ENV, craft, shard_glob
 
 CHROMIUM = "/usr/bin/chromium"
@@ -118,7 +118,7 @@ def test_watch_mode_evaluates_each_new_checkpoint_once(vae_run, tiny_shards, tmp
     out = tmp_path / "eval"
     args = ["watch=true", f"run_dir={run}", f"data.eval_shards={shard_glob(tiny_shards)}", f"output_dir={out}",
             "data.max_objects=2", "depth=5", "surface_samples=5000", "poll_s=0.5", "idle_timeout_s=120", "wandb_mode=disabled"]
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "evaluate", *args], env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "craftsman_platform.cli", "evaluate", *args], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for i, ckpt in enumerate(ckpts[1:], start=1):
         deadline = time.time() + 120

@@ -6,11 +6,11 @@ import pytest
 import torch
 import trimesh
 
-from models.extraction import (dense_grid, export_mesh, extract_mesh, extract_meshes, grid_iou, grid_to_mesh, octree_grid,
+from craftsman_platform.models.extraction import (dense_grid, export_mesh, extract_mesh, extract_meshes, grid_iou, grid_to_mesh, octree_grid,
                                octree_grids)
-from pipelines.mesh_io import load_mesh
-from pipelines.meshops import raycasting_scene
-from pipelines.watertight import make_watertight
+from craftsman_platform.geometry.mesh_io import load_mesh
+from craftsman_platform.geometry.meshops import raycasting_scene
+from craftsman_platform.geometry.watertight import make_watertight
 
 
 @pytest.fixture(scope="module")

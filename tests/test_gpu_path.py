@@ -14,16 +14,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from helpers import craft, shard_glob
-from models.build import ModelConfig, build_diffusion, compile_model
-from models.conditioners import ClipArchitecture, ConditionerConfig, MultiViewImageEncoder
-from models.denoiser import DenoiserConfig
-from models.diffusion import DiffusionConfig
-from models.shape_vae import ShapeVAE, VAEConfig, VAELossConfig, vae_loss
-from training.checkpoint import latest_checkpoint, load_weights
-from training.config import TrainConfig
-from training.engine import EMA, deepspeed_config
-from training.tasks import DiffusionTask
-from training.train import ray_resources
+from craftsman_platform.models.build import ModelConfig, build_diffusion, compile_model
+from craftsman_platform.models.conditioners import ClipArchitecture, ConditionerConfig, MultiViewImageEncoder
+from craftsman_platform.models.denoiser import DenoiserConfig
+from craftsman_platform.models.diffusion import DiffusionConfig
+from craftsman_platform.models.shape_vae import ShapeVAE, VAEConfig, VAELossConfig, vae_loss
+from craftsman_platform.training.checkpoint import latest_checkpoint, load_weights
+from craftsman_platform.training.config import TrainConfig
+from craftsman_platform.training.engine import EMA, deepspeed_config
+from craftsman_platform.training.tasks import DiffusionTask
+from craftsman_platform.training.train import ray_resources
 
 TINY_VAE = dict(num_inputs=128, num_latents=16, embed_dim=8, width=64, heads=4, encoder_layers=1, decoder_layers=1)
 

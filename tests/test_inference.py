@@ -17,8 +17,8 @@ import webdataset as wds
 from PIL import Image
 
 from helpers import ENV, craft
-from inference.frontends import FrontEndWeightsMissing, build_frontend
-from inference.images import BackgroundRemovalUnavailable, find_views, remove_background
+from craftsman_platform.inference.frontends import FrontEndWeightsMissing, build_frontend
+from craftsman_platform.inference.images import BackgroundRemovalUnavailable, find_views, remove_background
 
 CHROMIUM = "/usr/bin/chromium"
 VIEWS = ("front", "right", "back", "left")
@@ -93,7 +93,7 @@ def test_app_in_headless_chromium(diffusion_run, view_folder, tmp_path):
     from playwright.sync_api import sync_playwright
 
     port = _free_port()
-    app = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "app", f"checkpoint={diffusion_run}", f"port={port}",
+    app = subprocess.Popen([sys.executable, "-m", "craftsman_platform.cli", "app", f"checkpoint={diffusion_run}", f"port={port}",
                             f"output_dir={tmp_path}"], env={**ENV, "GRADIO_ANALYTICS_ENABLED": "False"},
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

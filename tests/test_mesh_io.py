@@ -8,8 +8,8 @@ import pytest
 import trimesh
 
 from helpers import write_obj
-from pipelines.config import LoadConfig
-from pipelines.mesh_io import REASONS, MeshRejected, load_mesh
+from craftsman_platform.config import LoadConfig
+from craftsman_platform.geometry.mesh_io import REASONS, MeshRejected, load_mesh
 
 CUBE_V = [[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]]
 CUBE_F = [[0, 2, 1], [0, 3, 2], [4, 5, 6], [4, 6, 7], [0, 1, 5], [0, 5, 4],

@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
 
-from models.build import ModelConfig, build_vae, count_parameters
-from models.conditioners import (ConditionerConfig, MultiViewImageEncoder, TextEncoder, WeightsNotFound,
+from craftsman_platform.models.build import ModelConfig, build_vae, count_parameters
+from craftsman_platform.models.conditioners import (ConditionerConfig, MultiViewImageEncoder, TextEncoder, WeightsNotFound,
                                  camera_embedding, drop_conditions)
-from models.denoiser import DenoiserConfig, build_denoiser
-from models.shape_vae import ShapeVAE, VAEConfig, VAELossConfig, farthest_point_indices, vae_loss
-from models.transformer import set_attention_backend
+from craftsman_platform.models.denoiser import DenoiserConfig, build_denoiser
+from craftsman_platform.models.shape_vae import ShapeVAE, VAEConfig, VAELossConfig, farthest_point_indices, vae_loss
+from craftsman_platform.models.transformer import set_attention_backend
 
 TINY_VAE = dict(num_inputs=256, num_latents=16, embed_dim=8, width=64, heads=4, encoder_layers=1, decoder_layers=2)
 TINY_DENOISER = dict(latent_dim=8, num_latents=16, context_dim=32, width=64, heads=4, encoder_layers=1)
@@ -80,7 +80,7 @@ def test_full_size_parameter_counts_match_the_reference():
 
 
 def test_summary_command_prints_every_module():
-    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "summary", "experiment=diffusion_craftsman"],
+    out = subprocess.run([sys.executable, "-m", "craftsman_platform.cli", "summary", "experiment=diffusion_craftsman"],
                          capture_output=True, text=True, check=True).stdout
     assert "denoiser: 104,816,448 parameters (104,816,448 trainable)" in out
     assert "vae (frozen): 184,522,113 parameters (0 trainable)" in out

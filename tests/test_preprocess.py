@@ -19,10 +19,10 @@ import scipy.ndimage as ndi
 import webdataset as wds
 from PIL import Image
 
-from pipelines.config import PreprocessConfig, SampleConfig
-from pipelines.errors import ConfigError
-from pipelines.preprocess import preprocess
-from pipelines.shards import ShardStore
+from craftsman_platform.config import PreprocessConfig, SampleConfig
+from craftsman_platform.errors import ConfigError
+from craftsman_platform.preprocess.job import preprocess
+from craftsman_platform.preprocess.shards import ShardStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -154,7 +154,7 @@ def test_kill_9_then_resume_gives_every_object_exactly_once(tmp_path, pybullet_d
     for rel in picks:
         shutil.copy(pybullet_dir / rel, src / rel.replace("/", "_"))
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "pipelines.cli", "preprocess", f"source.path={src}", f"output_dir={out}",
+    args = [sys.executable, "-m", "craftsman_platform.cli", "preprocess", f"source.path={src}", f"output_dir={out}",
             "shard_max_bytes=1", *(f"{k}={v}" for k, v in SMALL.items())]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240

@@ -13,14 +13,14 @@ from diffusers.models.embeddings import Timesteps
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from helpers import craft, shard_glob
-from inference.pipeline import canonical_c2w
-from models.build import ModelConfig, build_diffusion, build_vae
-from models.conditioners import ClipArchitecture, ConditionerConfig, MultiViewImageEncoder, opengl_unit
-from models.denoiser import DenoiserConfig, build_denoiser
-from models.diffusion import DiffusionConfig, make_scheduler
-from models.reference import convert_conditioner, convert_denoiser, convert_vae, qkv_rows, qkv_rows_back, swap_halves
-from models.shape_vae import VAEConfig
-from models.transformer import CrossAttention, SelfAttention, timestep_embedding
+from craftsman_platform.inference.pipeline import canonical_c2w
+from craftsman_platform.models.build import ModelConfig, build_diffusion, build_vae
+from craftsman_platform.models.conditioners import ClipArchitecture, ConditionerConfig, MultiViewImageEncoder, opengl_unit
+from craftsman_platform.models.denoiser import DenoiserConfig, build_denoiser
+from craftsman_platform.models.diffusion import DiffusionConfig, make_scheduler
+from craftsman_platform.models.reference import convert_conditioner, convert_denoiser, convert_vae, qkv_rows, qkv_rows_back, swap_halves
+from craftsman_platform.models.shape_vae import VAEConfig
+from craftsman_platform.models.transformer import CrossAttention, SelfAttention, timestep_embedding
 
 W, H, C, L, F, CTX = 64, 4, 8, 16, 8, 32
 

@@ -22,7 +22,7 @@ import pytest
 import webdataset as wds
 
 from helpers import ENV, craft, shard_glob
-from pipelines.sources import list_file_objects
+from craftsman_platform.preprocess.sources import list_file_objects
 
 FAST = ["geometry.watertight.resolution=64", "geometry.watertight.quality_samples=1000", "geometry.sample.surface=500",
         "geometry.sample.sharp_max=50", "geometry.sample.volume=1000", "geometry.sample.near=500",
@@ -30,7 +30,7 @@ FAST = ["geometry.watertight.resolution=64", "geometry.watertight.quality_sample
 
 
 def start_craft(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], env=ENV, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "craftsman_platform.cli", *args], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -149,8 +149,8 @@ def test_list_files_give_readable_uids(tmp_path):
 
 
 def test_local_ray_listens_on_loopback_only():
-    from pipelines.config import RayConfig
-    from pipelines.raycluster import init_ray
+    from craftsman_platform.config import RayConfig
+    from craftsman_platform.raycluster import init_ray
 
     ray = init_ray(RayConfig(), num_cpus=1)
     try:

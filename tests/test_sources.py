@@ -13,9 +13,9 @@ import pytest
 import trimesh
 import webdataset as wds
 
-from pipelines.config import PreprocessConfig, SampleConfig
-from pipelines.preprocess import preprocess
-from pipelines.sources import folder_objects, list_file_objects, local_copy, objaverse_objects, sanitize_uid
+from craftsman_platform.config import PreprocessConfig, SampleConfig
+from craftsman_platform.preprocess.job import preprocess
+from craftsman_platform.preprocess.sources import folder_objects, list_file_objects, local_copy, objaverse_objects, sanitize_uid
 
 UIDS = {"duck": "0123456789abcdef0123456789abcdef", "robot_a": "a" * 32, "robot_b": "b" * 32}
 
@@ -116,8 +116,8 @@ def test_preprocess_objaverse_source(tmp_path, pybullet_dir, offline):
 
 
 def test_partitions_are_disjoint_and_cover_everything(tmp_path, pybullet_dir):
-    from pipelines.config import SourceConfig
-    from pipelines.preprocess import resolve_sources
+    from craftsman_platform.config import SourceConfig
+    from craftsman_platform.preprocess.job import resolve_sources
 
     folder = pybullet_dir / "random_urdfs"
     everything = {r.uid for r in resolve_sources(SourceConfig(path=str(folder)))}

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation.metrics import query_iou
+from craftsman_platform.evaluation.metrics import query_iou
 from helpers import ENV, craft, shard_glob
-from training.checkpoint import latest_checkpoint, list_checkpoints, load_weights, read_meta
+from craftsman_platform.training.checkpoint import latest_checkpoint, list_checkpoints, load_weights, read_meta
 
 
 def craft_train(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -76,7 +76,7 @@ def test_sigterm_then_resume_gives_the_same_losses(tiny_shards, tmp_path):
     straight = tmp_path / "straight"
     craft_train(*common, f"run_dir={straight}", "logger=none")
     run = tmp_path / "stopped"
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train", *common, f"run_dir={run}"],
+    proc = subprocess.Popen([sys.executable, "-m", "craftsman_platform.cli", "train", *common, f"run_dir={run}"],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not ((run / "metrics.jsonl").exists() and len(metrics(run)) >= 5):

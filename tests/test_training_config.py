@@ -9,12 +9,12 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from models.build import module_summary
-from pipelines.config import CONF_DIR
-from training.config import TrainConfig, register_configs, to_train_config
-from training.data import expand_urls
-from training.engine import deepspeed_config, lr_lambda
-from training.train import validate
+from craftsman_platform.models.build import module_summary
+from craftsman_platform.config import CONF_DIR
+from craftsman_platform.training.config import TrainConfig, register_configs, to_train_config
+from craftsman_platform.training.data import expand_urls
+from craftsman_platform.training.engine import deepspeed_config, lr_lambda
+from craftsman_platform.training.train import validate
 
 register_configs()
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from test_training import ENV, craft_train, losses, metrics, shards
-from training.checkpoint import latest_checkpoint, read_meta
+from craftsman_platform.training.checkpoint import latest_checkpoint, read_meta
 
 # 1 rank x 2 micro-batches of 4 and 2 ranks x 1 micro-batch of 4 see the same 8 samples per step
 # (data slots), so the loss curves agree up to float summation order: stated tolerance 1e-4 relative.
@@ -52,7 +52,7 @@ def test_a_killed_worker_restarts_the_group_from_the_checkpoint(tiny_shards, tmp
     args = ["experiment=vae_tiny", f"data.train_shards={shards(tiny_shards)}", f"run_dir={run}", "logger=none",
             "trainer.max_steps=40", "trainer.log_every=1", "trainer.ckpt_every=10", "data.batch_size=2",
             "launcher=ray", "launcher.num_workers=2", "launcher.max_failures=2", "data.num_workers=1"]
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train", *args], env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "craftsman_platform.cli", "train", *args], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 400
     while latest_checkpoint(run) is None or len(metrics(run)) < 13:

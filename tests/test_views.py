@@ -10,13 +10,13 @@ import pytest
 import webdataset as wds
 from PIL import Image, ImageDraw
 
-from evaluation.objects import ObjectReader
-from evaluation.scoring import canonical_views
-from inference.app import save_uploads
-from inference.generate import GenerateConfig, load_views
-from shapedata.views import VIEW_NAMES, condition_image, view_member
-from training.config import DataConfig
-from training.data import decode_sample, member_filter
+from craftsman_platform.evaluation.objects import ObjectReader
+from craftsman_platform.evaluation.scoring import canonical_views
+from craftsman_platform.inference.app import save_uploads
+from craftsman_platform.inference.generate import GenerateConfig, load_views
+from craftsman_platform.shapedata.views import VIEW_NAMES, condition_image, view_member
+from craftsman_platform.training.config import DataConfig
+from craftsman_platform.training.data import decode_sample, member_filter
 
 SIZE = 48
 

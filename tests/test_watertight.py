@@ -8,11 +8,11 @@ import scipy.ndimage as ndi
 import trimesh
 
 from helpers import write_obj
-from pipelines.config import GeometryConfig, SampleConfig, WatertightConfig
-from pipelines.mesh_io import load_mesh
-from pipelines.sampling import SignedDistance, sample_object
-from pipelines.meshops import signed_volume
-from pipelines.watertight import _spread, make_watertight, surface_lattice
+from craftsman_platform.config import GeometryConfig, SampleConfig, WatertightConfig
+from craftsman_platform.geometry.mesh_io import load_mesh
+from craftsman_platform.geometry.sampling import SignedDistance, sample_object
+from craftsman_platform.geometry.meshops import signed_volume
+from craftsman_platform.geometry.watertight import _spread, make_watertight, surface_lattice
 
 VOXEL = 2.0 / 256
 UDF = WatertightConfig(fast_path=False, quality_samples=20_000)
@@ -217,7 +217,7 @@ def test_geometry_config_defaults_are_the_documented_ones():
 
 
 def test_float16_sdf_keeps_the_sign_of_tiny_values():
-    from pipelines.sampling import sdf_to_f16
+    from craftsman_platform.geometry.sampling import sdf_to_f16
 
     sdf = np.array([-1e-9, 1e-9, -1e-30, 0.0, -0.3, 2e-8], dtype=np.float32)
     out = sdf_to_f16(sdf)
@@ -226,7 +226,7 @@ def test_float16_sdf_keeps_the_sign_of_tiny_values():
 
 
 def test_closed_and_oriented_matches_trimesh(tmp_path, pybullet_dir):
-    from pipelines.meshops import closed_and_oriented
+    from craftsman_platform.geometry.meshops import closed_and_oriented
 
     cases = [trimesh.creation.icosphere(3), trimesh.creation.box()]
     flipped = trimesh.creation.box()

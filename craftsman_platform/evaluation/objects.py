@@ -1,0 +1,68 @@
+"""Held-out objects from shards, read like training reads them: an unreadable shard or sample is
+skipped, counted and logged, and the evaluation goes on."""
+from __future__ import annotations
+
+import io
+import logging
+from typing import Iterator, Optional
+
+import numpy as np
+import webdataset as wds
+
+from craftsman_platform.shapedata.views import SET_SIZE, view_member
+from craftsman_platform.training.data import expand_urls
+
+log = logging.getLogger("craft.evaluate")
+REQUIRED = ("surface.npy", "vol.npy", "near.npy")
+
+
+def npy(sample: dict, key: str) -> np.ndarray:
+    return np.load(io.BytesIO(sample[key]), allow_pickle=False).astype(np.float32)
+
+
+class ObjectReader:
+    """Iterates a shard glob's samples in order; `skipped` counts what could not be read."""
+
+    def __init__(self, shards: str, max_objects: Optional[int] = None, views: bool = False):
+        self.urls = expand_urls(shards)
+        self.max_objects, self.views = max_objects, views
+        self.skipped = 0
+
+    def _skip(self, exn: Exception) -> bool:
+        self.skipped += 1
+        log.warning("skipped an unreadable shard or sample: %s", exn)
+        return True
+
+    def _check(self, sample: dict) -> dict:
+        """The sample with its arrays decoded, or an error naming what is missing or damaged."""
+        needed = REQUIRED + (("cameras.json", *(view_member(i) for i in range(SET_SIZE))) if self.views else ())
+        missing = [m for m in needed if m not in sample]
+        if missing:
+            raise ValueError(f"{sample.get('__key__')}: no {', '.join(missing)}")
+        for key in REQUIRED:
+            sample[key.replace(".npy", "")] = npy(sample, key)
+        return sample
+
+    def __iter__(self) -> Iterator[dict]:
+        dataset = wds.WebDataset(self.urls, shardshuffle=False, empty_check=False, handler=self._skip)
+        count = 0
+        for raw in dataset:
+            if self.max_objects is not None and count >= self.max_objects:
+                return
+            try:
+                sample = self._check(raw)
+            except Exception as exn:  # a damaged member: skip the object, count it
+                self._skip(exn)
+                continue
+            count += 1
+            yield sample
+
+    def batches(self, size: int) -> Iterator[list[dict]]:
+        batch: list[dict] = []
+        for sample in self:
+            batch.append(sample)
+            if len(batch) == size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch

@@ -1,0 +1,81 @@
+"""Small mesh operations shared by the conversion, the sampling and the benchmarks."""
+from __future__ import annotations
+
+import numpy as np
+import open3d as o3d
+import scipy.sparse as sp
+import trimesh
+from scipy.sparse.csgraph import connected_components
+
+from craftsman_platform.config import compute_threads
+
+
+def raycasting_scene(mesh: trimesh.Trimesh) -> o3d.t.geometry.RaycastingScene:
+    """An open3d ray-casting scene holding the mesh (distance, occupancy and ray queries)."""
+    scene = o3d.t.geometry.RaycastingScene(nthreads=compute_threads())
+    scene.add_triangles(
+        o3d.core.Tensor(np.ascontiguousarray(mesh.vertices, dtype=np.float32)),
+        o3d.core.Tensor(np.ascontiguousarray(mesh.faces, dtype=np.uint32)),
+    )
+    return scene
+
+
+def closed_and_oriented(mesh: trimesh.Trimesh) -> bool:
+    """Watertight and consistently wound: every directed edge once, its reverse exactly once.
+
+    The same answer as trimesh's `is_watertight and is_winding_consistent`, in one numpy pass
+    over int64 edge keys (several times faster on marching-cubes meshes of 500k faces).
+    """
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    if len(f) == 0:
+        return False
+    n = int(f.max()) + 1
+    directed = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    keys = np.sort(directed[:, 0] * n + directed[:, 1])
+    if (np.diff(keys) == 0).any():  # an edge used twice in the same direction
+        return False
+    reverse = np.sort(directed[:, 1] * n + directed[:, 0])
+    return bool(np.array_equal(keys, reverse))
+
+
+def component_labels(mesh: trimesh.Trimesh) -> np.ndarray:
+    """Connected-component label (0..k-1) of every face; faces sharing a vertex are connected.
+
+    A sparse-graph pass over the vertices: several times faster than face adjacency on large
+    meshes (vertices are merged at load, so parts that only touch stay separate).
+    """
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    n = len(mesh.vertices)
+    rows = np.concatenate([f[:, 0], f[:, 1]])
+    cols = np.concatenate([f[:, 1], f[:, 2]])
+    graph = sp.coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
+    _, vertex_label = connected_components(graph, directed=False)
+    return np.unique(vertex_label[f[:, 0]], return_inverse=True)[1]
+
+
+def face_volumes(tris: np.ndarray) -> np.ndarray:
+    """Signed volume of the tetrahedron (origin, triangle) for every triangle."""
+    return np.einsum("ij,ij->i", tris[:, 0], np.cross(tris[:, 1], tris[:, 2])) / 6.0
+
+
+def signed_volume(mesh: trimesh.Trimesh) -> float:
+    """Enclosed volume of a closed mesh; negative when it is wound inside-out."""
+    return float(face_volumes(mesh.triangles).sum())
+
+
+class SurfaceSampler:
+    """Area-uniform points on a mesh; the area table is built once and reused for every call
+    (trimesh's `sample_surface` rebuilds it each time: 5 calls per object on 500k faces)."""
+
+    def __init__(self, mesh: trimesh.Trimesh):
+        self.tris = np.asarray(mesh.triangles)
+        self.cdf = np.cumsum(mesh.area_faces)
+
+    def __call__(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(points (n, 3), face index (n,))."""
+        face = np.minimum(np.searchsorted(self.cdf, rng.random(n) * self.cdf[-1], side="right"), len(self.cdf) - 1)
+        r = rng.random((n, 2))
+        flip = r.sum(axis=1) > 1.0
+        r[flip] = 1.0 - r[flip]
+        t = self.tris[face]
+        return t[:, 0] + r[:, :1] * (t[:, 1] - t[:, 0]) + r[:, 1:] * (t[:, 2] - t[:, 0]), face

@@ -1,0 +1,219 @@
+"""Multi-view condition images on the CPU: open3d ray casting, no Blender, no GPU.
+
+Each view gives RGBA (alpha = object mask, white background), a world-space normal map and a
+16-bit planar depth map. Colours come from the original textured parts: base-colour textures
+looked up through interpolated UVs, vertex colours, face colours or the material colour, with
+optional headlight Lambert shading.
+
+Cameras follow OpenCV: x right, y down, looking along +z; `c2w` maps camera to the normalised
+object frame; pixel (col, row) centres sit at integer coordinates, cx = (W-1)/2, cy = (H-1)/2.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import open3d as o3d
+import trimesh
+from PIL import Image
+from scipy.spatial.transform import Rotation
+
+from craftsman_platform.config import compute_threads
+
+DEPTH_SCALE = 10_000.0  # stored uint16 = round(depth * DEPTH_SCALE); 0 = no hit; max 6.5535 units
+GREY = np.array([0.7, 0.7, 0.7], dtype=np.float32)
+
+# CraftsMan's canonical views, Z up: front, right, back, left (azimuth 0, 90, 180, 270).
+CANONICAL_DIRECTIONS = np.array([[0, -1, 0], [1, 0, 0], [0, 1, 0], [-1, 0, 0]], dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cameras
+# ---------------------------------------------------------------------------------------------
+
+
+def look_at(eye: np.ndarray, target: np.ndarray = np.zeros(3), up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> np.ndarray:
+    """4x4 OpenCV camera-to-world matrix of a camera at `eye` looking at `target`."""
+    forward = target - eye
+    forward = forward / np.linalg.norm(forward)
+    right = np.cross(forward, up)
+    if np.linalg.norm(right) < 1e-8:  # looking straight up or down
+        right = np.cross(forward, np.array([0.0, 1.0, 0.0]))
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    c2w = np.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, forward, eye
+    return c2w
+
+
+def intrinsics(width: int, height: int, fov_deg: float) -> np.ndarray:
+    """3x3 pixel intrinsics with a horizontal field of view of fov_deg."""
+    f = 0.5 * width / np.tan(np.radians(fov_deg) / 2.0)
+    return np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
+
+
+def view_cameras(extra_sets: int, distance: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """The 4 canonical views, then `extra_sets` sets of 4 under one random rotation per set."""
+    base = [look_at(d * distance) for d in CANONICAL_DIRECTIONS]
+    views = list(base)
+    for _ in range(extra_sets):
+        rot = np.eye(4)
+        rot[:3, :3] = Rotation.random(random_state=rng).as_matrix()
+        views += [rot @ c2w for c2w in base]
+    return views
+
+
+# ---------------------------------------------------------------------------------------------
+# Colours of the parts
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PartColour:
+    """How to colour hits on one part: a texture with UVs, per-vertex, per-face or one colour."""
+
+    mode: str  # "texture", "vertex", "face", "flat"
+    faces: np.ndarray
+    uv: np.ndarray | None = None
+    image: np.ndarray | None = None  # (H, W, 3) float in [0, 1]
+    factor: np.ndarray | None = None  # multiplies the texture
+    colours: np.ndarray | None = None  # (V, 3) or (F, 3) float, or (3,) for flat
+
+
+def _material_colour(material) -> tuple[np.ndarray | None, np.ndarray]:
+    """(base-colour texture or None, colour factor) of a trimesh material."""
+    image = getattr(material, "baseColorTexture", None)
+    factor = getattr(material, "baseColorFactor", None)
+    if image is None:
+        image = getattr(material, "image", None)
+    if factor is None:
+        factor = getattr(material, "main_color", None)
+    factor = np.asarray(factor if factor is not None else [255, 255, 255, 255], dtype=np.float32)[:3]
+    factor = factor / 255.0 if factor.max() > 1.0 else factor
+    tex = None
+    if image is not None:
+        tex = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return tex, factor
+
+
+def part_colour(part: trimesh.Trimesh) -> PartColour:
+    visual = part.visual
+    faces = np.asarray(part.faces)
+    kind = getattr(visual, "kind", None)
+    if kind == "texture":
+        tex, factor = _material_colour(visual.material)
+        if tex is not None and visual.uv is not None and len(visual.uv) == len(part.vertices):
+            return PartColour("texture", faces, uv=np.asarray(visual.uv, dtype=np.float32), image=tex, factor=factor)
+        return PartColour("flat", faces, colours=factor)
+    if kind == "vertex":
+        return PartColour("vertex", faces, colours=np.asarray(visual.vertex_colors, dtype=np.float32)[:, :3] / 255.0)
+    if kind == "face":
+        return PartColour("face", faces, colours=np.asarray(visual.face_colors, dtype=np.float32)[:, :3] / 255.0)
+    material = getattr(visual, "material", None)
+    if material is not None:
+        return PartColour("flat", faces, colours=_material_colour(material)[1])
+    return PartColour("flat", faces, colours=GREY)
+
+
+def _shade_hits(pc: PartColour, prim: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """Base colour (n, 3) of hits on one part: primitive ids and (u, v) barycentrics."""
+    w = np.stack([1.0 - bary[:, 0] - bary[:, 1], bary[:, 0], bary[:, 1]], axis=1)[:, :, None]
+    tri = pc.faces[prim]
+    if pc.mode == "texture":
+        uv = (pc.uv[tri] * w).sum(axis=1) % 1.0
+        h, wd = pc.image.shape[:2]
+        col = np.clip((uv[:, 0] * wd).astype(np.int64), 0, wd - 1)
+        row = np.clip(((1.0 - uv[:, 1]) * h).astype(np.int64), 0, h - 1)
+        return pc.image[row, col] * pc.factor
+    if pc.mode == "vertex":
+        return (pc.colours[tri] * w).sum(axis=1)
+    if pc.mode == "face":
+        return pc.colours[prim]
+    return np.broadcast_to(pc.colours, (len(prim), 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class View:
+    rgba: np.ndarray  # (H, W, 4) uint8, white background, alpha = mask
+    normal: np.ndarray  # (H, W, 3) uint8: (n + 1) / 2 * 255, world frame; 0 where no hit
+    depth: np.ndarray  # (H, W) uint16: planar depth * DEPTH_SCALE; 0 where no hit
+    c2w: np.ndarray
+    K: np.ndarray
+
+
+class Renderer:
+    """Ray-casts the parts of one object; `render(c2w)` gives one view."""
+
+    def __init__(self, parts: list[trimesh.Trimesh], width: int, height: int, fov_deg: float, lambert: bool = True):
+        self.scene = o3d.t.geometry.RaycastingScene(nthreads=compute_threads())
+        self.colours = []
+        for part in parts:
+            self.scene.add_triangles(
+                o3d.core.Tensor(np.asarray(part.vertices, dtype=np.float32)),
+                o3d.core.Tensor(np.asarray(part.faces, dtype=np.uint32)),
+            )
+            self.colours.append(part_colour(part))
+        self.width, self.height, self.lambert = width, height, lambert
+        self.K = intrinsics(width, height, fov_deg)
+        cols, rows = np.meshgrid(np.arange(width), np.arange(height))
+        pix = np.stack([cols, rows, np.ones_like(cols)], axis=-1).reshape(-1, 3).astype(np.float64)
+        self._cam_dirs = pix @ np.linalg.inv(self.K).T  # camera-frame directions with z = 1
+
+    def render(self, c2w: np.ndarray) -> View:
+        rot, eye = c2w[:3, :3], c2w[:3, 3]
+        dirs = self._cam_dirs @ rot.T
+        rays = np.concatenate([np.broadcast_to(eye, dirs.shape), dirs], axis=1).astype(np.float32)
+        hit = self.scene.cast_rays(o3d.core.Tensor(rays), nthreads=compute_threads())
+        t = hit["t_hit"].numpy()
+        mask = np.isfinite(t)
+        n = int(self.width * self.height)
+        rgb = np.ones((n, 3), dtype=np.float32)
+        normal = np.zeros((n, 3), dtype=np.float32)
+        depth = np.zeros(n, dtype=np.float32)
+        if mask.any():
+            gid = hit["geometry_ids"].numpy()[mask]
+            prim = hit["primitive_ids"].numpy()[mask]
+            bary = hit["primitive_uvs"].numpy()[mask]
+            nrm = hit["primitive_normals"].numpy()[mask]
+            d = dirs[mask]
+            nrm = np.where((np.einsum("ij,ij->i", nrm, d) > 0)[:, None], -nrm, nrm)  # face the camera
+            base = np.empty((len(gid), 3), dtype=np.float32)
+            for g in np.unique(gid):
+                sel = gid == g
+                base[sel] = _shade_hits(self.colours[g], prim[sel], bary[sel])
+            if self.lambert:
+                cos = -np.einsum("ij,ij->i", nrm, d / np.linalg.norm(d, axis=1, keepdims=True))
+                base = base * (0.35 + 0.65 * np.clip(cos, 0.0, 1.0))[:, None]
+            rgb[mask] = base
+            normal[mask] = nrm
+            depth[mask] = t[mask]  # direction z = 1 in the camera frame: t is planar depth
+        shape = (self.height, self.width)
+        rgba = np.concatenate([rgb, mask[:, None].astype(np.float32)], axis=1).reshape(*shape, 4)
+        nmap = np.where(mask[:, None], (normal + 1.0) * 0.5, 0.0).reshape(*shape, 3)
+        return View(
+            rgba=np.round(rgba * 255).astype(np.uint8),
+            normal=np.round(nmap * 255).astype(np.uint8),
+            depth=np.clip(np.round(depth * DEPTH_SCALE), 0, 65535).astype(np.uint16).reshape(shape),
+            c2w=c2w, K=self.K,
+        )
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """PNG encoding: uint8 RGB/RGBA, or uint16 single channel (16-bit greyscale)."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def cameras_json(views: list[View]) -> dict:
+    return {
+        "convention": "opencv",
+        "depth_scale": DEPTH_SCALE,
+        "views": [{"c2w": v.c2w.tolist(), "K": v.K.tolist(), "width": int(v.rgba.shape[1]), "height": int(v.rgba.shape[0])} for v in views],
+    }

@@ -1,0 +1,204 @@
+"""Training samples from a watertight mesh: surface, sharp-edge, volume and near-surface points.
+
+Conventions (see docs/data-format.md):
+  * signed distance is NEGATIVE inside, positive outside; occupancy = sdf < 0;
+  * every query position is rounded to float16 *before* its distance is computed, so storing
+    positions as float16 loses nothing: the stored sdf belongs to the stored position;
+  * sampling is seeded per object (global seed + uid), so a rerun gives identical arrays.
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import open3d as o3d
+import pysdf
+import trimesh
+from scipy.spatial import cKDTree
+
+from craftsman_platform.config import SampleConfig, compute_threads
+from craftsman_platform.geometry.meshops import SurfaceSampler, raycasting_scene
+from craftsman_platform.geometry.watertight import SdfGrid, surface_lattice
+
+# Smallest positive float16 (subnormal): a non-zero sdf never rounds to a sign-less zero.
+_F16_TINY = np.float32(np.finfo(np.float16).smallest_subnormal)
+
+
+def object_rng(seed: int, uid: str) -> np.random.Generator:
+    """The random stream of one object: fixed by the global seed and the object's uid."""
+    return np.random.default_rng([seed, zlib.crc32(uid.encode("utf-8"))])
+
+
+def round_f16(x: np.ndarray) -> np.ndarray:
+    """Round to the nearest float16 value, kept as float32 for computing."""
+    return np.asarray(x, dtype=np.float16).astype(np.float32)
+
+
+def sdf_to_f16(sdf: np.ndarray) -> np.ndarray:
+    """float16 signed distances that keep the sign of every non-zero input (no -0.0 / +0.0 flips)."""
+    sdf = np.asarray(sdf, dtype=np.float32)
+    out = sdf.astype(np.float16)
+    lost = (out == 0) & (sdf != 0)
+    out[lost] = np.copysign(_F16_TINY, sdf[lost]).astype(np.float16)
+    return out
+
+
+@dataclass
+class Samples:
+    """Point sets of one object, float32 arrays whose positions are exact float16 values."""
+
+    surface: np.ndarray  # (N, 6) xyz + unit normal
+    sharp: np.ndarray  # (K, 6) xyz + unit normal, K <= sharp_max (may be 0)
+    vol: np.ndarray  # (M, 4) xyz + sdf, uniform in [-volume_bound, volume_bound]^3; |sdf| <= vol_truncation
+    near: np.ndarray  # (sum near, 4) xyz + sdf, one block per sigma in config order
+    sign_agreement: float  # share of volume points where two independent inside tests agree
+
+    def float16(self) -> dict[str, np.ndarray]:
+        """Storage form: float16 everywhere, sdf rounded so that its sign survives."""
+        out = {"surface": self.surface.astype(np.float16), "sharp": self.sharp.astype(np.float16)}
+        for name in ("vol", "near"):
+            arr = getattr(self, name)
+            out[name] = np.concatenate([arr[:, :3].astype(np.float16), sdf_to_f16(arr[:, 3])[:, None]], axis=1)
+        return out
+
+
+class SignedDistance:
+    """Exact signed distance to a closed mesh, and an independent check of its inside test.
+
+    Inside: exact from the conversion grid where it decides (UDF path), else pysdf's ray-cast
+    `contains`. Distance: open3d's BVH (exact). pysdf's own distances are NOT used: they come
+    from a local search that misses the closest face for ~1% of points a few voxels away.
+    Far from the surface exact queries are slow (~30 us each on 400k faces), so with a
+    `truncation` the distance is exact up to it and clipped beyond: a lower bound from a
+    KD-tree over points covering the surface decides which points can be that far.
+    Check: open3d's 3-ray occupancy vote, a separate implementation of the inside test.
+    """
+
+    def __init__(self, mesh: trimesh.Trimesh, scene=None, grid: SdfGrid | None = None, cover: float = 0.015):
+        self._mesh = mesh
+        self._sdf = pysdf.SDF(np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.uint32))
+        self._scene = scene if scene is not None else raycasting_scene(mesh)
+        self._grid = grid
+        self._cover = cover
+        self._tree = None
+        # pysdf runs its own std::threads (it ignores OMP_NUM_THREADS): bound them explicitly
+        self._threads = compute_threads() or os.cpu_count() or 1
+
+    def inside(self, pts: np.ndarray) -> np.ndarray:
+        if self._grid is None:
+            return self._sdf.contains(pts, n_threads=self._threads)
+        sign = self._grid.sign(pts)
+        undecided = sign == 0
+        if undecided.any():
+            sign[undecided] = np.where(self._sdf.contains(pts[undecided], n_threads=self._threads), -1, 1)
+        return sign < 0
+
+    def _exact(self, pts: np.ndarray) -> np.ndarray:
+        return self._scene.compute_distance(o3d.core.Tensor(pts), nthreads=compute_threads()).numpy()
+
+    def _cover_tree(self) -> cKDTree:
+        """Points with every surface point within `cover` of one: the vertices of faces whose
+        edges are all shorter than `cover`, a lattice over the other faces."""
+        if self._tree is None:
+            tris = self._mesh.triangles
+            long = np.linalg.norm(tris - np.roll(tris, -1, axis=1), axis=2).max(axis=1) > self._cover
+            small = np.asarray(self._mesh.faces)[~long]
+            pts = [np.asarray(self._mesh.vertices)[np.unique(small)]]
+            if long.any():
+                pts.append(surface_lattice(tris[long], self._cover * np.sqrt(2.0)))
+            # sliding-midpoint splits: 5x faster queries than the balanced default on points
+            # that lie on a surface (measured 0.19 s vs 1.05 s for 200k queries)
+            self._tree = cKDTree(np.concatenate(pts), balanced_tree=False, compact_nodes=False)
+        return self._tree
+
+    def __call__(self, pts: np.ndarray, truncation: float | None = None) -> np.ndarray:
+        """Signed distance, negative inside; |sdf| clipped at `truncation` when given."""
+        pts = np.ascontiguousarray(pts, dtype=np.float32)
+        if truncation is None:
+            dist = self._exact(pts)
+        else:
+            # d(p) >= |p - nearest cover point| - cover: only points that may lie within the
+            # truncation need an exact query
+            nn, _ = self._cover_tree().query(pts, distance_upper_bound=truncation + self._cover)
+            dist = np.full(len(pts), truncation, dtype=np.float32)
+            near = nn - self._cover <= truncation
+            dist[near] = np.minimum(self._exact(pts[near]), truncation)
+        return np.where(self.inside(pts), -dist, dist).astype(np.float32)
+
+    def agreement(self, pts: np.ndarray, sdf: np.ndarray) -> float:
+        """Share of points where open3d's occupancy vote agrees with the sign of `sdf`."""
+        if len(pts) == 0:
+            return 1.0
+        vote = self._scene.compute_occupancy(o3d.core.Tensor(np.ascontiguousarray(pts, dtype=np.float32)), nsamples=3, nthreads=compute_threads()).numpy()
+        return float(np.mean((sdf < 0) == (vote > 0)))
+
+
+def _surface(mesh: trimesh.Trimesh, sampler: SurfaceSampler, n: int, rng: np.random.Generator) -> np.ndarray:
+    pts, face = sampler(n, rng)
+    return np.concatenate([round_f16(pts), mesh.face_normals[face]], axis=1).astype(np.float32)
+
+
+def sharp_edge_samples(source: trimesh.Trimesh, target: trimesh.Trimesh, cfg: SampleConfig,
+                       rng: np.random.Generator, max_offset: float, target_scene=None) -> np.ndarray:
+    """Points on the source's sharp edges (dihedral > cfg.sharp_angle_deg), snapped onto `target`.
+
+    Edges come from the source mesh, whose creases are real (marching cubes output has voxel
+    stair-steps everywhere); the points are then moved to the closest point of the watertight
+    mesh and dropped when farther than `max_offset` from it (edges of swallowed interior parts).
+    Normals are the bisectors of the two faces meeting at the edge.
+    """
+    empty = np.zeros((0, 6), dtype=np.float32)
+    if cfg.sharp_max <= 0 or len(source.faces) < 2:
+        return empty
+    sharp = source.face_adjacency_angles > np.radians(cfg.sharp_angle_deg)
+    if not sharp.any():
+        return empty
+    edges = source.face_adjacency_edges[sharp]
+    pairs = source.face_adjacency[sharp]
+    a, b = source.vertices[edges[:, 0]], source.vertices[edges[:, 1]]
+    length = np.linalg.norm(b - a, axis=1)
+    n = int(min(cfg.sharp_max, np.ceil(length.sum() / cfg.sharp_spacing)))
+    pick = rng.choice(len(edges), size=n, p=length / length.sum())
+    t = rng.random((n, 1))
+    pts = a[pick] + t * (b[pick] - a[pick])
+    normals = source.face_normals[pairs[pick, 0]] + source.face_normals[pairs[pick, 1]]
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    if target is not source:
+        scene = target_scene if target_scene is not None else raycasting_scene(target)
+        closest = scene.compute_closest_points(o3d.core.Tensor(pts.astype(np.float32)), nthreads=compute_threads())
+        snapped = closest["points"].numpy()
+        keep = np.linalg.norm(snapped - pts, axis=1) <= max_offset
+        pts, normals = snapped[keep], normals[keep]
+    return np.concatenate([round_f16(pts), normals], axis=1).astype(np.float32)
+
+
+def sample_object(mesh: trimesh.Trimesh, source: trimesh.Trimesh, cfg: SampleConfig, uid: str,
+                  max_sharp_offset: float = 0.03, scene=None, grid: SdfGrid | None = None,
+                  sampler: SurfaceSampler | None = None) -> Samples:
+    """All point sets of one object from its watertight `mesh` (and its `source` for sharp edges).
+
+    `scene` (an open3d scene of `mesh`), `grid` (its conversion grid) and `sampler` are reused
+    when given.
+    """
+    scene = scene if scene is not None else raycasting_scene(mesh)
+    sampler = sampler or SurfaceSampler(mesh)
+    rng = object_rng(cfg.seed, uid)
+    surface = _surface(mesh, sampler, cfg.surface, rng)
+    sharp = sharp_edge_samples(source, mesh, cfg, rng, max_sharp_offset, scene)
+    vol_pts = round_f16(rng.uniform(-cfg.volume_bound, cfg.volume_bound, size=(cfg.volume, 3)))
+    signed = SignedDistance(mesh, scene, grid)
+    vol_sdf = signed(vol_pts, truncation=cfg.vol_truncation)
+    blocks = []
+    for sigma in cfg.near_sigmas:
+        base, _ = sampler(cfg.near, rng)
+        pts = round_f16(base + rng.normal(0.0, sigma, size=base.shape))
+        blocks.append(np.concatenate([pts, signed(pts)[:, None]], axis=1))
+    near = np.concatenate(blocks) if blocks else np.zeros((0, 4), dtype=np.float32)
+    return Samples(
+        surface=surface, sharp=sharp,
+        vol=np.concatenate([vol_pts, vol_sdf[:, None]], axis=1),
+        near=near,
+        sign_agreement=signed.agreement(vol_pts, vol_sdf),
+    )

@@ -1,0 +1,335 @@
+"""Watertight conversion: narrow-band UDF + flood fill + marching cubes, with a fast path.
+
+Method (the cubvh / TripoSG / Dora family, computed on the CPU):
+  1. Put an isotropic grid of voxel size h = 2 / resolution around the normalised mesh.
+  2. Mark the narrow band: grid points that can lie within eps of the surface. Points on a
+     lattice over every triangle are binned and spread by a voxel or two.
+  3. Exact unsigned distance (open3d RaycastingScene) at band points, then at the corners of
+     cells next to a blocked point (udf <= eps); the rest of the grid never needs a distance.
+  4. Flood-fill "outside" from the grid border through points with udf > eps (6-connected;
+     eps >= h/2 guarantees no path slips across the surface between grid points).
+  5. sdf = udf - eps outside, -|udf - eps| everywhere the flood did not reach: hidden interior
+     pieces are swallowed, open surfaces become thin closed shells, and every part is kept
+     (there is no largest-component filter).
+  6. Marching cubes (scikit-image, allow_degenerate=False) at level 0.
+
+Inputs that are already closed, consistently wound and made of parts whose boxes do not touch
+are used as they are (no eps inflation): the fast path.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import cc3d
+import numpy as np
+import open3d as o3d
+import trimesh
+from skimage import measure
+
+from craftsman_platform.config import WatertightConfig, compute_threads
+from craftsman_platform.geometry.mesh_io import MeshRejected
+from craftsman_platform.geometry.meshops import (
+    SurfaceSampler, closed_and_oriented, component_labels, face_volumes, raycasting_scene,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _ramp(counts: np.ndarray) -> np.ndarray:
+    """0, 1, ..., c-1 for every c in counts, concatenated."""
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(int(counts.sum())) - starts
+
+
+def surface_lattice(mesh: trimesh.Trimesh | np.ndarray, spacing: float) -> np.ndarray:
+    """Points on every triangle so that no surface point is farther than spacing / sqrt(2) from one.
+
+    Each triangle is cut into rows parallel to its longest edge, at most `spacing` apart, with
+    points at most `spacing` apart along each row. The count follows the area (plus the
+    perimeter), so long thin slivers cost no more than their size. Takes a mesh or (F, 3, 3)
+    triangles.
+    """
+    tris = mesh.triangles if isinstance(mesh, trimesh.Trimesh) else np.asarray(mesh)
+    edges = np.linalg.norm(tris - np.roll(tris, -1, axis=1), axis=2)  # edge i: vertex i -> i+1
+    longest = edges.argmax(axis=1)
+    f = np.arange(len(tris))
+    a, b, c = tris[f, longest], tris[f, (longest + 1) % 3], tris[f, (longest + 2) % 3]
+    length = edges[f, longest]
+    height = 2.0 * np.linalg.norm(np.cross(b - a, c - a), axis=1) / 2.0 / np.maximum(length, 1e-30)
+    rows = np.ceil(height / spacing).astype(np.int64) + 1  # rows at t = 0, 1/(rows-1), ..., 1
+    row_tri = np.repeat(f, rows)
+    t = (_ramp(rows) / np.maximum(rows - 1, 1)[row_tri])[:, None]
+    start = a[row_tri] + t * (c[row_tri] - a[row_tri])
+    end = b[row_tri] + t * (c[row_tri] - b[row_tri])
+    per_row = np.ceil(length[row_tri] * (1.0 - t[:, 0]) / spacing).astype(np.int64) + 1
+    point_row = np.repeat(np.arange(len(row_tri)), per_row)
+    u = (_ramp(per_row) / np.maximum(per_row - 1, 1)[point_row])[:, None]
+    return start[point_row] + u * (end[point_row] - start[point_row])
+
+
+def _spread(mask: np.ndarray, below: int, above: int) -> np.ndarray:
+    """Box dilation: every True at index c makes [c - below, c + above] True along each axis."""
+    out = mask
+    for axis in range(3):
+        src = out
+        out = src.copy()
+        n = src.shape[axis]
+        for t in range(-above, below + 1):
+            if t == 0:
+                continue
+            # out[k] |= src[k + t]
+            dst_sl = [slice(None)] * 3
+            src_sl = [slice(None)] * 3
+            dst_sl[axis] = slice(max(-t, 0), n - max(t, 0))
+            src_sl[axis] = slice(max(t, 0), n + min(t, 0))
+            np.logical_or(out[tuple(dst_sl)], src[tuple(src_sl)], out=out[tuple(dst_sl)])
+    return out
+
+
+def _grow6(mask: np.ndarray) -> np.ndarray:
+    """Dilation by the 6-neighbourhood (face neighbours)."""
+    out = mask.copy()
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        out[tuple(lo)] |= mask[tuple(hi)]
+        out[tuple(hi)] |= mask[tuple(lo)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast path
+# ---------------------------------------------------------------------------------------------
+
+
+def fast_path_refusal(mesh: trimesh.Trimesh) -> str | None:
+    """None when the mesh can be used as it is, else why not. May invert an inside-out mesh."""
+    if not mesh.is_watertight:
+        return "not watertight"
+    if not mesh.is_winding_consistent:
+        return "inconsistent winding"
+    labels = component_labels(mesh)
+    n = int(labels.max()) + 1
+    tris = mesh.triangles
+    volumes = np.bincount(labels, weights=face_volumes(tris), minlength=n)
+    if (volumes < 0).all():
+        mesh.invert()  # consistently inside-out: flipping is exact
+        volumes = -volumes
+    if (volumes <= 0).any():
+        return "a part is inside-out or has no volume"
+    if n > 1:
+        if n > 4096:
+            return f"{n} parts (too many to check for overlaps)"
+        lo = np.full((n, 3), np.inf)
+        hi = np.full((n, 3), -np.inf)
+        np.minimum.at(lo, labels, tris.min(axis=1))
+        np.maximum.at(hi, labels, tris.max(axis=1))
+        overlap = np.all((lo[:, None] <= hi[None]) & (lo[None] <= hi[:, None]), axis=2)
+        np.fill_diagonal(overlap, False)
+        if overlap.any():
+            return "parts touch or overlap"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Narrow-band UDF conversion
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SdfGrid:
+    """The grid marching cubes ran on: sdf[i, j, k] at origin + h * (i, j, k), negative inside."""
+
+    sdf: np.ndarray
+    origin: np.ndarray
+    h: float
+
+    def sign(self, pts: np.ndarray) -> np.ndarray:
+        """+1 outside, -1 inside, 0 undecided, exactly with respect to the marching-cubes mesh.
+
+        Marching cubes puts no surface in a cell whose 8 corners share a sign, so every point
+        of such a cell has that sign; only points in sign-change cells are left undecided.
+        Points beyond the grid are outside (the grid encloses the mesh with a margin).
+        """
+        cell = np.floor((pts - self.origin) / self.h).astype(np.int64)
+        dims = np.array(self.sdf.shape)
+        within = np.all((cell >= 0) & (cell < dims - 1), axis=1)
+        out = np.ones(len(pts), dtype=np.int8)
+        c = cell[within]
+        lo = hi = None
+        for di in (0, 1):
+            for dj in (0, 1):
+                for dk in (0, 1):
+                    v = self.sdf[c[:, 0] + di, c[:, 1] + dj, c[:, 2] + dk]
+                    lo = v if lo is None else np.minimum(lo, v)
+                    hi = v if hi is None else np.maximum(hi, v)
+        out[within] = np.where(lo > 0, 1, np.where(hi < 0, -1, 0))
+        return out
+
+
+def udf_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict | None = None) -> tuple[trimesh.Trimesh, SdfGrid]:
+    """Closed, consistently wound outer shell at distance eps around `mesh` (any mesh), and its grid."""
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+    h = 2.0 / cfg.resolution
+    eps = cfg.eps_voxels * h
+    lo, hi = mesh.bounds
+    pad = int(np.ceil(cfg.eps_voxels)) + 4
+    origin = lo - pad * h
+    dims = np.ceil((hi - origin + pad * h) / h).astype(np.int64) + 1
+
+    # Stage A band: every grid point that can have udf <= eps. Lattice points lie within
+    # `slack` of any surface point they cover, so such grid points are closer than
+    # r = eps/h + slack/h voxels to a lattice point: [c - floor(r), c + ceil(r)] around the
+    # lattice point's cell c. A slack just under h/2 keeps r below 1 at eps = h/2, so the band
+    # is the 2 x 2 x 2 corners of each cell the surface passes through.
+    slack = 0.45 * h
+    pts = surface_lattice(mesh, slack * np.sqrt(2.0))
+    cells = np.floor((pts - origin) / h).astype(np.int64)
+    marked = np.zeros(dims, dtype=bool)
+    marked[cells[:, 0], cells[:, 1], cells[:, 2]] = True
+    r = cfg.eps_voxels + slack / h
+    band = _spread(marked, int(np.floor(r)), int(np.ceil(r)))
+    del marked
+    t1 = time.perf_counter()
+
+    scene = raycasting_scene(mesh)
+    far = np.float32(eps + 2 * h)  # stands for "farther than eps" where no distance is computed
+
+    def exact(where: np.ndarray) -> int:
+        idx = np.flatnonzero(where)
+        xyz = np.stack(np.unravel_index(idx, dims), axis=1).astype(np.float32) * np.float32(h) + origin.astype(np.float32)
+        udf.flat[idx] = scene.compute_distance(o3d.core.Tensor(xyz), nthreads=compute_threads()).numpy()
+        return len(idx)
+
+    udf = np.full(dims, far, dtype=np.float32)
+    n_a = exact(band)
+    blocked = udf <= eps  # exact: the band holds every point with udf <= eps
+    t2 = time.perf_counter()
+
+    # 6-connected flood: a grid edge crossing the surface has an endpoint within h/2 of it, so
+    # eps >= h/2 blocks every such edge and the flood cannot leak inside.
+    labels = cc3d.connected_components(~blocked, connectivity=6)  # 1.5x faster than scipy's label
+    border = np.concatenate([
+        labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(),
+        labels[:, -1].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel(),
+    ])
+    is_outside = np.zeros(labels.max() + 1, dtype=bool)
+    is_outside[np.unique(border)] = True
+    is_outside[0] = False
+    outside = is_outside[labels]
+    del labels
+    t3 = time.perf_counter()
+
+    # Stage B: marching cubes interpolates along grid edges from a blocked point to an outside
+    # one (an unblocked neighbour is either outside or, with no sign change, interior), so
+    # outside 6-neighbours of blocked points beyond the band need exact distances too.
+    n_b = exact(_grow6(blocked) & outside & ~band)
+    t4 = time.perf_counter()
+    sdf = udf - np.float32(eps)
+    np.negative(np.abs(sdf, out=sdf), out=sdf, where=~outside)
+
+    # Walking a sign-change cell's edges from a positive to a negative corner crosses an edge
+    # from an outside point to a blocked one (an unblocked neighbour would have been reached),
+    # so every such cell has a blocked corner: cells farther than that are skipped.
+    mask = _spread(blocked, 1, 1)
+    # With sdf negative inside, skimage's default gradient direction ("descent") winds every
+    # face outward, so the orientation needs no check (tests assert a positive volume).
+    verts, faces, _, _ = measure.marching_cubes(sdf, level=0.0, spacing=(h, h, h), allow_degenerate=False, mask=mask)
+    # skimage already shares vertices between cells: no merge pass needed.
+    out = trimesh.Trimesh(verts + origin, faces, process=False)
+    t5 = time.perf_counter()
+    timings.update(
+        band=t1 - t0, distance=(t2 - t1) + (t4 - t3), flood=t3 - t2, marching_cubes=t5 - t4,
+        distance_queries=n_a + n_b, stage_b_queries=n_b, grid_points=int(np.prod(dims)),
+    )
+    return out, SdfGrid(sdf, origin, h)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point with quality record
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WatertightResult:
+    mesh: trimesh.Trimesh
+    method: str  # "fast_path" or "udf"
+    is_watertight: bool
+    parts_in: int
+    parts_out: int
+    parts_lost: int  # input parts neither near the output surface nor inside it
+    chamfer: float  # mean(src -> out) + mean(out -> src), point-to-surface, same units as the mesh
+    seconds: float
+    fast_path_refusal: str | None = None
+    timings: dict = field(default_factory=dict)
+    scene: o3d.t.geometry.RaycastingScene | None = None  # of `mesh`, shared by later stages
+    grid: SdfGrid | None = None  # UDF path only: exact signs away from the surface
+    sampler: SurfaceSampler | None = None  # area-uniform points on `mesh`
+
+    def record(self) -> dict:
+        """The JSON-able quality record stored per object."""
+        return {
+            "method": self.method, "is_watertight": self.is_watertight, "parts_in": self.parts_in,
+            "parts_out": self.parts_out, "parts_lost": self.parts_lost, "chamfer": self.chamfer,
+            "seconds": self.seconds, "fast_path_refusal": self.fast_path_refusal,
+        }
+
+
+def surface_fidelity(src: trimesh.Trimesh, out: trimesh.Trimesh, n: int, rng: np.random.Generator,
+                     tol: float, out_scene: o3d.t.geometry.RaycastingScene | None = None,
+                     out_sampler: SurfaceSampler | None = None) -> tuple[float, int]:
+    """(Chamfer distance, parts lost) of a converted mesh `out` against its source `src`.
+
+    Chamfer: mean distance from n area-uniform samples of each surface to the other surface,
+    summed over both directions (point-to-surface, exact). A source part is lost when most of
+    its samples are farther than `tol` from `out` and outside it (swallowed parts are inside).
+    """
+    out_scene = out_scene or raycasting_scene(out)
+    src_pts, src_face = SurfaceSampler(src)(n, rng)
+    out_pts, _ = (out_sampler or SurfaceSampler(out))(n, rng)
+    d_src = out_scene.compute_distance(o3d.core.Tensor(src_pts.astype(np.float32)), nthreads=compute_threads()).numpy()
+    d_out = raycasting_scene(src).compute_distance(o3d.core.Tensor(out_pts.astype(np.float32)), nthreads=compute_threads()).numpy()
+    chamfer = float(d_src.mean() + d_out.mean())
+    far = d_src > tol
+    lost = 0
+    if far.any():
+        inside = np.zeros(len(src_pts), dtype=bool)
+        inside[far] = out_scene.compute_occupancy(o3d.core.Tensor(src_pts[far].astype(np.float32)), nsamples=3, nthreads=compute_threads()).numpy() > 0
+        part = component_labels(src)[src_face]
+        missing = np.bincount(part, weights=(far & ~inside), minlength=part.max() + 1)
+        total = np.bincount(part, minlength=part.max() + 1)
+        lost = int(((total > 0) & (missing > 0.5 * total)).sum())
+    return chamfer, lost
+
+
+def make_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig | None = None, seed: int = 0) -> WatertightResult:
+    """Convert a normalised mesh to a watertight one and measure how faithful it is."""
+    cfg = cfg or WatertightConfig()
+    t0 = time.perf_counter()
+    src = mesh.copy()
+    refusal = fast_path_refusal(src) if cfg.fast_path else "fast path disabled"
+    timings: dict = {}
+    grid = None
+    if refusal is None:
+        out, method = src, "fast_path"
+    else:
+        (out, grid), method = udf_watertight(src, cfg, timings), "udf"
+    seconds = time.perf_counter() - t0
+    is_watertight = closed_and_oriented(out)
+    if not is_watertight:
+        raise MeshRejected("watertight_failed", f"{method} output: watertight={out.is_watertight}, winding consistent={out.is_winding_consistent}")
+    rng = np.random.default_rng(seed)
+    tol = (cfg.eps_voxels + 2.0) * 2.0 / cfg.resolution
+    scene, sampler = raycasting_scene(out), SurfaceSampler(out)
+    chamfer, lost = surface_fidelity(src, out, cfg.quality_samples, rng, tol, scene, sampler)
+    return WatertightResult(
+        mesh=out, method=method, is_watertight=is_watertight,
+        parts_in=int(component_labels(src).max()) + 1, parts_out=int(component_labels(out).max()) + 1,
+        parts_lost=lost, chamfer=chamfer, seconds=seconds, fast_path_refusal=refusal, timings=timings,
+        scene=scene, grid=grid, sampler=sampler,
+    )

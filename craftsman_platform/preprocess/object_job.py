@@ -1,0 +1,121 @@
+"""One object through the whole pipeline: fetch -> geometry core -> render -> encoded sample.
+
+Runs inside a Ray task (or in-process). Returns a plain dict so results travel through Ray's
+object store: {"status": "ok", "uid", "members": {name: bytes}, "row": manifest fields} or
+{"status": "failed", "uid", "reason", "message", "row"}. Only `TransientError` is raised (Ray
+retries it); every other failure is a record, so one bad file never stops the job.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import resource
+import time
+import traceback
+
+import numpy as np
+
+from craftsman_platform.config import PreprocessConfig
+from craftsman_platform.geometry.pipeline import process_mesh
+from craftsman_platform.geometry.mesh_io import MeshRejected
+from craftsman_platform.geometry.render import Renderer, cameras_json, png_bytes, view_cameras
+from craftsman_platform.geometry.sampling import object_rng
+from craftsman_platform.preprocess.sources import ObjectRef, TransientError, local_copy
+
+PIPELINE_VERSION = "0.1.0"
+STAGES = ("load", "watertight", "sample", "render", "write")
+# Failure reasons of the job itself (the loader's are craftsman_platform.geometry.mesh_io.REASONS)
+JOB_REASONS = {
+    "not_found": "the source does not exist (a missing file, HTTP 404, no such object in the bucket)",
+    "fetch_failed": "the source could not be fetched after max_retries (DNS, refused or reset connection, "
+                    "network timeout, HTTP 5xx/408/429); retried again on the next run",
+    "timeout": "no result within timeout_s; the worker was killed (retried with retry_failed=true)",
+    "worker_crashed": "the worker process died (out of memory, lost node); retried again on the next run",
+    "error": "an unexpected error in the pipeline or a library, with its message",
+}
+RETRIED_ON_RERUN = ("fetch_failed", "worker_crashed")
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str) -> dict:
+    """Process one object; never raises except `TransientError`."""
+    base = {"uid": ref.uid, "source": ref.source, "config_hash": config_hash}
+    try:
+        with local_copy(ref.source) as path:
+            source_sha = _sha256(path)
+            geo = process_mesh(path, ref.uid, cfg.geometry)
+        timings = dict(geo.timings)
+
+        t = time.perf_counter()
+        rc = cfg.render
+        renderer = Renderer(geo.loaded.parts, rc.resolution, rc.resolution, rc.fov_deg, rc.lambert)
+        # views get their own stream (seed + uid + "views") so changing sample counts keeps cameras
+        views = [renderer.render(c2w) for c2w in view_cameras(rc.extra_sets, rc.distance, object_rng(cfg.geometry.sample.seed, ref.uid + "/views"))]
+        timings["render"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        arrays = geo.samples.float16()
+        members = {f"{name}.npy": npy_bytes(arr) for name, arr in arrays.items()}
+        for i, v in enumerate(views):
+            members[f"rgb_{i:03d}.png"] = png_bytes(v.rgba)
+            members[f"normal_{i:03d}.png"] = png_bytes(v.normal)
+            members[f"depth_{i:03d}.png"] = png_bytes(v.depth)
+        members["cameras.json"] = json.dumps(cameras_json(views)).encode()
+        timings["write"] = time.perf_counter() - t
+        record = geo.record()
+        meta = {
+            "uid": ref.uid, "source": ref.source, "source_sha256": source_sha,
+            "annotations": ref.annotations or None,
+            "normalization": geo.loaded.normalization,
+            "watertight": {k: record[f"watertight_{k}"] for k in ("method", "is_watertight", "chamfer", "parts_in", "parts_out", "parts_lost")},
+            "sign_agreement": record["sign_agreement"],
+            "counts": {k: record[f"n_{k}"] for k in ("surface", "sharp", "vol", "near")},
+            "views": len(views),
+            "timings": {s: timings[s] for s in STAGES},
+            "pipeline_version": PIPELINE_VERSION, "config_hash": config_hash,
+        }
+        members["meta.json"] = json.dumps(meta).encode()
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this worker process so far
+        return {**base, "status": "ok", "members": members, "row": {**manifest_row(meta), "worker_peak_rss_mb": peak_mb}}
+    except TransientError:
+        raise
+    except MeshRejected as e:
+        return failure(base, e.code, e.message)
+    except FileNotFoundError as e:
+        return failure(base, "not_found", f"no such file or object: {e.filename or e}")
+    except Exception as e:  # a bug or an unexpected library error: recorded, the job goes on
+        tb = traceback.format_exception_only(type(e), e)[-1].strip()
+        return failure(base, "error", tb[:500])
+
+
+def failure(base: dict, reason: str, message: str) -> dict:
+    row = {"uid": base["uid"], "source": base["source"], "status": "failed", "reason": reason,
+           "message": message, "shard": None, "config_hash": base["config_hash"]}
+    return {**base, "status": "failed", "reason": reason, "message": message, "row": row}
+
+
+def manifest_row(meta: dict) -> dict:
+    """The manifest columns of a successful object, derived from its meta.json alone."""
+    wt = meta["watertight"]
+    return {
+        "uid": meta["uid"], "source": meta["source"], "status": "ok", "reason": None, "message": None,
+        "shard": None, "config_hash": meta["config_hash"], "source_sha256": meta["source_sha256"],
+        **{f"time_{s}": float(meta["timings"][s]) for s in STAGES},
+        "watertight_method": wt["method"], "chamfer": wt["chamfer"], "parts_in": wt["parts_in"],
+        "parts_out": wt["parts_out"], "parts_lost": wt["parts_lost"], "sign_agreement": meta["sign_agreement"],
+        "n_sharp": meta["counts"]["sharp"], "views": meta["views"],
+    }

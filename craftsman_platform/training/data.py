@@ -1,0 +1,293 @@
+"""Streamed training data: WebDataset shards from `craft preprocess` -> batches of tensors.
+
+Every rank and DataLoader worker gets its own deterministic stream, a function of (seed, virtual
+epoch, rank, worker): shards drawn with replacement (resampled) or split explicitly by rank then
+worker; samples shuffled as raw bytes and decoded afterwards; batches made in the worker. The
+stream state is (epoch, batches done), so a resumed run replays nothing and skips nothing: it
+rebuilds the epoch's stream and drops the batches already trained on, before decoding them.
+Corrupt samples and shards are skipped and counted (the count travels with each batch).
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import random
+import zlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from scipy.spatial.transform import Rotation
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from craftsman_platform.shapedata.views import SET_SIZE, shard_views, view_sets
+from craftsman_platform.training.config import DataConfig
+from craftsman_platform.errors import ConfigError, MissingInput
+
+MAX_CONSECUTIVE_FAILURES = 1000
+REMOTE_PREFIXES = ("pipe:", "s3://", "gs://", "http://", "https://", "memory://")
+
+
+def expand_urls(spec: str | None) -> list[str]:
+    """Comma-separated paths, globs, brace patterns or URLs -> sorted shard list (an error if empty)."""
+    if not spec:
+        raise ConfigError("data.train_shards / data.eval_shards is empty: give a glob such as OUT/shards/*.tar")
+    urls: list[str] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        for item in wds.shardlists.expand_urls(part):  # brace expansion
+            if item.startswith(REMOTE_PREFIXES):
+                urls.append(item)
+            else:
+                found = sorted(glob.glob(item))
+                if not found:
+                    raise MissingInput(f"no shard matches {item!r}")
+                urls.extend(found)
+    return urls
+
+
+@dataclass
+class StreamState:
+    epoch: int = 0
+    batches_done: int = 0  # batches of this epoch already delivered to the trainer
+    corrupt_before_epoch: int = 0  # corrupt samples/shards skipped in earlier epochs
+
+
+def open_shards(srcs: Iterator[dict], handler) -> Iterator[dict]:
+    """{'url'} -> {'url', 'stream'}: local paths, pipe: and http(s) through webdataset's gopen,
+    other schemes (s3://, gs://, memory://, ...) through fsspec."""
+    import fsspec
+
+    for src in srcs:
+        url = src["url"]
+        try:
+            fsspec_url = "://" in url and not url.startswith(("http://", "https://"))
+            stream = fsspec.open(url, "rb").open() if fsspec_url else wds.gopen(url, "rb")
+            yield {"url": url, "stream": stream}
+        except Exception as exn:
+            if not handler(exn):
+                raise
+
+
+def member_filter(kind: str):
+    """Tar members a task reads: others (normal and depth maps, sharp points, meta) are skipped while
+    streaming, so they never reach the shuffle buffer."""
+    wanted = {"surface.npy", "vol.npy", "near.npy"} | ({"cameras.json"} if kind == "diffusion" else set())
+
+    def select(name: str) -> bool:
+        member = name.rsplit("/", 1)[-1].split(".", 1)[-1]
+        return member in wanted or (kind == "diffusion" and member.startswith("rgb_"))
+    return select
+
+
+def _rng_seed(*parts: int) -> int:
+    return zlib.crc32(json.dumps(parts).encode())
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding one sample
+# ----------------------------------------------------------------------------------------------
+def _npy(raw: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(raw), allow_pickle=False)
+
+
+def _subset(arr: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    if len(arr) == 0:
+        raise ValueError("empty point array")
+    return arr[rng.choice(len(arr), n, replace=len(arr) < n)].astype(np.float32)
+
+
+def _rotate(points: np.ndarray, rot: np.ndarray, with_normals: bool) -> np.ndarray:
+    out = points.copy()
+    out[:, :3] = points[:, :3] @ rot.T
+    if with_normals:
+        out[:, 3:6] = points[:, 3:6] @ rot.T
+    return out
+
+
+def decode_sample(raw: dict, cfg: DataConfig, kind: str, rng: np.random.Generator) -> dict:
+    """Raw tar members -> subsampled float32 arrays (+ uint8 views and c2w for diffusion)."""
+    surface = _subset(_npy(raw["surface.npy"]), cfg.num_surface, rng)
+    vol = _subset(_npy(raw["vol.npy"]), cfg.num_vol, rng)
+    near = _subset(_npy(raw["near.npy"]), cfg.num_near, rng)
+    rot = Rotation.random(random_state=rng).as_matrix().astype(np.float32) if cfg.rotation_augment else None
+    if rot is not None:
+        surface, vol, near = _rotate(surface, rot, True), _rotate(vol, rot, False), _rotate(near, rot, False)
+    out = {"uid": raw["__key__"], "surface": surface, "vol": vol, "near": near}
+    if kind == "diffusion":
+        n_sets = view_sets(raw)
+        if n_sets == 0:
+            raise ValueError("no complete 4-view set in cameras.json")
+        first = SET_SIZE * (int(rng.integers(n_sets)) if cfg.view_set == "random" else 0)
+        images, c2w = shard_views(raw, range(first, first + cfg.views), cfg.image_size)
+        if rot is not None:  # the cameras turn with the object: the images stay valid
+            rot4 = np.eye(4, dtype=np.float32)
+            rot4[:3, :3] = rot
+            c2w = rot4 @ c2w
+        out["images"], out["c2w"] = images, c2w
+    return out
+
+
+def collate(samples: list[dict]) -> dict:
+    batch = {"uid": [s["uid"] for s in samples]}
+    for key in samples[0]:
+        if key != "uid":
+            batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------
+# The stream
+# ----------------------------------------------------------------------------------------------
+class ShardStream(IterableDataset):
+    """One rank's batches for one virtual epoch; build a new DataLoader per epoch (see `epoch_loader`)."""
+
+    def __init__(self, urls: list[str], cfg: DataConfig, kind: str, rank: int = 0, world_size: int = 1,
+                 state: StreamState | None = None):
+        super().__init__()
+        self.urls, self.cfg, self.kind, self.rank, self.world_size = urls, cfg, kind, rank, world_size
+        self.state = state or StreamState()
+        if not cfg.resampled and len(urls) < world_size * max(cfg.num_workers, 1):
+            raise ConfigError(f"{len(urls)} shards cannot be split over {world_size} ranks x {cfg.num_workers} workers "
+                             "without resampling: set data.resampled=true or write more shards")
+
+    def _worker(self) -> tuple[int, int]:
+        """(logical worker, workers). The DataLoader reads its workers round-robin from worker 0, so
+        batch i of an epoch is logical worker i % workers's; after a resume at batch k, physical
+        worker p plays logical worker (p + k) % workers to keep that order."""
+        info = get_worker_info()
+        if info is None:
+            return 0, 1
+        return (info.id + self.state.batches_done) % info.num_workers, info.num_workers
+
+    def _shards(self, worker: int, workers: int) -> Iterator[dict]:
+        rng = random.Random(_rng_seed(self.cfg.seed, self.state.epoch, self.rank, worker))
+        if self.cfg.resampled:
+            while True:
+                yield {"url": rng.choice(self.urls)}
+        mine = self.urls[self.rank::self.world_size][worker::workers]
+        rng.shuffle(mine)
+        yield from ({"url": u} for u in mine)
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, workers = self._worker()
+        seed = _rng_seed(self.cfg.seed, self.state.epoch, self.rank, worker)
+        per_worker = self.cfg.epoch_samples // self.cfg.batch_size // workers
+        skip = len(range(worker, self.state.batches_done, workers)) if self.state.batches_done else 0
+        corrupt = [0]
+        consecutive = [0]
+
+        def count_and_continue(exn: Exception) -> bool:
+            corrupt[0] += 1
+            consecutive[0] += 1
+            if consecutive[0] > MAX_CONSECUTIVE_FAILURES:
+                raise RuntimeError(f"{consecutive[0]} unreadable samples in a row (last: {exn}); are the shards valid?") from exn
+            return True
+
+        files = wds.tariterators.tar_file_expander(open_shards(self._shards(worker, workers), count_and_continue),
+                                                   handler=count_and_continue, select_files=member_filter(self.kind))
+        raw = wds.tariterators.group_by_keys(files, handler=count_and_continue)
+        raw = wds.filters._shuffle(raw, self.cfg.shuffle_buffer, min(self.cfg.shuffle_buffer, 32), random.Random(seed))
+        batch, made = [], 0
+        for sample in raw:
+            if made < skip:  # already trained on: count it off without decoding
+                batch.append(None)
+            else:
+                try:
+                    batch.append(decode_sample(sample, self.cfg, self.kind, np.random.default_rng([seed, made, len(batch)])))
+                except Exception as exn:  # a damaged member: skip the sample, count it
+                    count_and_continue(exn)
+                    continue
+            consecutive[0] = 0
+            if len(batch) == self.cfg.batch_size:
+                if made >= skip:
+                    out = collate(batch)
+                    out["corrupt_skipped"] = torch.tensor(corrupt[0])
+                    # the batch's own random stream (noise, timesteps, dropout): training randomness is a
+                    # function of the data slot, so resumes and rank layouts reproduce it exactly
+                    out["seed"] = torch.tensor(_rng_seed(seed, made))
+                    out["worker"] = torch.tensor(worker)
+                    yield out
+                made, batch = made + 1, []
+                if made >= per_worker:
+                    return
+
+
+def epoch_loader(stream: ShardStream, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over the stream's current epoch (batches come ready-made from the workers);
+    `pin_memory` for CUDA, so host-to-device copies run asynchronously."""
+    return DataLoader(stream, batch_size=None, num_workers=stream.cfg.num_workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=2 if stream.cfg.num_workers else None)
+
+
+class BatchIterator:
+    """Endless batches across virtual epochs; `state` says where the stream is (checkpointed)."""
+
+    def __init__(self, stream: ShardStream, pin_memory: bool = False):
+        self.stream, self.pin_memory = stream, pin_memory
+        self._it: Iterator | None = None
+        self.corrupt_by_worker: dict[int, int] = {}  # this epoch's running count per worker
+
+    @property
+    def state(self) -> StreamState:
+        return self.stream.state
+
+    @property
+    def corrupt_skipped(self) -> int:
+        return self.state.corrupt_before_epoch + sum(self.corrupt_by_worker.values())
+
+    def __next__(self) -> dict:
+        delivered_before = self.state.batches_done
+        while True:
+            if self._it is None:
+                self._it = iter(epoch_loader(self.stream, self.pin_memory))
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                if self.state.batches_done == 0 and delivered_before == 0:
+                    raise RuntimeError(f"a whole epoch of {len(self.stream.urls)} shard(s) gave no batch "
+                                       f"({self.corrupt_skipped} unreadable samples or shards): are they valid?")
+                delivered_before = 0
+                self._it = None
+                self.stream.state = StreamState(self.state.epoch + 1, 0, self.corrupt_skipped)
+                self.corrupt_by_worker = {}
+                continue
+            self.state.batches_done += 1
+            self.corrupt_by_worker[int(batch.pop("worker"))] = int(batch.pop("corrupt_skipped"))
+            batch["seed"] = int(batch["seed"])
+            return batch
+
+
+class SlotBatches:
+    """A rank's batches when gradients accumulate over `accum` micro-steps.
+
+    The data is split into world_size x accum slots, each its own deterministic stream; rank r
+    reads slots r*accum .. r*accum+accum-1 in turn. A global step therefore sees the same samples
+    whether it runs as 1 rank x 2 micro-steps or 2 ranks x 1: loss curves can be compared exactly.
+    """
+
+    def __init__(self, urls: list[str], cfg: DataConfig, kind: str, rank: int, world_size: int, accum: int,
+                 states: list[dict] | None = None, pin_memory: bool = False):
+        slots = world_size * accum
+        if states is not None and len(states) != accum:
+            states = None  # another world size or accumulation: start fresh streams (logged by the caller)
+        self.restored = states is not None
+        self.iters = [BatchIterator(ShardStream(urls, cfg, kind, rank * accum + a, slots,
+                                                StreamState(**states[a]) if states else None), pin_memory)
+                      for a in range(accum)]
+        self.next_slot = 0
+
+    def __next__(self) -> dict:
+        batch = next(self.iters[self.next_slot])
+        self.next_slot = (self.next_slot + 1) % len(self.iters)
+        return batch
+
+    def state_dict(self) -> list[dict]:
+        return [{"epoch": it.state.epoch, "batches_done": it.state.batches_done,
+                 "corrupt_before_epoch": it.state.corrupt_before_epoch} for it in self.iters]
+
+    @property
+    def corrupt_skipped(self) -> int:
+        return sum(it.corrupt_skipped for it in self.iters)

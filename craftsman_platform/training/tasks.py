@@ -1,0 +1,112 @@
+"""What is trained: the shape VAE, or the latent diffusion model on a frozen VAE."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from craftsman_platform.models.build import ModelConfig, build_diffusion, build_vae
+from craftsman_platform.models.shape_vae import vae_loss
+from craftsman_platform.training.checkpoint import latest_checkpoint, load_weights, read_meta
+from craftsman_platform.training.config import TrainConfig
+from craftsman_platform.training.engine import collective_device
+from craftsman_platform.errors import ConfigError, MissingInput
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _generator(batch: dict, device: torch.device) -> torch.Generator:
+    """The batch's random stream (posterior samples, FPS starts, timesteps, noise, CFG dropout)."""
+    return torch.Generator(device).manual_seed(batch["seed"])
+
+
+class VAETask:
+    kind = "vae"
+    frozen_pretrained_keys: frozenset[str] = frozenset()
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.model = build_vae(cfg.model)
+
+    def prepare(self, batches) -> dict:
+        return {}
+
+    def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict]:
+        b = _to(batch, self.device)
+        return vae_loss(engine, b["surface"], b["vol"], b["near"], self.cfg.model.vae_loss, _generator(batch, self.device))
+
+
+def check_vae_checkpoint(model_cfg: ModelConfig) -> Path:
+    """The VAE checkpoint a diffusion run needs: present, complete, and shaped like model.vae."""
+    if not model_cfg.vae_checkpoint:
+        raise ConfigError("model.vae_checkpoint is required for model.kind=diffusion: the run dir or checkpoint of a trained VAE")
+    ckpt = latest_checkpoint(model_cfg.vae_checkpoint)
+    if ckpt is None:
+        raise MissingInput(f"model.vae_checkpoint={model_cfg.vae_checkpoint}: no checkpoint there")
+    trained = read_meta(ckpt)["config"]["model"]
+    if trained["kind"] != "vae":
+        raise ConfigError(f"model.vae_checkpoint={ckpt} is a {trained['kind']} checkpoint, not a VAE")
+    ours = {k: v for k, v in vars(model_cfg.vae).items() if k not in ("checkpointing", "logvar_init")}
+    wrong = {k: (v, trained["vae"].get(k)) for k, v in ours.items() if trained["vae"].get(k) != v}
+    if wrong:
+        raise ConfigError(f"model.vae does not match the VAE in {ckpt}: " +
+                         ", ".join(f"model.vae.{k}={a} (checkpoint: {b})" for k, (a, b) in wrong.items()))
+    return ckpt
+
+
+class DiffusionTask:
+    kind = "diffusion"
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        ckpt = check_vae_checkpoint(cfg.model)
+        self.vae = build_vae(cfg.model)
+        state, _, self.vae_weights = load_weights(ckpt, prefer_ema=True)
+        self.vae.load_state_dict(state)
+        # frozen, and only encodes: bf16 weights when training in bf16 (the model casts its inputs)
+        dtype = torch.bfloat16 if cfg.trainer.precision == "bf16" else torch.float32
+        self.vae.requires_grad_(False).eval().to(device, dtype)
+        self.vae_source = str(ckpt)
+        self.model = build_diffusion(cfg.model)
+        size = getattr(self.model.conditioner, "image_size", cfg.data.image_size)
+        if size != cfg.data.image_size:
+            raise ConfigError(f"data.image_size={cfg.data.image_size} but the conditioner takes {size} px views")
+        # a frozen pretrained CLIP is reloaded from model.conditioner.pretrained, not copied into every
+        # checkpoint; its trained parts (the ModLN modulation) are
+        self.frozen_pretrained_keys = frozenset(pretrained_frozen_keys(self.model) if cfg.model.conditioner.pretrained else ())
+
+    @torch.no_grad()
+    def _latents(self, surface: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Posterior samples of the frozen VAE: no graph is built (nothing of it is kept for backward)."""
+        return self.vae.encode(surface, sample=True, generator=generator)
+
+    @torch.no_grad()
+    def prepare(self, batches, n_batches: int = 4) -> dict:
+        """Measure the latent scale (1 / std of VAE latents) on a few batches, averaged over ranks."""
+        lat = torch.cat([self._latents(next(batches)["surface"].to(self.device)) for _ in range(n_batches)])
+        var = lat.float().var()
+        if dist.is_initialized():
+            var = var.to(collective_device())
+            dist.all_reduce(var)
+            var /= dist.get_world_size()
+        scale = self.model.set_latent_scale_from_std(float(var.sqrt()))
+        return {"latent_scale": scale}
+
+    def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict]:
+        b = _to(batch, self.device)
+        gen = _generator(batch, self.device)
+        cond = {"images": b["images"], "c2w": b["c2w"]}  # uint8 views: the conditioner scales them
+        return engine(self._latents(b["surface"], gen), cond, gen)
+
+
+def pretrained_frozen_keys(model: torch.nn.Module) -> list[str]:
+    """State-dict keys of the frozen CLIP tower (its parameters that do not train, and its buffers)."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return [k for k in model.state_dict() if k.startswith("conditioner.clip.") and k not in trainable]
+
+
+def make_task(cfg: TrainConfig, device: torch.device):
+    return (VAETask if cfg.model.kind == "vae" else DiffusionTask)(cfg, device)
