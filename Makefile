@@ -12,10 +12,12 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 	touch $@
 
-# Two workers (pytest-xdist), one test file each at a time: the suite's processes are mostly
-# single-threaded, and the expensive fixtures are built once and shared (tests/conftest.py).
+# Lint and format check (ruff), then the suite on two workers (pytest-xdist), one test file each at a
+# time: its processes are mostly single-threaded; the expensive fixtures are built once, in the
+# background from the start, and shared (tests/conftest.py, tests/prebuild.py).
 test: setup
-	$(PY) -m pytest -q -ra -n 2 --dist loadfile
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	CRAFT_TEST_PREBUILD=1 $(PY) -m pytest -q -ra -n 2 --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -q -ra -n 2 --dist loadfile -m "not slow"

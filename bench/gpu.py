@@ -15,44 +15,50 @@ the data wait's share of the real step.
 Without CUDA it prints one line and exits 0 (`--allow-cpu` runs the same procedure on the CPU with
 the tiny experiments: a check of the script, not a measurement).
 """
+
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# run as `python bench/X.py`, this folder comes first on sys.path and this file's name would shadow
-# the package of the same name: look in the repository instead
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)
 
 import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
-from craftsman_platform.config import CONF_DIR
 from craftsman_platform.models.build import build_diffusion, build_vae, compile_model
 from craftsman_platform.models.shape_vae import vae_loss
-from craftsman_platform.training.config import register_configs, to_train_config
-from craftsman_platform.training.data import SlotBatches, expand_urls
+from craftsman_platform.paths import CONF_DIR
+from craftsman_platform.schemas import register
+from craftsman_platform.shapedata.sample import expand_urls
+from craftsman_platform.training.config import to_train_config
+from craftsman_platform.training.data import SlotBatches
 from craftsman_platform.training.engine import EMA
 
+ROOT = Path(__file__).resolve().parents[1]
+
 PEAK_TFLOPS = float(os.environ.get("PEAK_BF16_TFLOPS", "989"))  # H100 SXM dense bf16
-BENCH_MESHES = ["duck.obj", "bunny.obj", "teddy2_VHACD_CHs.obj", "soccerball.obj", "textured_sphere_smooth.obj",
-                *(f"random_urdfs/{i:03d}/{i:03d}.obj" for i in range(7))]
+BENCH_MESHES = [
+    "duck.obj",
+    "bunny.obj",
+    "teddy2_VHACD_CHs.obj",
+    "soccerball.obj",
+    "textured_sphere_smooth.obj",
+    *(f"random_urdfs/{i:03d}/{i:03d}.obj" for i in range(7)),
+]
 
 
 def make_bench_shards(out: Path) -> Path:
     """`craft preprocess` on 12 real pybullet meshes with reduced point counts and 8 views at 224 px
     (~1.5 MB per object, small enough to carry to a GPU machine); the loader subsamples as usual."""
-    from craftsman_platform.config import PreprocessConfig, SampleConfig
     from craftsman_platform.corpora import pybullet_data_dir
+    from craftsman_platform.geometry.config import SampleConfig
+    from craftsman_platform.preprocess.config import PreprocessConfig
     from craftsman_platform.preprocess.job import preprocess
 
     out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +75,7 @@ def make_bench_shards(out: Path) -> Path:
 
 
 def train_config(experiment: str, overrides: list[str]):
-    register_configs()
+    register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return to_train_config(compose(config_name="train", overrides=[f"experiment={experiment}", *overrides]))
 
@@ -117,6 +123,7 @@ def bare(args) -> dict:
 
         def loss_fn():
             return model(latents, cond, gen)[0]
+
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.trainer.lr, betas=tuple(cfg.trainer.betas), eps=cfg.trainer.eps)
 
@@ -137,11 +144,17 @@ def bare(args) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = time_steps(step, args.warmup, args.steps, device)
-    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     ema = EMA(model, 0.999)
     ema_s = time_steps(ema.update, 3, 20, device)
-    return {"seconds": seconds, "flops": counter.get_total_flops(), "peak_gb": peak, "ema_s": ema_s,
-            "batch": cfg.data.batch_size, "params_trainable": sum(p.numel() for p in params)}
+    return {
+        "seconds": seconds,
+        "flops": counter.get_total_flops(),
+        "peak_gb": peak,
+        "ema_s": ema_s,
+        "batch": cfg.data.batch_size,
+        "params_trainable": sum(p.numel() for p in params),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,9 +164,19 @@ def real(experiment: str, overrides: list[str], run_dir: Path, warmup: int, step
     log_every = warmup  # the first line covers the warm-up (compile, loader start), the rest are timed
     if steps % log_every:
         raise SystemExit(f"--steps ({steps}) must be a multiple of --warmup ({warmup})")
-    cmd = [sys.executable, "-m", "craftsman_platform.cli", "train", f"experiment={experiment}", *overrides, f"run_dir={run_dir}",
-           f"trainer.max_steps={warmup + steps}", f"trainer.log_every={log_every}", "trainer.ckpt_every=1000000000",
-           "logger=none"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "craftsman_platform.cli",
+        "train",
+        f"experiment={experiment}",
+        *overrides,
+        f"run_dir={run_dir}",
+        f"trainer.max_steps={warmup + steps}",
+        f"trainer.log_every={log_every}",
+        "trainer.ckpt_every=1000000000",
+        "logger=none",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"craft train failed:\n{proc.stderr[-3000:]}")
@@ -166,8 +189,18 @@ def real(experiment: str, overrides: list[str], run_dir: Path, warmup: int, step
 
 
 def run_bare(experiment: str, overrides: list[str], args) -> dict:
-    cmd = [sys.executable, __file__, "--bare", experiment, "--warmup", str(args.warmup), "--steps", str(args.steps),
-           "--", *overrides]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--bare",
+        experiment,
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"bare step failed:\n{proc.stderr[-3000:]}")
@@ -191,16 +224,33 @@ def generation(args) -> dict:
     load_s = time.perf_counter() - start
     out = {"load_s": load_s}
     for depth in (7, 8):
-        runs = [generate(GenerateConfig(checkpoint=args.generate, images=[str(views)], output_dir=str(views / "out"),
-                                        depth=depth, seed=i), gen) for i in range(3)]
-        out[f"depth{depth}"] = runs[-1]["stages_s"] | {"total": min(r["total_s"] for r in runs[1:]),
-                                                      "queries": runs[-1]["queries"]}
+        runs = [
+            generate(
+                GenerateConfig(
+                    checkpoint=args.generate, images=[str(views)], output_dir=str(views / "out"), depth=depth, seed=i
+                ),
+                gen,
+            )
+            for i in range(3)
+        ]
+        out[f"depth{depth}"] = runs[-1]["stages_s"] | {
+            "total": min(r["total_s"] for r in runs[1:]),
+            "queries": runs[-1]["queries"],
+        }
     return out
 
 
 def evaluation(checkpoint: Path, shards: str, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "craftsman_platform.cli", "evaluate", f"checkpoint={checkpoint}", f"data.eval_shards={shards}",
-           f"output_dir={out}", "wandb_mode=disabled"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "craftsman_platform.cli",
+        "evaluate",
+        f"checkpoint={checkpoint}",
+        f"data.eval_shards={shards}",
+        f"output_dir={out}",
+        "logger=none",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
@@ -211,28 +261,42 @@ def evaluation(checkpoint: Path, shards: str, out: Path) -> dict:
 
 
 def inference_rows(vae_ckpt: Path, diffusion_ckpt: Path, shards: str, tmp: Path) -> None:
-    proc = subprocess.run([sys.executable, __file__, "--shards", shards, "--generate", str(diffusion_ckpt)], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--shards", shards, "--generate", str(diffusion_ckpt)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         raise RuntimeError(f"generation failed:\n{proc.stderr[-3000:]}")
     g = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"\n`craft generate` (4 views -> GLB + OBJ, warm; model load {g['load_s']:.1f} s apart):")
-    print("| depth | condition s | sampling s | decode + extraction s | export s | queries | seconds per mesh |\n|---|---|---|---|---|---|---|")
+    print(
+        "| depth | condition s | sampling s | decode + extraction s | export s | queries | seconds per mesh |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     for depth in (7, 8):
         d = g[f"depth{depth}"]
-        print(f"| {depth} | {d['condition']:.2f} | {d['sampling']:.2f} | {d['decode + extraction']:.2f} | {d['export']:.2f} | "
-              f"{d['queries']:,} | {d['total']:.2f} |")
+        print(
+            f"| {depth} | {d['condition']:.2f} | {d['sampling']:.2f} | {d['decode + extraction']:.2f} | "
+            f"{d['export']:.2f} | "
+            f"{d['queries']:,} | {d['total']:.2f} |"
+        )
     print("\n`craft evaluate` (IoU, Chamfer, F-score, renders; model load included in the wall time):")
     print("| checkpoint | objects | seconds per object | wall s | 100 objects, projected s |\n|---|---|---|---|---|")
     for name, ckpt in (("vae", vae_ckpt), ("diffusion", diffusion_ckpt)):
         e = evaluation(ckpt, shards, tmp / f"eval-{name}")
-        print(f"| {name} | {e['objects']} | {e['per_object_s']:.2f} | {e['wall_s']:.1f} | {100 * e['per_object_s']:.0f} |")
+        print(
+            f"| {name} | {e['objects']} | {e['per_object_s']:.2f} | {e['wall_s']:.1f} | {100 * e['per_object_s']:.0f} |"
+        )
 
 
 def row(name: str, mode: str, r: dict, flops: float, batch: int, extra: str = "") -> str:
     mfu = flops / r["seconds"] / (PEAK_TFLOPS * 1e12)
-    return (f"| {name} | {mode} | {batch / r['seconds']:.1f} | {1000 * r['seconds']:.1f} | {mfu:.1%} | "
-            f"{r['peak_gb']:.1f} | {extra} |")
+    return (
+        f"| {name} | {mode} | {batch / r['seconds']:.1f} | {1000 * r['seconds']:.1f} | {mfu:.1%} | "
+        f"{r['peak_gb']:.1f} | {extra} |"
+    )
 
 
 def main() -> None:
@@ -245,7 +309,9 @@ def main() -> None:
     ap.add_argument("--loader-workers", type=int, default=6)
     ap.add_argument("--clip", default=None, help="CLIP ViT-L/14 directory (default: its architecture, random weights)")
     ap.add_argument("--only", choices=("vae", "diffusion"), default=None)
-    ap.add_argument("--vae-checkpoint", default=None, help="the frozen VAE of the diffusion runs (default: the VAE run's)")
+    ap.add_argument(
+        "--vae-checkpoint", default=None, help="the frozen VAE of the diffusion runs (default: the VAE run's)"
+    )
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--allow-cpu", action="store_true", help="run the procedure on the CPU with the tiny experiments")
     ap.add_argument("--out", default=None, help="also write the figures as JSON here")
@@ -271,10 +337,17 @@ def main() -> None:
     if not args.shards:
         raise SystemExit("--shards GLOB is required (make one with --make-shards DIR)")
     name = torch.cuda.get_device_name() if cuda else "CPU (procedure check with the tiny experiments)"
-    experiments = ({"vae": "vae_craftsman", "diffusion": "diffusion_craftsman"} if cuda else
-                   {"vae": "vae_tiny", "diffusion": "diffusion_tiny"})
-    common = [f"data.train_shards={args.shards}", f"data.batch_size={args.batch}", "trainer.precision=bf16",
-              f"data.num_workers={args.loader_workers}"]
+    experiments = (
+        {"vae": "vae_craftsman", "diffusion": "diffusion_craftsman"}
+        if cuda
+        else {"vae": "vae_tiny", "diffusion": "diffusion_tiny"}
+    )
+    common = [
+        f"data.train_shards={args.shards}",
+        f"data.batch_size={args.batch}",
+        "trainer.precision=bf16",
+        f"data.num_workers={args.loader_workers}",
+    ]
     kinds = [args.only] if args.only else ["vae", "diffusion"]
     modes = (False,) if args.no_compile else (False, True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
@@ -282,14 +355,19 @@ def main() -> None:
     if "diffusion" in kinds and "vae" not in kinds and vae_checkpoint is None:  # the frozen VAE: a 1-step run
         vae_checkpoint = tmp / "vae-for-diffusion"
         real(experiments["vae"], common, vae_checkpoint, 1, 0)
-    print(f"# bench/gpu.py on {name}, torch {torch.__version__}, batch {args.batch}, bf16, "
-          f"{args.steps} timed steps after {args.warmup}")
+    print(
+        f"# bench/gpu.py on {name}, torch {torch.__version__}, batch {args.batch}, bf16, "
+        f"{args.steps} timed steps after {args.warmup}"
+    )
     print("| model | loop | samples/s | ms/step | MFU | peak GB | notes |\n|---|---|---|---|---|---|---|")
     results = {}
     for kind in kinds:
         overrides = list(common)
         if kind == "diffusion":
-            overrides += [f"model.vae_checkpoint={vae_checkpoint}", f"model.conditioner.pretrained={args.clip or 'null'}"]
+            overrides += [
+                f"model.vae_checkpoint={vae_checkpoint}",
+                f"model.conditioner.pretrained={args.clip or 'null'}",
+            ]
         for compiled in modes:
             mode = "compiled" if compiled else "eager"
             o = overrides + [f"trainer.compile={str(compiled).lower()}"]
@@ -299,9 +377,18 @@ def main() -> None:
                 vae_checkpoint = tmp / f"{kind}-{mode}"
             ratio = b["seconds"] / r["seconds"]
             print(row(kind, f"bare, {mode}", b, b["flops"], args.batch), flush=True)
-            print(row(kind, f"craft train, {mode}", r, b["flops"], args.batch,
-                      f"{ratio:.0%} of bare; EMA {b['ema_s'] / r['seconds']:.1%} of the step, data wait {r['data_share']:.0%}"),
-                  flush=True)
+            print(
+                row(
+                    kind,
+                    f"craft train, {mode}",
+                    r,
+                    b["flops"],
+                    args.batch,
+                    f"{ratio:.0%} of bare; EMA {b['ema_s'] / r['seconds']:.1%} of the step, "
+                    f"data wait {r['data_share']:.0%}",
+                ),
+                flush=True,
+            )
             results[f"{kind}-{mode}"] = {"bare": b, "real": r, "ratio": ratio}
     if not args.no_inference and not args.only:
         inference_rows(Path(vae_checkpoint), tmp / "diffusion-eager", args.shards, tmp)

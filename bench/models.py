@@ -9,25 +9,19 @@
 
     python bench/models.py [--batch 2] [--steps 3] [--depth 8]
 """
+
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# run as `python bench/X.py`, this folder comes first on sys.path and this file's name would shadow
-# the package of the same name: look in the repository instead
-sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import time
 
 import torch
+from shapes import duck_field
 
 from craftsman_platform.models.build import ModelConfig, build_vae
 from craftsman_platform.models.denoiser import DenoiserConfig, build_denoiser
 from craftsman_platform.models.extraction import dense_grid, grid_iou, octree_grid
 from craftsman_platform.models.transformer import set_attention_backend
-from bench.shapes import duck_field
 
 
 def timed_steps(step, steps: int) -> float:
@@ -48,6 +42,7 @@ def vae_step(vae, batch: int, device, dtype):
             loss = out.float().square().mean() + kl.mean()
         loss.backward()
         vae.zero_grad(set_to_none=True)
+
     return step
 
 
@@ -61,6 +56,7 @@ def denoiser_step(den, batch: int, device, dtype, context_tokens: int = 4 * 257)
             loss = den(x, t, ctx).float().square().mean()
         loss.backward()
         den.zero_grad(set_to_none=True)
+
     return step
 
 
@@ -68,8 +64,10 @@ def attention_table(batch: int, steps: int, device, dtype) -> None:
     print(f"\n## forward + backward per step, batch {batch}, {device.type}, {str(dtype).split('.')[-1]}")
     print(f"{'model':<26}{'sdpa s/step':>12}{'einsum s/step':>15}{'speed-up':>10}")
     torch.manual_seed(0)
-    models = {"shape VAE (184.5M)": (build_vae(ModelConfig()), vae_step),
-              "denoiser (104.8M)": (build_denoiser(DenoiserConfig()), denoiser_step)}
+    models = {
+        "shape VAE (184.5M)": (build_vae(ModelConfig()), vae_step),
+        "denoiser (104.8M)": (build_denoiser(DenoiserConfig()), denoiser_step),
+    }
     for name, (model, make_step) in models.items():
         model.to(device).train()
         times = {}
@@ -106,8 +104,10 @@ def extraction_table(depth: int, device) -> None:
     print(f"{'method':<10}{'queries':>12}{'field s':>10}{'full-width decoder s (projected)':>34}")
     print(f"{'dense':<10}{sd.queries:>12,}{t_dense:>10.2f}{sd.queries / qps:>34.1f}")
     print(f"{'octree':<10}{so.queries:>12,}{t_octree:>10.2f}{so.queries / qps:>34.1f}")
-    print(f"query ratio {sd.queries / so.queries:.1f}x, grid IoU octree vs dense {grid_iou(octree, dense):.5f}, "
-          f"full-width decoder {qps:,.0f} queries/s on {device.type}")
+    print(
+        f"query ratio {sd.queries / so.queries:.1f}x, grid IoU octree vs dense {grid_iou(octree, dense):.5f}, "
+        f"full-width decoder {qps:,.0f} queries/s on {device.type}"
+    )
 
 
 def gpu_throughput(batch: int, steps: int) -> None:
@@ -118,8 +118,9 @@ def gpu_throughput(batch: int, steps: int) -> None:
     peak = float(__import__("os").environ.get("PEAK_BF16_TFLOPS", "989"))  # H100 SXM dense bf16
     print(f"\n## GPU bf16, batch {batch}: samples/s and MFU (6 x params x tokens approximation, peak {peak} TFLOPS)")
     for name, model, make_step, tokens in (
-            ("shape VAE", build_vae(ModelConfig()), vae_step, 256 + 2048),
-            ("denoiser", build_denoiser(DenoiserConfig()), denoiser_step, 1 + 4 * 257 + 256)):
+        ("shape VAE", build_vae(ModelConfig()), vae_step, 256 + 2048),
+        ("denoiser", build_denoiser(DenoiserConfig()), denoiser_step, 1 + 4 * 257 + 256),
+    ):
         model.to(device).train()
         step = make_step(model, batch, device, torch.bfloat16)
         torch.cuda.synchronize()

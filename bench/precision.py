@@ -6,26 +6,36 @@ largest relative difference of the per-step loss, and of its 20-step moving aver
 
     python bench/precision.py --shards 'DIR/shards/*.tar' [--experiment vae_tiny] [--steps 200] [-- KEY=VALUE ...]
 """
+
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not this folder: its file names would shadow the packages
 
 import argparse
 import json
 import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def losses(experiment: str, precision: str, run_dir: Path, steps: int, overrides: list[str]) -> np.ndarray:
-    cmd = [sys.executable, "-m", "craftsman_platform.cli", "train", f"experiment={experiment}", f"run_dir={run_dir}",
-           f"trainer.precision={precision}", f"trainer.max_steps={steps}", "trainer.log_every=1",
-           "trainer.ckpt_every=1000000000", "logger=none", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "craftsman_platform.cli",
+        "train",
+        f"experiment={experiment}",
+        f"run_dir={run_dir}",
+        f"trainer.precision={precision}",
+        f"trainer.max_steps={steps}",
+        "trainer.log_every=1",
+        "trainer.ckpt_every=1000000000",
+        "logger=none",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"craft train ({precision}) failed:\n{proc.stderr[-3000:]}")

@@ -10,6 +10,7 @@ Throughput excludes Ray's start-up (reported separately by the job's log).
 
     python bench/preprocess.py --count 200 --compare-count 60
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from craftsman_platform.config import PreprocessConfig
 from craftsman_platform.corpora import fixed_sample
-from craftsman_platform.preprocess.object_job import STAGES
+from craftsman_platform.preprocess.config import PreprocessConfig
 from craftsman_platform.preprocess.job import preprocess
+from craftsman_platform.preprocess.object_job import STAGES
 
 
 def run(files: list[Path], workers: int, root: Path, name: str) -> tuple[dict, list[dict]]:
@@ -52,17 +53,31 @@ def main() -> None:
             ok = [r for r in rows if r["status"] == "ok"]
             per_object = [sum(r[f"time_{s}"] for s in STAGES) for r in ok]
             run_ = summary["this_run"]
-            print(f"\n{len(files)} real meshes, defaults (R=256, 100k surface / 200k vol / 2x100k near, 20 views at 256 px), 2 workers")
+            print(
+                f"\n{len(files)} real meshes, defaults (R=256, 100k surface / 200k vol / 2x100k near, "
+                "20 views at 256 px), 2 workers"
+            )
             print(f"ok {summary['ok']}, failed {summary['failed']} {summary['reasons']}")
-            print(f"throughput: {run_['objects_per_second']:.3f} objects/s = {run_['objects_per_second'] / 2:.3f} objects/s per core "
-                  f"({run_['processed']} objects in {run_['seconds']:.0f} s)")
-            print(f"seconds per object per core: median {statistics.median(per_object):.2f}, mean {statistics.fmean(per_object):.2f}, "
-                  f"p90 {sorted(per_object)[int(0.9 * len(per_object))]:.2f}")
-            print("stage medians (s): " + ", ".join(f"{s} {statistics.median(r[f'time_{s}'] for r in ok):.3f}" for s in STAGES))
+            print(
+                f"throughput: {run_['objects_per_second']:.3f} objects/s = "
+                f"{run_['objects_per_second'] / 2:.3f} objects/s per core "
+                f"({run_['processed']} objects in {run_['seconds']:.0f} s)"
+            )
+            print(
+                f"seconds per object per core: median {statistics.median(per_object):.2f}, "
+                f"mean {statistics.fmean(per_object):.2f}, "
+                f"p90 {sorted(per_object)[int(0.9 * len(per_object))]:.2f}"
+            )
+            print(
+                "stage medians (s): "
+                + ", ".join(f"{s} {statistics.median(r[f'time_{s}'] for r in ok):.3f}" for s in STAGES)
+            )
             peaks = [r["worker_peak_rss_mb"] for r in ok]
             print(f"peak memory per worker process: max {max(peaks):.0f} MB, median {statistics.median(peaks):.0f} MB")
             shard_bytes = sum(p.stat().st_size for p in (root / "all" / "shards").glob("*.tar"))
-            print(f"output: {shard_bytes / 1e6:.0f} MB in shards, {shard_bytes / max(1, len(ok)) / 1e6:.2f} MB per object")
+            print(
+                f"output: {shard_bytes / 1e6:.0f} MB in shards, {shard_bytes / max(1, len(ok)) / 1e6:.2f} MB per object"
+            )
 
         subset = files[: args.compare_count]
         print(f"\n1 vs 2 workers on the same {len(subset)} meshes:")

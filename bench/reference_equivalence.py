@@ -18,6 +18,7 @@ this repository, it is read from a checkout you give):
 The reference starts farthest point sampling at a random point (torch_cluster's default); here its
 `fps` is given a start at index 0, as ours at evaluation, so both pick the same points.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,28 +44,88 @@ VAE_VARIANTS = {  # system.shape_model differences: qkv_bias, use_downsample (FP
 def _configs(small: bool, vae: str = "released") -> tuple[dict, dict]:
     """(reference config.yaml as a dict, CLIP config): CraftsMan's released settings, or small ones."""
     width, heads, enc, dec, layers = (64, 4, 1, 2, 1) if small else (768, 12, 8, 16, 6)
-    vision = (dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=14, image_size=224)
-              if small else dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                                 patch_size=14, image_size=224))
-    shape = {"num_latents": 256, "embed_dim": 64, "point_feats": 3, "out_dim": 1, "num_freqs": 8, "include_pi": False,
-             "heads": heads, "width": width, "num_encoder_layers": enc, "num_decoder_layers": dec, "use_ln_post": True,
-             "init_scale": 0.25, "qkv_bias": VAE_VARIANTS[vae][0], "use_flash": False, "use_checkpoint": False,
-             "use_downsample": VAE_VARIANTS[vae][1]}
-    sched = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-             "clip_sample": False}
-    config = {"system_type": "shape-diffusion-system", "system": {
-        "z_scale_factor": 1.0, "guidance_scale": 7.5, "num_inference_steps": 50, "snr_gamma": 5.0,
-        "shape_model_type": VAE_VARIANTS[vae][2], "shape_model": shape,
-        "condition_model_type": "clip-embedder",
-        "condition_model": {"pretrained_model_name_or_path": "", "encode_camera": True, "camera_embeds_dim": 32,
-                            "n_views": 4, "empty_embeds_ratio": 0.1, "normalize_embeds": False, "zero_uncond_embeds": False},
-        "denoiser_model_type": "simple-denoiser",
-        "denoiser_model": {"input_channels": 64, "output_channels": 64, "n_ctx": 256, "width": width, "layers": layers,
-                           "heads": heads, "context_dim": vision["hidden_size"], "init_scale": 1.0, "skip_ln": True,
-                           "use_checkpoint": False},
-        "noise_scheduler_type": "diffusers.schedulers.DDPMScheduler", "noise_scheduler": {**sched, "variance_type": "fixed_small"},
-        "denoise_scheduler_type": "diffusers.schedulers.DDIMScheduler",
-        "denoise_scheduler": {**sched, "set_alpha_to_one": False, "steps_offset": 1}}}
+    vision = (
+        dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            patch_size=14,
+            image_size=224,
+        )
+        if small
+        else dict(
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            patch_size=14,
+            image_size=224,
+        )
+    )
+    shape = {
+        "num_latents": 256,
+        "embed_dim": 64,
+        "point_feats": 3,
+        "out_dim": 1,
+        "num_freqs": 8,
+        "include_pi": False,
+        "heads": heads,
+        "width": width,
+        "num_encoder_layers": enc,
+        "num_decoder_layers": dec,
+        "use_ln_post": True,
+        "init_scale": 0.25,
+        "qkv_bias": VAE_VARIANTS[vae][0],
+        "use_flash": False,
+        "use_checkpoint": False,
+        "use_downsample": VAE_VARIANTS[vae][1],
+    }
+    sched = {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+    }
+    config = {
+        "system_type": "shape-diffusion-system",
+        "system": {
+            "z_scale_factor": 1.0,
+            "guidance_scale": 7.5,
+            "num_inference_steps": 50,
+            "snr_gamma": 5.0,
+            "shape_model_type": VAE_VARIANTS[vae][2],
+            "shape_model": shape,
+            "condition_model_type": "clip-embedder",
+            "condition_model": {
+                "pretrained_model_name_or_path": "",
+                "encode_camera": True,
+                "camera_embeds_dim": 32,
+                "n_views": 4,
+                "empty_embeds_ratio": 0.1,
+                "normalize_embeds": False,
+                "zero_uncond_embeds": False,
+            },
+            "denoiser_model_type": "simple-denoiser",
+            "denoiser_model": {
+                "input_channels": 64,
+                "output_channels": 64,
+                "n_ctx": 256,
+                "width": width,
+                "layers": layers,
+                "heads": heads,
+                "context_dim": vision["hidden_size"],
+                "init_scale": 1.0,
+                "skip_ln": True,
+                "use_checkpoint": False,
+            },
+            "noise_scheduler_type": "diffusers.schedulers.DDPMScheduler",
+            "noise_scheduler": {**sched, "variance_type": "fixed_small"},
+            "denoise_scheduler_type": "diffusers.schedulers.DDIMScheduler",
+            "denoise_scheduler": {**sched, "set_alpha_to_one": False, "steps_offset": 1},
+        },
+    }
     return config, {"vision_config": vision}
 
 
@@ -72,9 +133,14 @@ def _inputs(context_dim: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(SEED)
     xyz = torch.rand(1, 4096, 3, generator=g) * 1.8 - 0.9
     normals = torch.nn.functional.normalize(torch.randn(1, 4096, 3, generator=g), dim=-1)
-    return {"surface": torch.cat([xyz, normals], -1), "queries": torch.rand(1, 2048, 3, generator=g) * 2.1 - 1.05,
-            "images": torch.rand(1, 4, 224, 224, 3, generator=g), "noisy": torch.randn(2, 256, 64, generator=g),
-            "t": torch.tensor([17, 602]), "context": torch.randn(2, 4 * 257, context_dim, generator=g)}
+    return {
+        "surface": torch.cat([xyz, normals], -1),
+        "queries": torch.rand(1, 2048, 3, generator=g) * 2.1 - 1.05,
+        "images": torch.rand(1, 4, 224, 224, 3, generator=g),
+        "noisy": torch.randn(2, 256, 64, generator=g),
+        "t": torch.tensor([17, 602]),
+        "context": torch.randn(2, 4 * 257, context_dim, generator=g),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,16 +221,18 @@ def reference_side(repo: Path, out: Path, small: bool, vae: str) -> None:
     pkg = types.ModuleType("craftsman")
     pkg.__path__ = [str(repo / "craftsman")]
     registry: dict = {}
-    pkg.register = lambda name: (lambda cls: registry.setdefault(name, cls))
+    pkg.register = lambda name: lambda cls: registry.setdefault(name, cls)
     pkg.find = lambda name: registry[name]
     sys.modules["craftsman"] = pkg
     sys.modules["torch_cluster"] = types.SimpleNamespace(fps=_fps_from_zero)
     from diffusers import DDIMScheduler  # before the stand-in: diffusers probes for the real torchvision
+
     _torchvision_stand_in()
 
     import dataclasses
 
     import craftsman.models  # noqa: F401  (registers the three model families)
+
     systems = types.ModuleType("craftsman.systems")  # its __init__ imports Lightning: only ddim_sample is needed
     systems.__path__ = [str(repo / "craftsman" / "systems")]
     base = types.ModuleType("craftsman.systems.base")
@@ -199,8 +267,16 @@ def reference_side(repo: Path, out: Path, small: bool, vae: str) -> None:
         cond = results["condition"].reshape(1, -1, results["condition"].shape[-1])
         uncond = results["empty"].reshape(1, -1, cond.shape[-1])
         ddim = DDIMScheduler(**system["denoise_scheduler"])
-        for latents, _ in ddim_sample(ddim, denoiser, (256, 64), torch.cat([uncond, cond]), 50, guidance_scale=7.5,
-                                      generator=torch.Generator().manual_seed(SEED), device="cpu"):
+        for latents, _ in ddim_sample(
+            ddim,
+            denoiser,
+            (256, 64),
+            torch.cat([uncond, cond]),
+            50,
+            guidance_scale=7.5,
+            generator=torch.Generator().manual_seed(SEED),
+            device="cpu",
+        ):
             pass
         results["sampled"] = latents
     state = {f"shape_model.{k}": v for k, v in shape.state_dict().items()}
@@ -219,12 +295,21 @@ def our_side(out: Path) -> dict:
 
     from safetensors.torch import load_file
 
-    sys.path[0] = str(ROOT)  # not this folder: its file names would shadow the packages
     from craftsman_platform.inference.pipeline import Generator
 
     converted = out / "converted"
-    subprocess.run([sys.executable, "-m", "craftsman_platform.cli", "convert", f"checkpoint={out / 'model.ckpt'}",
-                    f"output_dir={converted}"], cwd=ROOT, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "craftsman_platform.cli",
+            "convert",
+            f"checkpoint={out / 'model.ckpt'}",
+            f"output_dir={converted}",
+        ],
+        cwd=ROOT,
+        check=True,
+    )
     ref = load_file(str(out / "reference.safetensors"))
     gen = Generator.load(converted / "diffusion", device="cpu")
     vae, model = gen.vae, gen.model
@@ -236,7 +321,7 @@ def our_side(out: Path) -> dict:
         diffs["decoded tokens"] = (tokens - ref["tokens"]).abs().max()
         diffs["occupancy logits"] = (vae.query(tokens, ref["queries"]) - ref["logits"]).abs().max()
         from craftsman_platform.models.conditioners import opengl_unit  # noqa: F401  (the conversion in the conditioner)
-        from craftsman_platform.inference.pipeline import canonical_c2w
+        from craftsman_platform.shapedata.cameras import canonical_c2w
 
         images = ref["images"].permute(0, 1, 4, 2, 3)  # (1, 4, 3, 224, 224) floats in [0, 1]
         c2w = torch.from_numpy(canonical_c2w())[None]
@@ -244,13 +329,23 @@ def our_side(out: Path) -> dict:
         diffs["condition tokens"] = (ctx - ref["condition"].reshape(1, -1, ctx.shape[-1])).abs().max()
         null = model.conditioner.null(1)
         diffs["null (empty) embeds"] = (null - ref["empty"].reshape(1, -1, ctx.shape[-1])).abs().max()
-        diffs["denoiser output"] = (model.denoiser(ref["noisy"], ref["t"], ref["context"]) - ref["denoiser"]).abs().max()
-        sampled = model.sample_from_context(ref["condition"].reshape(1, -1, ctx.shape[-1]), 256, 64, steps=50,
-                                            guidance_scale=7.5, generator=torch.Generator().manual_seed(SEED))
+        diffs["denoiser output"] = (
+            (model.denoiser(ref["noisy"], ref["t"], ref["context"]) - ref["denoiser"]).abs().max()
+        )
+        sampled = model.sample_from_context(
+            ref["condition"].reshape(1, -1, ctx.shape[-1]),
+            256,
+            64,
+            steps=50,
+            guidance_scale=7.5,
+            generator=torch.Generator().manual_seed(SEED),
+        )
         diffs["sampler, 50 DDIM steps with CFG"] = (sampled * model.latent_scale - ref["sampled"]).abs().max()
     for name, value in diffs.items():
         limit = 1e-3 if name.startswith("sampler") else 1e-4
-        print(f"{name:<36} max |ours - reference| = {float(value):.2e}  ({'ok' if value <= limit else 'OVER'} {limit:g})")
+        print(
+            f"{name:<36} max |ours - reference| = {float(value):.2e}  ({'ok' if value <= limit else 'OVER'} {limit:g})"
+        )
     return {k: float(v) for k, v in diffs.items()}
 
 

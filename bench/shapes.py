@@ -1,4 +1,5 @@
 """Real shapes as implicit fields for the extraction benchmarks."""
+
 from __future__ import annotations
 
 import open3d as o3d

@@ -9,24 +9,22 @@
 
     python bench/training.py [--shards 'OUT/shards/*.tar'] [--steps 40]
 """
+
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# run as `python bench/X.py`, this folder comes first on sys.path and this file's name would shadow
-# the package of the same name: look in the repository instead
-sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
+from craftsman_platform.preprocess.tiny_shards import make_tiny_shards
+from craftsman_platform.shapedata.sample import expand_urls
 from craftsman_platform.training.config import DataConfig
-from craftsman_platform.training.data import BatchIterator, ShardStream, expand_urls
+from craftsman_platform.training.data import BatchIterator, ShardStream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,15 +36,34 @@ def make_full_shards(out: Path, n: int) -> str:
     listing = out / "meshes.txt"
     out.mkdir(parents=True, exist_ok=True)
     listing.write_text("\n".join(map(str, fixed_sample(n, seed=1))) + "\n")
-    subprocess.run([sys.executable, "-m", "craftsman_platform.cli", "preprocess", f"source.path={listing}",
-                    f"output_dir={out / 'data'}"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "craftsman_platform.cli",
+            "preprocess",
+            f"source.path={listing}",
+            f"output_dir={out / 'data'}",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return str(out / "data" / "shards" / "*.tar")
 
 
 def loader_rate(urls: list[str], kind: str, samples: int) -> tuple[float, float]:
     """(samples/s on one core, MB read per sample)."""
-    cfg = DataConfig(batch_size=4, num_workers=0, shuffle_buffer=16, epoch_samples=10 ** 6,
-                     num_surface=4096, num_vol=2048, num_near=2048, views=4, image_size=224)
+    cfg = DataConfig(
+        batch_size=4,
+        num_workers=0,
+        shuffle_buffer=16,
+        epoch_samples=10**6,
+        num_surface=4096,
+        num_vol=2048,
+        num_near=2048,
+        views=4,
+        image_size=224,
+    )
     it = BatchIterator(ShardStream(urls, cfg, kind))
     next(it)  # warm-up (opens a shard, fills the buffer)
     start = time.perf_counter()
@@ -66,12 +83,22 @@ def _count(urls: list[str]) -> int:
 def train_rate(shards: str, experiment: str, steps: int, extra: list[str], vae_run: str | None) -> float:
     """Samples/s over the last half of a short `craft train` run."""
     with tempfile.TemporaryDirectory() as tmp:
-        args = [f"experiment={experiment}", f"data.train_shards={shards}", f"run_dir={tmp}/run", "logger=none",
-                f"trainer.max_steps={steps}", f"trainer.log_every={steps // 2}", f"trainer.ckpt_every={10 * steps}", *extra]
+        args = [
+            f"experiment={experiment}",
+            f"data.train_shards={shards}",
+            f"run_dir={tmp}/run",
+            "logger=none",
+            f"trainer.max_steps={steps}",
+            f"trainer.log_every={steps // 2}",
+            f"trainer.ckpt_every={10 * steps}",
+            *extra,
+        ]
         if vae_run:
             args.append(f"model.vae_checkpoint={vae_run}")
         env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        subprocess.run([sys.executable, "-m", "craftsman_platform.cli", "train", *args], check=True, capture_output=True, env=env)
+        subprocess.run(
+            [sys.executable, "-m", "craftsman_platform.cli", "train", *args], check=True, capture_output=True, env=env
+        )
         rows = [json.loads(x) for x in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
         return rows[-1]["samples_per_s"]
 
@@ -92,23 +119,42 @@ def main() -> None:
         rates[kind], mb = loader_rate(urls, kind, args.samples)
         print(f"{kind:<10} {rates[kind]:7.1f} samples/s/core   {mb:.2f} MB read per sample")
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from helpers import make_tiny_shards
-
     tiny = args.tiny_shards or str(make_tiny_shards(work / "tiny") / "shards" / "*.tar")
     print(f"\n## trainer on CPU, {args.steps} steps, global batch 8, DeepSpeed ZeRO-1, fp32")
     one = train_rate(tiny, "vae_tiny", args.steps, ["data.batch_size=8"], None)
-    two = train_rate(tiny, "vae_tiny", args.steps, ["data.batch_size=4", "launcher=ray", "launcher.num_workers=2",
-                                                    "data.num_workers=1"], None)
-    print(f"vae_tiny   1 worker {one:6.1f} samples/s ({one / 8:.2f} steps/s)   2 Ray workers {two:6.1f} samples/s "
-          f"({two / 8:.2f} steps/s)   ratio {two / one:.2f}x")
+    two = train_rate(
+        tiny,
+        "vae_tiny",
+        args.steps,
+        ["data.batch_size=4", "launcher=ray", "launcher.num_workers=2", "data.num_workers=1"],
+        None,
+    )
+    print(
+        f"vae_tiny   1 worker {one:6.1f} samples/s ({one / 8:.2f} steps/s)   2 Ray workers {two:6.1f} samples/s "
+        f"({two / 8:.2f} steps/s)   ratio {two / one:.2f}x"
+    )
     vae_run = work / "vae"
-    subprocess.run([sys.executable, "-m", "craftsman_platform.cli", "train", "experiment=vae_tiny", f"data.train_shards={tiny}",
-                    f"run_dir={vae_run}", "logger=none", "trainer.max_steps=2"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "craftsman_platform.cli",
+            "train",
+            "experiment=vae_tiny",
+            f"data.train_shards={tiny}",
+            f"run_dir={vae_run}",
+            "logger=none",
+            "trainer.max_steps=2",
+        ],
+        check=True,
+        capture_output=True,
+    )
     diff = train_rate(tiny, "diffusion_tiny", args.steps, ["data.batch_size=8"], str(vae_run))
     print(f"diffusion_tiny 1 worker {diff:6.1f} samples/s ({diff / 8:.2f} steps/s)")
-    print(f"\nloader cores per GPU at G samples/s per GPU: G / {rates['diffusion']:.1f} (diffusion), "
-          f"G / {rates['vae']:.1f} (VAE); see docs/benchmarks.md for the 32-GPU plan")
+    print(
+        f"\nloader cores per GPU at G samples/s per GPU: G / {rates['diffusion']:.1f} (diffusion), "
+        f"G / {rates['vae']:.1f} (VAE); see docs/benchmarks.md for the 32-GPU plan"
+    )
 
 
 if __name__ == "__main__":

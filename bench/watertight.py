@@ -10,6 +10,7 @@ point-to-surface Chamfer to the source (--quality-samples per side), and source 
 
     python bench/watertight.py --count 60 --resolution 256
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,19 +22,26 @@ import point_cloud_utils as pcu
 import trimesh
 from tqdm import tqdm
 
-from craftsman_platform.config import WatertightConfig
 from craftsman_platform.corpora import assimp_models_dir, fixed_sample
+from craftsman_platform.geometry.config import WatertightConfig
 from craftsman_platform.geometry.mesh_io import MeshRejected, load_mesh
 from craftsman_platform.geometry.meshops import signed_volume
 from craftsman_platform.geometry.watertight import make_watertight, surface_fidelity
 
-ASSIMP_EXTRA = ["OBJ/spider.obj", "glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb",
-                "STL/sphereWithHole.stl", "OFF/Wuson.off", "PLY/Wuson.ply"]
+ASSIMP_EXTRA = [
+    "OBJ/spider.obj",
+    "glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb",
+    "STL/sphereWithHole.stl",
+    "OFF/Wuson.off",
+    "PLY/Wuson.ply",
+]
 
 
 def run_pcu(mesh: trimesh.Trimesh) -> tuple[trimesh.Trimesh, float]:
     t = time.perf_counter()
-    v, f = pcu.make_mesh_watertight(np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int32), 20_000, 0)
+    v, f = pcu.make_mesh_watertight(
+        np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int32), 20_000, 0
+    )
     seconds = time.perf_counter() - t
     out = trimesh.Trimesh(v, f, process=False)
     if len(out.faces) and signed_volume(out) < 0:
@@ -67,24 +75,73 @@ def main() -> None:
         ours = make_watertight(src, cfg, seed=args.seed)
         theirs, pcu_seconds = run_pcu(src)
         pcu_wt = bool(len(theirs.faces) and theirs.is_watertight and theirs.is_winding_consistent)
-        pcu_chamfer, pcu_lost = surface_fidelity(src, theirs, args.quality_samples, np.random.default_rng(args.seed), tol) if len(theirs.faces) else (float("nan"), -1)
-        rows.append(dict(name=path.name, faces=len(src.faces), method=ours.method, ours_s=ours.seconds,
-                         ours_wt=ours.is_watertight, ours_chamfer=ours.chamfer, ours_lost=ours.parts_lost,
-                         parts=ours.parts_in, pcu_s=pcu_seconds, pcu_wt=pcu_wt, pcu_chamfer=pcu_chamfer,
-                         pcu_lost=pcu_lost, **{f"stage_{k}": v for k, v in ours.timings.items() if isinstance(v, float)}))
+        pcu_chamfer, pcu_lost = (
+            surface_fidelity(src, theirs, args.quality_samples, np.random.default_rng(args.seed), tol)
+            if len(theirs.faces)
+            else (float("nan"), -1)
+        )
+        rows.append(
+            dict(
+                name=path.name,
+                faces=len(src.faces),
+                method=ours.method,
+                ours_s=ours.seconds,
+                ours_wt=ours.is_watertight,
+                ours_chamfer=ours.chamfer,
+                ours_lost=ours.parts_lost,
+                parts=ours.parts_in,
+                pcu_s=pcu_seconds,
+                pcu_wt=pcu_wt,
+                pcu_chamfer=pcu_chamfer,
+                pcu_lost=pcu_lost,
+                **{f"stage_{k}": v for k, v in ours.timings.items() if isinstance(v, float)},
+            )
+        )
 
     n = len(rows)
     udf = [r for r in rows if r["method"] == "udf"]
     print(f"\n{n} real meshes, resolution {args.resolution}, {args.quality_samples:,} quality samples per side\n")
     print("| | ours (all) | ours (UDF path only) | point-cloud-utils Manifold |")
     print("|---|---|---|---|")
-    print(f"| median seconds | {med(r['ours_s'] for r in rows):.3f} | {med(r['ours_s'] for r in udf):.3f} | {med(r['pcu_s'] for r in rows):.3f} (UDF subset {med(r['pcu_s'] for r in udf):.3f}) |")
-    print(f"| mean seconds | {statistics.fmean(r['ours_s'] for r in rows):.3f} | {statistics.fmean(r['ours_s'] for r in udf) if udf else float('nan'):.3f} | {statistics.fmean(r['pcu_s'] for r in rows):.3f} |")
-    print(f"| median Chamfer | {med(r['ours_chamfer'] for r in rows):.4f} | {med(r['ours_chamfer'] for r in udf):.4f} | {med(r['pcu_chamfer'] for r in rows):.4f} (UDF subset {med(r['pcu_chamfer'] for r in udf):.4f}) |")
-    print(f"| watertight outputs | {sum(r['ours_wt'] for r in rows)}/{n} | {sum(r['ours_wt'] for r in udf)}/{len(udf)} | {sum(r['pcu_wt'] for r in rows)}/{n} |")
-    print(f"| meshes with a part lost | {sum(r['ours_lost'] > 0 for r in rows)} | {sum(r['ours_lost'] > 0 for r in udf)} | {sum(r['pcu_lost'] != 0 for r in rows)} |")
-    print(f"\nmethods: {sum(r['method'] == 'fast_path' for r in rows)} fast path, {len(udf)} UDF; "
-          f"multi-part inputs: {sum(r['parts'] > 1 for r in rows)}")
+
+    def row(name: str, *cells: str) -> None:
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+    mean = statistics.fmean
+    row(
+        "median seconds",
+        f"{med(r['ours_s'] for r in rows):.3f}",
+        f"{med(r['ours_s'] for r in udf):.3f}",
+        f"{med(r['pcu_s'] for r in rows):.3f} (UDF subset {med(r['pcu_s'] for r in udf):.3f})",
+    )
+    row(
+        "mean seconds",
+        f"{mean(r['ours_s'] for r in rows):.3f}",
+        f"{mean(r['ours_s'] for r in udf) if udf else float('nan'):.3f}",
+        f"{mean(r['pcu_s'] for r in rows):.3f}",
+    )
+    row(
+        "median Chamfer",
+        f"{med(r['ours_chamfer'] for r in rows):.4f}",
+        f"{med(r['ours_chamfer'] for r in udf):.4f}",
+        f"{med(r['pcu_chamfer'] for r in rows):.4f} (UDF subset {med(r['pcu_chamfer'] for r in udf):.4f})",
+    )
+    row(
+        "watertight outputs",
+        f"{sum(r['ours_wt'] for r in rows)}/{n}",
+        f"{sum(r['ours_wt'] for r in udf)}/{len(udf)}",
+        f"{sum(r['pcu_wt'] for r in rows)}/{n}",
+    )
+    row(
+        "meshes with a part lost",
+        f"{sum(r['ours_lost'] > 0 for r in rows)}",
+        f"{sum(r['ours_lost'] > 0 for r in udf)}",
+        f"{sum(r['pcu_lost'] != 0 for r in rows)}",
+    )
+    print(
+        f"\nmethods: {sum(r['method'] == 'fast_path' for r in rows)} fast path, {len(udf)} UDF; "
+        f"multi-part inputs: {sum(r['parts'] > 1 for r in rows)}"
+    )
     stages = sorted({k for r in udf for k in r if k.startswith("stage_")})
     print("UDF-path stage medians (s): " + ", ".join(f"{k[6:]} {med(r.get(k) for r in udf):.3f}" for k in stages))
     ratio = med(r["ours_s"] for r in rows) / med(r["pcu_s"] for r in rows)

@@ -4,6 +4,7 @@ Errors come out as one line, `craft SUB: error: ...`, with exit status 2 for a b
 configuration (fix the command) and 1 for a failure while working; `--verbose` (or
 HYDRA_FULL_ERROR=1) adds the traceback.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +20,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from craftsman_platform.errors import ConfigError
+from craftsman_platform.schemas import register as register_schemas
 
 
 @dataclass(frozen=True)
@@ -33,55 +35,104 @@ class Subcommand:
 
 SUBCOMMANDS = {
     "preprocess": Subcommand(
-        "craftsman_platform.preprocess.job", "preprocess", "meshes -> WebDataset shards + manifest (Ray; resumable, exactly-once)",
-        "craftsman_platform.config:PreprocessConfig", ("geometry",),
-        ["craft preprocess source.path=meshes/ output_dir=out/          # a folder, recursively",
-         "craft preprocess source.path=list.txt output_dir=out/ workers=8  # paths or s3:// gs:// https:// URLs",
-         "craft preprocess source.kind=objaverse 'source.lvis_categories=[chair,mug]' output_dir=out/",
-         "craft preprocess ... source.partition=0/4   # one of 4 jobs, each with its own output_dir",
-         "Writes OUT/shards/*.tar, OUT/manifest.parquet (every object, with its status and reason), OUT/summary.json."]),
+        "craftsman_platform.preprocess.job",
+        "preprocess",
+        "meshes -> WebDataset shards + manifest (Ray; resumable, exactly-once)",
+        "craftsman_platform.preprocess.config:PreprocessConfig",
+        (),
+        [
+            "craft preprocess source.path=meshes/ output_dir=out/          # a folder, recursively",
+            "craft preprocess source.path=list.txt output_dir=out/ workers=8  # paths or s3:// gs:// https:// URLs",
+            "craft preprocess source.kind=objaverse 'source.lvis_categories=[chair,mug]' output_dir=out/",
+            "craft preprocess ... source.partition=0/4   # one of 4 jobs, each with its own output_dir",
+            "Writes OUT/shards/*.tar, OUT/manifest.parquet (every object: status, reason), OUT/summary.json.",
+        ],
+    ),
     "inspect": Subcommand(
-        "craftsman_platform.geometry.mesh_report", "inspect", "load, make watertight and sample meshes; print a quality table",
-        None, ("geometry",),
-        ["craft inspect                                   # the bundled demo meshes",
-         "craft inspect 'inputs=[a.obj,meshes/]' geometry.watertight.resolution=512",
-         "Writes output_dir/records.jsonl: one record per object (status, reason, quality, timings)."]),
+        "craftsman_platform.geometry.mesh_report",
+        "inspect",
+        "load, make watertight and sample meshes; print a quality table",
+        "craftsman_platform.geometry.config:InspectConfig",
+        (),
+        [
+            "craft inspect                                   # the bundled demo meshes",
+            "craft inspect 'inputs=[a.obj,meshes/]' geometry.watertight.resolution=512",
+            "Writes output_dir/records.jsonl: one record per object (status, reason, quality, timings).",
+        ],
+    ),
     "train": Subcommand(
-        "craftsman_platform.training.train", "train", "train a VAE or diffusion model from shards (DeepSpeed; local, Ray Train or torchrun)",
-        "craftsman_platform.training.config:TrainConfig", ("experiment", "data", "model", "trainer", "deepspeed", "logger", "launcher"),
-        ["craft train experiment=vae_tiny 'data.train_shards=out/shards/*.tar' run_dir=runs/vae",
-         "craft train experiment=diffusion_craftsman 'data.train_shards=...' model.vae_checkpoint=runs/vae run_dir=runs/diff",
-         "craft train ... launcher=ray launcher.num_workers=8          # Ray Train, one GPU per worker when present",
-         "Re-running with the same run_dir resumes (only trainer.max_steps, logging and checkpoint cadence may change)."]),
+        "craftsman_platform.training.train",
+        "train",
+        "train a VAE or diffusion model from shards (DeepSpeed; local, Ray Train or torchrun)",
+        "craftsman_platform.training.config:TrainConfig",
+        ("experiment", "data", "model", "trainer", "deepspeed", "logger", "launcher"),
+        [
+            "craft train experiment=vae_tiny 'data.train_shards=out/shards/*.tar' run_dir=runs/vae",
+            "craft train experiment=diffusion_craftsman 'data.train_shards=...' model.vae_checkpoint=runs/vae "
+            "run_dir=runs/diff",
+            "craft train ... launcher=ray launcher.num_workers=8          # Ray Train, one GPU per worker when present",
+            "Re-running with the same run_dir resumes (only max_steps, logging, cadence and placement may change).",
+        ],
+    ),
     "evaluate": Subcommand(
-        "craftsman_platform.evaluation.evaluate", "evaluate", "score checkpoints on held-out shards (IoU, Chamfer, F-score); report.html + W&B",
-        "craftsman_platform.evaluation.evaluate:EvalConfig", (),
-        ["craft evaluate checkpoint=runs/vae 'data.eval_shards=held-out/shards/*.tar' output_dir=eval/vae",
-         "craft evaluate watch=true run_dir=runs/diff 'data.eval_shards=...' output_dir=eval/diff device=cuda"]),
+        "craftsman_platform.evaluation.evaluate",
+        "evaluate",
+        "score checkpoints on held-out shards (IoU, Chamfer, F-score); report.html + W&B",
+        "craftsman_platform.evaluation.config:EvalConfig",
+        ("logger",),
+        [
+            "craft evaluate checkpoint=runs/vae 'data.eval_shards=held-out/shards/*.tar' output_dir=eval/vae",
+            "craft evaluate watch=true run_dir=runs/diff 'data.eval_shards=...' output_dir=eval/diff device=cuda",
+        ],
+    ),
     "generate": Subcommand(
-        "craftsman_platform.inference.generate", "generate", "views (front/right/back/left, a folder, or one front image) -> GLB + OBJ",
-        "craftsman_platform.inference.generate:GenerateConfig", (),
-        ["craft generate checkpoint=runs/diff 'images=[front.png,right.png,back.png,left.png]' output_dir=out/",
-         "craft generate checkpoint=runs/diff 'images=[views/]' depth=8 device=cuda:1"]),
+        "craftsman_platform.inference.generate",
+        "generate",
+        "views (front/right/back/left, a folder, or one front image) -> GLB + OBJ",
+        "craftsman_platform.inference.config:GenerateConfig",
+        (),
+        [
+            "craft generate checkpoint=runs/diff 'images=[front.png,right.png,back.png,left.png]' output_dir=out/",
+            "craft generate checkpoint=runs/diff 'images=[views/]' depth=8 device=cuda:1",
+        ],
+    ),
     "app": Subcommand(
-        "craftsman_platform.inference.app", "app", "a Gradio app on 127.0.0.1: images in, mesh out",
-        "craftsman_platform.inference.app:AppConfig", (),
-        ["craft app checkpoint=runs/diff                    # http://127.0.0.1:7860",
-         "craft app checkpoint=runs/diff port=8000 compile=true"]),
+        "craftsman_platform.inference.app",
+        "app",
+        "a Gradio app on 127.0.0.1: images in, mesh out",
+        "craftsman_platform.inference.config:AppConfig",
+        (),
+        [
+            "craft app checkpoint=runs/diff                    # http://127.0.0.1:7860",
+            "craft app checkpoint=runs/diff port=8000 compile=true",
+        ],
+    ),
     "convert": Subcommand(
-        "craftsman_platform.training.convert", "convert", "a released CraftsMan v1 checkpoint (+ config.yaml) -> checkpoints of ours",
-        "craftsman_platform.training.convert:ConvertConfig", (),
-        ["craft convert checkpoint=ckpts/craftsman/model.ckpt output_dir=models/craftsman   # config.yaml beside it",
-         "craft convert checkpoint=model.ckpt config=config.yaml clip=ckpts/clip-vit-large-patch14 output_dir=DIR",
-         "Then: craft generate checkpoint=DIR/diffusion ...; craft train ... init_from=DIR/diffusion (docs/craftsman-weights.md)."]),
+        "craftsman_platform.training.convert",
+        "convert",
+        "a released CraftsMan v1 checkpoint (+ config.yaml) -> checkpoints of ours",
+        "craftsman_platform.training.config:ConvertConfig",
+        (),
+        [
+            "craft convert checkpoint=ckpts/craftsman/model.ckpt output_dir=models/craftsman   # config.yaml beside it",
+            "craft convert checkpoint=model.ckpt config=config.yaml clip=ckpts/clip-vit-large-patch14 output_dir=DIR",
+            "Then: craft generate checkpoint=DIR/diffusion ...; craft train ... init_from=DIR/diffusion",
+        ],
+    ),
     "summary": Subcommand(
-        "craftsman_platform.training.summary", "train", "compose an experiment; print each module's parameter count",
-        "craftsman_platform.training.config:TrainConfig", ("experiment", "model"),
-        ["craft summary experiment=diffusion_craftsman"]),
+        "craftsman_platform.training.summary",
+        "train",
+        "compose an experiment; print each module's parameter count",
+        "craftsman_platform.training.config:TrainConfig",
+        ("experiment", "model"),
+        ["craft summary experiment=diffusion_craftsman"],
+    ),
 }
 
-USAGE = ("usage: craft SUBCOMMAND [KEY=VALUE ...] [--verbose]   (craft SUBCOMMAND --help for its keys)\n\nsubcommands:\n"
-         + "\n".join(f"  {name:<12} {sub.description}" for name, sub in SUBCOMMANDS.items()))
+USAGE = (
+    "usage: craft SUBCOMMAND [KEY=VALUE ...] [--verbose]   (craft SUBCOMMAND --help for its keys)\n\nsubcommands:\n"
+    + "\n".join(f"  {name:<12} {sub.description}" for name, sub in SUBCOMMANDS.items())
+)
 USAGE_ERRORS = (ConfigError, HydraException, OmegaConfBaseException)
 
 
@@ -115,10 +166,10 @@ def print_help(name: str, overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
 
     from craftsman_platform.cli_help import render_help
-    from craftsman_platform.config import CONF_DIR
+    from craftsman_platform.paths import CONF_DIR
 
     sub = SUBCOMMANDS[name]
-    importlib.import_module(sub.module)  # registers its schemas
+    register_schemas()
     schema = None
     if sub.schema:
         mod, cls = sub.schema.split(":")
@@ -145,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         if "--help" in rest or "-h" in rest:
             print_help(name, [a for a in rest if a not in ("--help", "-h")])
             return
+        register_schemas()
         module = importlib.import_module(SUBCOMMANDS[name].module)
         sys.argv = [f"craft-{name}", *rest]  # Hydra parses sys.argv
         with contextlib.redirect_stderr(_QuietHydraErrors(sys.stderr)):

@@ -1,5 +1,6 @@
 """`craft SUB --help`: the subcommand's own keys, one line each with its value after the given
 overrides, and the comment its schema dataclass carries; then its config groups and examples."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,14 +61,25 @@ def group_options(conf_dir: str, groups: tuple[str, ...]) -> list[str]:
     return [f"  {g}: " + ", ".join(sorted(p.stem for p in (Path(conf_dir) / g).glob("*.yaml"))) for g in groups]
 
 
-def render_help(name: str, description: str, examples: list[str], cfg: DictConfig, schema: Optional[type],
-                conf_dir: str, groups: tuple[str, ...]) -> str:
+def render_help(
+    name: str,
+    description: str,
+    examples: list[str],
+    cfg: DictConfig,
+    schema: Optional[type],
+    conf_dir: str,
+    groups: tuple[str, ...],
+) -> str:
     rows = key_lines(cfg, schema)
     width = min(60, max(len(k) for k, _ in rows)) if rows else 0
     keys = [f"  {k:<{width}}  {c}".rstrip() if c else f"  {k}" for k, c in rows]
     parts = [f"craft {name}: {description}", "", "Examples:", *(f"  {e}" for e in examples), ""]
     if groups:
         parts += ["Config groups (GROUP=OPTION):", *group_options(conf_dir, groups), ""]
-    parts += ["Keys (KEY=VALUE to change; shown with the values this command line gives):", *keys, "",
-              "Errors print one line; add --verbose (or set HYDRA_FULL_ERROR=1) for the traceback."]
+    parts += [
+        "Keys (KEY=VALUE to change; shown with the values this command line gives):",
+        *keys,
+        "",
+        "Errors print one line; add --verbose (or set HYDRA_FULL_ERROR=1) for the traceback.",
+    ]
     return "\n".join(parts)

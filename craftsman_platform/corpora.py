@@ -3,7 +3,11 @@
 * PyPI `pybullet` ships `pybullet_data/`: ~1,200 OBJ/STL files (1,000 procedural objects made of
   touching parts in `random_urdfs/`, robot parts, a duck, a textured sphere, ...).
 * Debian `assimp-testmodels` ships /usr/share/assimp/models: valid and deliberately malformed files.
+
+Files only: this module imports nothing of the package (the shards the tests train on are made by
+preprocess/tiny_shards.py).
 """
+
 from __future__ import annotations
 
 import random
@@ -35,10 +39,16 @@ def pybullet_meshes() -> list[Path]:
 # The demo's meshes: real files from packages `make setup` installs, including two malformed
 # ones the demo must report as rejected (non-finite vertices, a point cloud).
 DEMO_MESHES = [
-    ("pybullet", "duck.obj"), ("pybullet", "random_urdfs/000/000.obj"), ("pybullet", "random_urdfs/123/123.obj"),
-    ("pybullet", "husky/meshes/wheel.stl"), ("pybullet", "textured_sphere_smooth.obj"), ("pybullet", "a1/meshes/trunk.obj"),
-    ("assimp", "OBJ/spider.obj"), ("assimp", "glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb"),
-    ("assimp", "STL/sphereWithHole.stl"), ("assimp", "glTF2/BoxWithInfinites-glTF-Binary/BoxWithInfinites.glb"),
+    ("pybullet", "duck.obj"),
+    ("pybullet", "random_urdfs/000/000.obj"),
+    ("pybullet", "random_urdfs/123/123.obj"),
+    ("pybullet", "husky/meshes/wheel.stl"),
+    ("pybullet", "textured_sphere_smooth.obj"),
+    ("pybullet", "a1/meshes/trunk.obj"),
+    ("assimp", "OBJ/spider.obj"),
+    ("assimp", "glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb"),
+    ("assimp", "STL/sphereWithHole.stl"),
+    ("assimp", "glTF2/BoxWithInfinites-glTF-Binary/BoxWithInfinites.glb"),
     ("assimp", "OBJ/point_cloud.obj"),
 ]
 
@@ -77,5 +87,7 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) != 3 or sys.argv[1] != "demo-list":
-        raise SystemExit("usage: python -m craftsman_platform.corpora demo-list FOLDER   (links the corpora there, prints the list file)")
+        raise SystemExit(
+            "usage: python -m craftsman_platform.corpora demo-list FOLDER   (links the corpora there, prints the list)"
+        )
     print(write_demo_list(Path(sys.argv[2])))

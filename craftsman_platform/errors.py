@@ -1,4 +1,5 @@
 """Errors a user fixes by changing the command: `craft` prints them as one line and exits 2."""
+
 from __future__ import annotations
 
 

@@ -5,16 +5,23 @@ external one (`ray._private.services.resolve_ip_for_localhost`), after which its
 raylet, agents, workers) listen on every interface; for a local Ray the node address is pinned to
 127.0.0.1 instead. With `ray.address` set (a cluster), Ray's own addressing applies.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+from dataclasses import dataclass
 from typing import Optional
 
-from craftsman_platform.config import RayConfig
-
 LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # None: start a local Ray; "auto" or "ray://host:10001": a cluster
+    dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"  # never exposed beyond this machine unless configured
 
 
 @contextlib.contextmanager
@@ -45,6 +52,13 @@ def init_ray(cfg: RayConfig, num_cpus: Optional[int] = None, env_vars: Optional[
         ray.init(address=cfg.address, runtime_env=runtime_env, log_to_driver=True, **quiet)
         return ray
     with _loopback_node_address():
-        ray.init(num_cpus=num_cpus, include_dashboard=cfg.dashboard, dashboard_host=cfg.dashboard_host,
-                 runtime_env=runtime_env, log_to_driver=True, _node_ip_address=LOOPBACK, **quiet)
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=cfg.dashboard,
+            dashboard_host=cfg.dashboard_host,
+            runtime_env=runtime_env,
+            log_to_driver=True,
+            _node_ip_address=LOOPBACK,
+            **quiet,
+        )
     return ray

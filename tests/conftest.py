@@ -2,33 +2,93 @@
 
 The expensive ones (shards from the real preprocessing job, a trained tiny VAE and diffusion
 model) are made once per test session, also when `make test` runs the suite on two workers
-(pytest-xdist): the first worker that needs one builds it under a file lock, the other waits and
-reuses it.
+(pytest-xdist): `make test` has them built in the background from the start (tests/prebuild.py);
+otherwise the first worker that needs one builds it under a file lock, the other waits and reuses it.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Callable
 
+import psutil
 import pytest
 from filelock import FileLock
 
 from craftsman_platform.corpora import assimp_models_dir, pybullet_data_dir
 
 
-def shared(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
-    """`build(folder)` once per session, whichever worker asks first; its result path for all."""
+def _session_root(tmp_path_factory) -> Path:
+    """The folder all workers of this test session share."""
     base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's common folder
-    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def shared(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
+    """`build(folder)` once per session, whichever worker asks first; its result path for all.
+    When the background prebuild (below) makes it, wait for that instead."""
+    root = _session_root(tmp_path_factory)
+    folder, done, failed = root / f"shared-{name}", root / f"shared-{name}.done", root / f"shared-{name}.failed"
+    if os.environ.get("CRAFT_TEST_PREBUILD") == "1":  # the first worker starts it: wait for its result
+        while not (done.exists() or failed.exists()):
+            started = root / "prebuild.started"
+            if started.exists() and not _running(int(started.read_text())) and not done.exists():
+                pytest.fail(f"the background build ended without making {name} (see {root / 'prebuild.log'})")
+            time.sleep(1)
+        if failed.exists():
+            pytest.fail(f"the background build of {name} failed:\n{failed.read_text()[-3000:]}")
+        return Path(done.read_text())
     with FileLock(str(root / f"shared-{name}.lock")):
         if not done.exists():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
             done.write_text(str(build(folder)))
     return Path(done.read_text())
+
+
+# Session fixtures built in the background (tests/prebuild.py), in this order. Test files that need
+# none of them run first, so both workers stay busy while those are made (xdist hands out whole
+# files in collection order with --dist loadfile).
+PREBUILT_ORDER = {"tiny_shards": 1, "vae_run": 2, "diffusion_run": 3}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    need: dict[Path, int] = {}
+    for item in items:
+        level = max((PREBUILT_ORDER.get(f, 0) for f in getattr(item, "fixturenames", ())), default=0)
+        need[item.path] = max(need.get(item.path, 0), level)
+    items.sort(key=lambda item: need[item.path])  # stable: the order within a file is kept
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prebuild(tmp_path_factory):
+    """With CRAFT_TEST_PREBUILD=1 (`make test`), the first worker starts tests/prebuild.py at once."""
+    if os.environ.get("CRAFT_TEST_PREBUILD") != "1" or os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
+        yield
+        return
+    root = _session_root(tmp_path_factory)
+    log = open(root / "prebuild.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("prebuild.py")), str(root)], stdout=log, stderr=subprocess.STDOUT
+    )
+    (root / "prebuild.started").write_text(str(proc.pid))
+    yield
+    if proc.poll() is None:  # the session ended first (a selection that did not need it)
+        proc.kill()
+    proc.wait()
+    log.close()
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +115,11 @@ def vae_run(tiny_shards, tmp_path_factory) -> Path:
     from helpers import craft, shard_glob
 
     def build(folder: Path) -> Path:
-        craft("train", "experiment=vae_tiny", f"data.train_shards={shard_glob(tiny_shards)}", f"run_dir={folder / 'run'}")
+        craft(
+            "train", "experiment=vae_tiny", f"data.train_shards={shard_glob(tiny_shards)}", f"run_dir={folder / 'run'}"
+        )
         return folder / "run"
+
     return shared(tmp_path_factory, "vae_run", build)
 
 
@@ -66,8 +129,16 @@ def diffusion_run(tiny_shards, vae_run, tmp_path_factory) -> Path:
     from helpers import craft, shard_glob
 
     def build(folder: Path) -> Path:
-        craft("train", "experiment=diffusion_tiny", f"data.train_shards={shard_glob(tiny_shards)}",
-              f"run_dir={folder / 'run'}", f"model.vae_checkpoint={vae_run}", "trainer.max_steps=40",
-              "trainer.ckpt_every=20", "logger=none")
+        craft(
+            "train",
+            "experiment=diffusion_tiny",
+            f"data.train_shards={shard_glob(tiny_shards)}",
+            f"run_dir={folder / 'run'}",
+            f"model.vae_checkpoint={vae_run}",
+            "trainer.max_steps=40",
+            "trainer.ckpt_every=20",
+            "logger=none",
+        )
         return folder / "run"
+
     return shared(tmp_path_factory, "diffusion_run", build)

@@ -1,12 +1,16 @@
-"""Helpers for writing small real mesh files in tests."""
+"""Helpers for the tests: small real mesh files, running `craft` as a user would, shared tiny configs."""
+
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from craftsman_platform.preprocess.tiny_shards import make_tiny_shards  # noqa: F401  (the tests' shard corpus)
 
 
 def write_obj(path: Path, vertices, faces) -> Path:
@@ -17,37 +21,18 @@ def write_obj(path: Path, vertices, faces) -> Path:
     return path
 
 
-TINY_SHARD_MESHES = ["duck.obj", "bunny.obj", "cube.obj", "soccerball.obj", "textured_sphere_smooth.obj",
-                     "random_urdfs/000/000.obj", "random_urdfs/001/001.obj", "random_urdfs/002/002.obj"]
-
-
-def make_tiny_shards(out: Path) -> Path:
-    """`craft preprocess` on 8 real pybullet meshes with small counts: ~2 objects per shard, 8 views each."""
-    from craftsman_platform.config import PreprocessConfig, SampleConfig
-    from craftsman_platform.corpora import pybullet_data_dir
-    from craftsman_platform.preprocess.job import preprocess
-
-    listing = out / "meshes.txt"
-    out.mkdir(parents=True, exist_ok=True)
-    listing.write_text("\n".join(str(pybullet_data_dir() / m) for m in TINY_SHARD_MESHES) + "\n")
-    cfg = PreprocessConfig(output_dir=str(out / "data"), shard_max_bytes=300_000)
-    cfg.source.path = str(listing)
-    cfg.geometry.watertight.resolution = 128
-    cfg.geometry.watertight.quality_samples = 5000
-    cfg.geometry.sample = SampleConfig(surface=4000, sharp_max=500, volume=8000, near=2000)
-    cfg.render.resolution, cfg.render.extra_sets = 64, 1
-    summary = preprocess(cfg)
-    assert summary["ok"] == len(TINY_SHARD_MESHES), summary
-    return out / "data"
-
-
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
 
 
 def craft(*args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
     """Run `craft ARGS` in a subprocess (as a user would); fail with its stderr when it fails."""
-    proc = subprocess.run([sys.executable, "-m", "craftsman_platform.cli", *args], env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "craftsman_platform.cli", *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"craft {args[0]} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
@@ -55,3 +40,47 @@ def craft(*args: str, timeout: float = 900, check: bool = True) -> subprocess.Co
 
 def shard_glob(data: Path) -> str:
     return str(data / "shards" / "*.tar")
+
+
+def craft_train(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    return craft("train", *overrides, check=check)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    """A training run's metrics.jsonl rows."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in metrics(run_dir)}
+
+
+TINY_VAE = dict(num_inputs=128, num_latents=16, embed_dim=8, width=64, heads=4, encoder_layers=1, decoder_layers=1)
+
+
+def tiny_diffusion_config():
+    """A diffusion model small enough for unit tests: 2-view CLIP of 32 px, width-64 denoiser."""
+    from craftsman_platform.models.build import ModelConfig
+    from craftsman_platform.models.conditioners import ClipArchitecture, ConditionerConfig
+    from craftsman_platform.models.denoiser import DenoiserConfig
+    from craftsman_platform.models.diffusion import DiffusionConfig
+    from craftsman_platform.models.shape_vae import VAEConfig
+
+    return ModelConfig(
+        kind="diffusion",
+        vae=VAEConfig(**TINY_VAE),
+        denoiser=DenoiserConfig(latent_dim=8, num_latents=16, context_dim=32, width=64, heads=4, encoder_layers=1),
+        conditioner=ConditionerConfig(
+            pretrained=None,
+            num_views=2,
+            architecture=ClipArchitecture(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                patch_size=8,
+                image_size=32,
+            ),
+        ),
+        diffusion=DiffusionConfig(min_snr_gamma=5.0),
+    )

@@ -1,4 +1,5 @@
 """`craft` and `craft inspect`: real Hydra composition, real meshes, real records."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from craftsman_platform.config import CONF_DIR, GeometryConfig, register_configs
 from craftsman_platform.corpora import demo_meshes
+from craftsman_platform.geometry.config import GeometryConfig
+from craftsman_platform.paths import CONF_DIR
+from craftsman_platform.schemas import register
 
 ROOT = Path(__file__).resolve().parents[1]
 CRAFT = [sys.executable, "-m", "craftsman_platform.cli"]
@@ -23,7 +26,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_inspect_config_composes_and_validates():
-    register_configs()
+    register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="inspect")
         geometry = OmegaConf.to_object(cfg.geometry)
@@ -56,9 +59,16 @@ def test_inspect_records_good_and_bad_meshes(tmp_path, pybullet_dir, assimp_dir)
     shutil.copy(assimp_dir / "OBJ/point_cloud.obj", meshes / "points.obj")
     shutil.copy(assimp_dir / "glTF2/BoxWithInfinites-glTF-Binary/BoxWithInfinites.glb", meshes / "inf.glb")
     out = tmp_path / "out"
-    res = run("inspect", f"inputs=[{meshes}]", f"output_dir={out}", "geometry.watertight.resolution=128",
-              "geometry.sample.surface=2000", "geometry.sample.volume=4000", "geometry.sample.near=2000",
-              "geometry.watertight.quality_samples=5000")
+    res = run(
+        "inspect",
+        f"inputs=[{meshes}]",
+        f"output_dir={out}",
+        "geometry.watertight.resolution=128",
+        "geometry.sample.surface=2000",
+        "geometry.sample.volume=4000",
+        "geometry.sample.near=2000",
+        "geometry.watertight.quality_samples=5000",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     records = {r["uid"].rsplit("-", 1)[0]: r for r in map(json.loads, (out / "records.jsonl").read_text().splitlines())}
     assert records["meshes_good"]["status"] == "ok" and records["meshes_good"]["watertight_method"] == "udf"
@@ -70,9 +80,11 @@ def test_inspect_records_good_and_bad_meshes(tmp_path, pybullet_dir, assimp_dir)
 
 
 def test_preprocess_config_composes_validates_and_documents(tmp_path):
-    register_configs()
+    register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = OmegaConf.to_object(compose(config_name="preprocess", overrides=[f"output_dir={tmp_path}", "source.path=x"]))
+        cfg = OmegaConf.to_object(
+            compose(config_name="preprocess", overrides=[f"output_dir={tmp_path}", "source.path=x"])
+        )
         assert cfg.geometry == GeometryConfig() and cfg.render.extra_sets == 4 and cfg.workers == 2
         assert cfg.ray.dashboard_host == "127.0.0.1" and cfg.timeout_s == 300
         with pytest.raises(Exception, match="wokers"):

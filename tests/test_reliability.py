@@ -1,5 +1,6 @@
 """Nothing lost, nothing silent, nothing executed: each probe of the reliability review as a test,
 with real files, real processes and real kills (README, "Reliability")."""
+
 from __future__ import annotations
 
 import glob
@@ -20,18 +21,30 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-
 from helpers import ENV, craft, shard_glob
+
 from craftsman_platform.preprocess.sources import list_file_objects
 
-FAST = ["geometry.watertight.resolution=64", "geometry.watertight.quality_samples=1000", "geometry.sample.surface=500",
-        "geometry.sample.sharp_max=50", "geometry.sample.volume=1000", "geometry.sample.near=500",
-        "render.resolution=32", "render.extra_sets=0"]
+FAST = [
+    "geometry.watertight.resolution=64",
+    "geometry.watertight.quality_samples=1000",
+    "geometry.sample.surface=500",
+    "geometry.sample.sharp_max=50",
+    "geometry.sample.volume=1000",
+    "geometry.sample.near=500",
+    "render.resolution=32",
+    "render.extra_sets=0",
+]
 
 
 def start_craft(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "craftsman_platform.cli", *args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "craftsman_platform.cli", *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def manifest(out: Path) -> list[dict]:
@@ -78,9 +91,11 @@ def test_one_writer_per_output_and_a_manifest_that_never_shrinks(meshes, tmp_pat
 
 def test_bad_configs_fail_before_anything_is_written(meshes, tmp_path):
     out = tmp_path / "out"
-    for args, message in ((["workers=0"], "workers must be >= 1"),
-                          ([f"source.path={tmp_path / 'nowhere'}"], "does not exist"),
-                          (["wokers=2"], "wokers")):
+    for args, message in (
+        (["workers=0"], "workers must be >= 1"),
+        ([f"source.path={tmp_path / 'nowhere'}"], "does not exist"),
+        (["wokers=2"], "wokers"),
+    ):
         res = craft("preprocess", f"source.path={meshes}", f"output_dir={out}", *args, check=False)
         assert res.returncode == 2 and message in res.stderr, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("craft preprocess: error: ")
@@ -124,14 +139,21 @@ def test_network_failures_are_retried_and_only_not_found_is_final(tmp_path, pybu
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     listing = tmp_path / "list.txt"
-    listing.write_text(f"{base}/ok.obj\n{base}/gone.obj\n{base}/busy.obj\nhttp://no-such-host.invalid/x.obj\n"
-                       "http://127.0.0.1:9/refused.obj\n")
+    listing.write_text(
+        f"{base}/ok.obj\n{base}/gone.obj\n{base}/busy.obj\nhttp://no-such-host.invalid/x.obj\n"
+        "http://127.0.0.1:9/refused.obj\n"
+    )
     out = tmp_path / "out"
     try:
         craft("preprocess", f"source.path={listing}", f"output_dir={out}", "max_retries=0", *FAST)
         reasons = {r["source"].rsplit("/", 1)[-1]: r["reason"] for r in manifest(out)}
-        assert reasons == {"ok.obj": None, "gone.obj": "not_found", "busy.obj": "fetch_failed", "x.obj": "fetch_failed",
-                           "refused.obj": "fetch_failed"}
+        assert reasons == {
+            "ok.obj": None,
+            "gone.obj": "not_found",
+            "busy.obj": "fetch_failed",
+            "x.obj": "fetch_failed",
+            "refused.obj": "fetch_failed",
+        }
         again = craft("preprocess", f"source.path={listing}", f"output_dir={out}", "max_retries=0", *FAST, check=False)
         assert "5 objects: 2 already done, 3 to process" in again.stdout  # transient failures retried on a rerun
         assert again.returncode == 1 and "none of the 3 objects this run processed succeeded" in again.stderr
@@ -149,8 +171,7 @@ def test_list_files_give_readable_uids(tmp_path):
 
 
 def test_local_ray_listens_on_loopback_only():
-    from craftsman_platform.config import RayConfig
-    from craftsman_platform.raycluster import init_ray
+    from craftsman_platform.raycluster import RayConfig, init_ray
 
     ray = init_ray(RayConfig(), num_cpus=1)
     try:
@@ -169,8 +190,17 @@ def test_local_ray_listens_on_loopback_only():
 @pytest.fixture(scope="module")
 def small_run(tiny_shards, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     run = tmp_path_factory.mktemp("reliable") / "run"
-    proc = craft("train", "experiment=vae_tiny", f"data.train_shards={shard_glob(tiny_shards)}", f"run_dir={run}",
-                 "trainer.max_steps=4", "trainer.ckpt_every=2", "trainer.log_every=1", "logger=none", "data.batch_size=2")
+    proc = craft(
+        "train",
+        "experiment=vae_tiny",
+        f"data.train_shards={shard_glob(tiny_shards)}",
+        f"run_dir={run}",
+        "trainer.max_steps=4",
+        "trainer.ckpt_every=2",
+        "trainer.log_every=1",
+        "logger=none",
+        "data.batch_size=2",
+    )
     return run, proc
 
 
@@ -187,6 +217,7 @@ def _payload(marker: Path, size: int) -> bytes:
     class Evil:
         def __reduce__(self):
             return os.system, (f"touch {marker}",)
+
     data = pickle.dumps(Evil(), protocol=2)
     return data + b"\0" * max(0, size - len(data))  # the recorded size: only loading can tell
 
@@ -200,8 +231,15 @@ def test_planted_pickles_never_run_and_damaged_checkpoints_fall_back(small_run, 
     assert any(p.parent.name == "ds" for p in planted) and any(p.name == "weights.safetensors" for p in planted)
     for path in planted:
         path.write_bytes(_payload(marker, path.stat().st_size))
-    common = ["experiment=vae_tiny", f"data.train_shards={shard_glob(tiny_shards)}", f"run_dir={run}",
-              "trainer.ckpt_every=2", "trainer.log_every=1", "logger=none", "data.batch_size=2"]
+    common = [
+        "experiment=vae_tiny",
+        f"data.train_shards={shard_glob(tiny_shards)}",
+        f"run_dir={run}",
+        "trainer.ckpt_every=2",
+        "trainer.log_every=1",
+        "logger=none",
+        "data.batch_size=2",
+    ]
     resumed = craft("train", *common, "trainer.max_steps=6")  # a longer run: a change a resume may make
     out = resumed.stdout + resumed.stderr
     assert "step-0000004 is unreadable" in out and "resumed from" in out and "step-0000002 at step 2" in out
@@ -224,9 +262,18 @@ def test_planted_pickles_never_run_and_damaged_checkpoints_fall_back(small_run, 
 def test_resume_with_a_changed_config_is_refused_and_the_run_config_kept(small_run, tiny_shards):
     run = small_run[0]
     before = (run / "config.yaml").read_bytes()
-    res = craft("train", "experiment=vae_tiny", f"data.train_shards={shard_glob(tiny_shards)}", f"run_dir={run}",
-                "trainer.max_steps=4", "trainer.ckpt_every=2", "logger=none", "data.batch_size=4", "model.vae.width=64",
-                check=False)
+    res = craft(
+        "train",
+        "experiment=vae_tiny",
+        f"data.train_shards={shard_glob(tiny_shards)}",
+        f"run_dir={run}",
+        "trainer.max_steps=4",
+        "trainer.ckpt_every=2",
+        "logger=none",
+        "data.batch_size=4",
+        "model.vae.width=64",
+        check=False,
+    )
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "model.vae.width=64 (the run has 128)" in res.stderr and "data.batch_size=4 (the run has 2)" in res.stderr
     assert (run / "config.yaml").read_bytes() == before
@@ -238,11 +285,27 @@ def test_read_only_outputs_are_refused_naming_the_key(tmp_path, meshes, tiny_sha
     if subprocess.run(["mount", "--bind", "-o", "ro", str(ro), str(ro)], capture_output=True).returncode:
         pytest.skip("no bind mounts here (needs root in a mount namespace)")
     try:
-        for args, key in ((["preprocess", f"source.path={meshes}", f"output_dir={ro / 'out'}"], "output_dir"),
-                          (["train", "experiment=vae_tiny", f"data.train_shards={shard_glob(tiny_shards)}",
-                            f"run_dir={ro / 'run'}"], "run_dir"),
-                          (["evaluate", f"checkpoint={small_run[0]}", f"data.eval_shards={shard_glob(tiny_shards)}",
-                            f"output_dir={ro / 'eval'}"], "output_dir")):
+        for args, key in (
+            (["preprocess", f"source.path={meshes}", f"output_dir={ro / 'out'}"], "output_dir"),
+            (
+                [
+                    "train",
+                    "experiment=vae_tiny",
+                    f"data.train_shards={shard_glob(tiny_shards)}",
+                    f"run_dir={ro / 'run'}",
+                ],
+                "run_dir",
+            ),
+            (
+                [
+                    "evaluate",
+                    f"checkpoint={small_run[0]}",
+                    f"data.eval_shards={shard_glob(tiny_shards)}",
+                    f"output_dir={ro / 'eval'}",
+                ],
+                "output_dir",
+            ),
+        ):
             res = craft(*args, check=False)
             assert res.returncode == 2 and f"{key}={ro}" in res.stderr and "not writable" in res.stderr, res.stderr
     finally:
@@ -258,30 +321,64 @@ def test_evaluation_skips_unreadable_shards_and_fails_cleanly(small_run, tiny_sh
     broken = sorted(shards.glob("*.tar"))[0]
     broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 3])
     out = tmp_path / "eval"
-    res = craft("evaluate", f"checkpoint={small_run[0]}", f"data.eval_shards={shards}/*.tar", f"output_dir={out}",
-                "depth=4", "surface_samples=2000", "wandb_mode=disabled", "data.max_objects=3")
+    res = craft(
+        "evaluate",
+        f"checkpoint={small_run[0]}",
+        f"data.eval_shards={shards}/*.tar",
+        f"output_dir={out}",
+        "depth=4",
+        "surface_samples=2000",
+        "logger=none",
+        "data.max_objects=3",
+    )
     result = json.loads((out / "metrics.json").read_text())
     assert result["skipped"] >= 1 and result["objects"] == 3 and "unreadable skipped" in res.stdout
     assert 'id="skipped"' in (out / "report.html").read_text()
-    missing = craft("evaluate", "watch=true", f"run_dir={tmp_path / 'no-run'}", f"data.eval_shards={shards}/*.tar",
-                    f"output_dir={tmp_path / 'w'}", check=False)
+    missing = craft(
+        "evaluate",
+        "watch=true",
+        f"run_dir={tmp_path / 'no-run'}",
+        f"data.eval_shards={shards}/*.tar",
+        f"output_dir={tmp_path / 'w'}",
+        check=False,
+    )
     assert missing.returncode == 2 and "no-run does not exist" in missing.stderr and "report:" not in missing.stdout
     assert not (tmp_path / "w").exists()
     for shard in shards.glob("*.tar"):
         shard.write_bytes(b"not a tar")
-    nothing = craft("evaluate", f"checkpoint={small_run[0]}", f"data.eval_shards={shards}/*.tar",
-                    f"output_dir={tmp_path / 'n'}", "wandb_mode=disabled", check=False)
+    nothing = craft(
+        "evaluate",
+        f"checkpoint={small_run[0]}",
+        f"data.eval_shards={shards}/*.tar",
+        f"output_dir={tmp_path / 'n'}",
+        "logger=none",
+        check=False,
+    )
     assert nothing.returncode == 1 and "no readable object" in nothing.stderr and "report:" not in nothing.stdout
     assert not (tmp_path / "n").exists()  # a failed run leaves no empty output dir
-    verbose = craft("evaluate", f"checkpoint={small_run[0]}", f"data.eval_shards={shards}/*.tar",
-                    f"output_dir={tmp_path / 'n'}", "wandb_mode=disabled", "--verbose", check=False)
+    verbose = craft(
+        "evaluate",
+        f"checkpoint={small_run[0]}",
+        f"data.eval_shards={shards}/*.tar",
+        f"output_dir={tmp_path / 'n'}",
+        "logger=none",
+        "--verbose",
+        check=False,
+    )
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr
 
 
-@pytest.mark.parametrize("sub, own, foreign", [
-    ("train", ["trainer.max_steps=1000", "experiment: diffusion_craftsman", "launcher: local, ray, torchrun"], []),
-    ("evaluate", ["batch_size=8", "device=auto", "depth=7", "data.eval_shards=??? (required)"], ["deepspeed", "launcher"]),
-])
+@pytest.mark.parametrize(
+    "sub, own, foreign",
+    [
+        ("train", ["trainer.max_steps=1000", "experiment: diffusion_craftsman", "launcher: local, ray, torchrun"], []),
+        (
+            "evaluate",
+            ["batch_size=8", "device=auto", "depth=7", "data.eval_shards=??? (required)"],
+            ["deepspeed", "launcher"],
+        ),
+    ],
+)
 def test_help_explains_the_subcommands_own_keys(sub, own, foreign):
     res = craft(sub, "--help")
     assert res.returncode == 0 and "Examples:" in res.stdout and f"craft {sub}" in res.stdout

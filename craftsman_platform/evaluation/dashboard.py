@@ -1,6 +1,7 @@
 """W&B dashboard of evaluations (offline by default): metrics against the checkpoint step, a table
 of per-object metrics with ground-truth/prediction renders and point clouds, and the meshes as
 `wandb.Object3D` logged directly (W&B cannot put meshes inside tables)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,19 +9,18 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from craftsman_platform.logger import wandb_init
+
 
 class Dashboard:
     def __init__(self, out: Path, cfg):
         self.run = None
-        if cfg.wandb_mode == "disabled":
-            return
-        import wandb
-
         run_id_file = out / "wandb-run-id"
         run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
-        self.run = wandb.init(project=cfg.wandb_project, dir=str(out), mode=cfg.wandb_mode, id=run_id, resume="allow",
-                              job_type="evaluate", settings=wandb.Settings(silent=True, console="off"),
-                              config={"checkpoint": cfg.checkpoint, "run_dir": cfg.run_dir, "depth": cfg.depth})
+        config = {"checkpoint": cfg.checkpoint, "run_dir": cfg.run_dir, "depth": cfg.depth}
+        self.run = wandb_init(cfg.logger.wandb, out, "evaluate", run_id, job_type="evaluate", config=config)
+        if self.run is None:
+            return
         run_id_file.write_text(self.run.id)
         self.run.define_metric("checkpoint_step")
         self.run.define_metric("eval/*", step_metric="checkpoint_step")
@@ -41,8 +41,11 @@ class Dashboard:
             render = root / "renders" / tag / f"{r['uid']}.png"
             mesh_path = root / "meshes" / tag / f"{r['uid']}.glb"
             points = _points(mesh_path)
-            table.add_data(*[r[c] for c in columns[:-2]], wandb.Image(str(render)),
-                           wandb.Object3D(points) if points is not None else None)
+            table.add_data(
+                *[r[c] for c in columns[:-2]],
+                wandb.Image(str(render)),
+                wandb.Object3D(points) if points is not None else None,
+            )
             if mesh_path.exists():
                 payload[f"meshes/{r['uid']}"] = wandb.Object3D(open(mesh_path, "rb"), file_type="glb")
         payload[f"objects/{tag}"] = table

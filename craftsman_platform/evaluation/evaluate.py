@@ -7,6 +7,7 @@ normal consistency against its surface samples) and rendered from the shard's ow
 the shard's views. Writes DIR/metrics.json, DIR/objects.csv, DIR/history.jsonl (one line per
 evaluated checkpoint), DIR/report.html, and logs to W&B (offline by default).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,64 +17,31 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import hydra
 import numpy as np
 import torch
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from craftsman_platform.errors import ConfigError, MissingInput, NothingDone, check_writable
+from craftsman_platform.evaluation.config import EvalConfig
 from craftsman_platform.evaluation.objects import ObjectReader
 from craftsman_platform.evaluation.report import write_report
 from craftsman_platform.evaluation.scoring import Models, load_models, score_batch
 from craftsman_platform.inference.runtime import resolve_device
-from craftsman_platform.models.extraction import DEFAULT_DEPTH, MAX_DEPTH
-from craftsman_platform.config import CONF_DIR
-from craftsman_platform.training.checkpoint import latest_checkpoint, list_checkpoints, read_meta
-from craftsman_platform.errors import ConfigError, MissingInput, NothingDone, check_writable
+from craftsman_platform.models.checkpoints import latest_checkpoint, list_checkpoints, read_meta
+from craftsman_platform.models.extraction import MAX_DEPTH
+from craftsman_platform.paths import CONF_DIR
 
 log = logging.getLogger("craft.evaluate")
 
 
-@dataclass
-class EvalDataConfig:
-    eval_shards: str = MISSING
-    max_objects: Optional[int] = None
-
-
-@dataclass
-class EvalConfig:
-    checkpoint: Optional[str] = None  # a checkpoint dir, or a run dir (its latest checkpoint)
-    run_dir: Optional[str] = None  # watch mode: evaluate every checkpoint of this run as it appears
-    output_dir: str = MISSING
-    data: EvalDataConfig = field(default_factory=EvalDataConfig)
-    ema: bool = True  # EMA weights when the checkpoint has them; false: the raw weights
-    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    batch_size: int = 8  # objects per forward pass (encode, sample, decode, octree queries)
-    depth: int = DEFAULT_DEPTH  # octree depth of the extracted meshes ((2^depth + 1)^3 grid)
-    surface_samples: int = 100_000  # points per side for Chamfer / F-score / normal consistency
-    render_size: int = 192
-    steps: Optional[int] = None  # diffusion: sampling steps (default: the model's config)
-    guidance: Optional[float] = None
-    sampler: Optional[str] = None
-    seed: int = 0
-    watch: bool = False
-    poll_s: float = 10.0
-    idle_timeout_s: float = 600.0  # watch mode ends after this long without a new checkpoint...
-    stop_at_max_steps: bool = True  # ...or once the run's final checkpoint is evaluated
-    wandb_mode: str = "offline"  # offline, online, disabled
-    wandb_project: str = "craftsman-platform"
-
-
-ConfigStore.instance().store(name="evaluate_schema", node=EvalConfig)
-
-
-def evaluate_checkpoint(ckpt: Path, cfg: EvalConfig, out: Path, device: torch.device,
-                        cached: Optional[Models] = None) -> tuple[dict, Models]:
+def evaluate_checkpoint(
+    ckpt: Path, cfg: EvalConfig, out: Path, device: torch.device, cached: Optional[Models] = None
+) -> tuple[dict, Models]:
     """Score one checkpoint on the eval shards; writes meshes, renders and the per-object table."""
     meta = read_meta(ckpt)
     step = meta["step"]
@@ -88,13 +56,24 @@ def evaluate_checkpoint(ckpt: Path, cfg: EvalConfig, out: Path, device: torch.de
             rows += score_batch(models, batch, cfg, device, out, tag)
             bar.update(len(batch))
     if not rows:
-        raise RuntimeError(f"data.eval_shards={cfg.data.eval_shards}: no readable object "
-                           f"({reader.skipped} unreadable shards or samples skipped)")
+        raise RuntimeError(
+            f"data.eval_shards={cfg.data.eval_shards}: no readable object "
+            f"({reader.skipped} unreadable shards or samples skipped)"
+        )
     keys = [k for k in rows[0] if k not in ("uid",)]
     agg = {k: float(np.nanmean([r[k] for r in rows])) for k in keys if k != "faces"}
-    result = {"checkpoint": str(ckpt), "step": step, "kind": models.kind, "weights": models.weights,
-              "objects": len(rows), "skipped": reader.skipped, "device": str(device), "metrics": agg,
-              "evaluated_at": time.time(), "output_root": str(out)}
+    result = {
+        "checkpoint": str(ckpt),
+        "step": step,
+        "kind": models.kind,
+        "weights": models.weights,
+        "objects": len(rows),
+        "skipped": reader.skipped,
+        "device": str(device),
+        "metrics": agg,
+        "evaluated_at": time.time(),
+        "output_root": str(out),
+    }
     with open(out / "objects.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["step", "uid", *keys])
         writer.writeheader()
@@ -154,8 +133,9 @@ def run(cfg: EvalConfig) -> list[dict]:
         return [evaluate_and_report(ckpt, cfg, out, device)[0]] if ckpt is not None else watch(cfg, out, device)
 
 
-def evaluate_and_report(ckpt: Path, cfg: EvalConfig, out: Path, device: torch.device,
-                        models: Optional[Models] = None, dash=None) -> tuple[dict, Models]:
+def evaluate_and_report(
+    ckpt: Path, cfg: EvalConfig, out: Path, device: torch.device, models: Optional[Models] = None, dash=None
+) -> tuple[dict, Models]:
     from craftsman_platform.evaluation.dashboard import Dashboard
 
     own = dash is None
@@ -190,7 +170,9 @@ def watch(cfg: EvalConfig, out: Path, device: torch.device) -> list[dict]:
         if time.time() - idle_since > cfg.idle_timeout_s:
             if not done:
                 dash.close()
-                raise NothingDone(f"run_dir={cfg.run_dir}: no checkpoint appeared within idle_timeout_s={cfg.idle_timeout_s:.0f}")
+                raise NothingDone(
+                    f"run_dir={cfg.run_dir}: no checkpoint appeared within idle_timeout_s={cfg.idle_timeout_s:.0f}"
+                )
             log.info("no new checkpoint for %.0f s: watch ends", cfg.idle_timeout_s)
             break
         time.sleep(cfg.poll_s)
@@ -213,8 +195,11 @@ def main(dcfg: DictConfig) -> None:
     results = run(cfg)
     for result in results:
         skipped = f", {result['skipped']} unreadable skipped" if result["skipped"] else ""
-        print(f"step {result['step']} ({result['kind']}, {result['weights']} weights, {result['objects']} objects{skipped}, "
-              f"{result['device']}): {_short(result['metrics'])}")
+        print(
+            f"step {result['step']} ({result['kind']}, {result['weights']} weights, "
+            f"{result['objects']} objects{skipped}, "
+            f"{result['device']}): {_short(result['metrics'])}"
+        )
     report = Path(cfg.output_dir) / "report.html"
     if report.exists():
         print(f"report: {report}")

@@ -3,6 +3,7 @@ between a predicted mesh and the ground-truth surface samples of a shard.
 
 Nearest neighbours run on the GPU when the evaluation does (blocked exact distances), else with a
 KD-tree on the CPU; both give the same numbers."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,8 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from craftsman_platform.evaluation.objects import ObjectReader
-from craftsman_platform.inference.pipeline import load_vae
 from craftsman_platform.inference.runtime import autocast
+from craftsman_platform.models.checkpoints import load_vae
 from craftsman_platform.models.shape_vae import ShapeVAE, occupancy_iou
 
 FSCORE_THRESHOLDS = (0.01, 0.02)
@@ -26,19 +27,21 @@ def sample_surface(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.nda
     return points.astype(np.float32), mesh.face_normals[faces].astype(np.float32)
 
 
-def nearest(query: np.ndarray, ref: np.ndarray, device: torch.device | str = "cpu",
-            block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def nearest(
+    query: np.ndarray, ref: np.ndarray, device: torch.device | str = "cpu", block: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """(distance, index) of each query point's nearest reference point."""
     device = torch.device(device)
     if device.type != "cuda":
         return cKDTree(ref, balanced_tree=False).query(query, workers=-1)
     q, r = torch.from_numpy(query).to(device), torch.from_numpy(ref).to(device)
-    best = [torch.cdist(q[i:i + block], r).min(dim=1) for i in range(0, len(q), block)]
+    best = [torch.cdist(q[i : i + block], r).min(dim=1) for i in range(0, len(q), block)]
     return torch.cat([b.values for b in best]).cpu().numpy(), torch.cat([b.indices for b in best]).cpu().numpy()
 
 
-def surface_metrics(pred: tuple[np.ndarray, np.ndarray], gt: tuple[np.ndarray, np.ndarray],
-                    device: torch.device | str = "cpu") -> dict[str, float]:
+def surface_metrics(
+    pred: tuple[np.ndarray, np.ndarray], gt: tuple[np.ndarray, np.ndarray], device: torch.device | str = "cpu"
+) -> dict[str, float]:
     """Chamfer (mean nearest-neighbour distance gt->pred + pred->gt, not squared, as 3DShape2VecSet),
     F-score at FSCORE_THRESHOLDS, normal consistency (mean |cos| to the nearest point, both ways)."""
     (pp, pn), (gp, gn) = pred, gt

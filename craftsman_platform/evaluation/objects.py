@@ -1,23 +1,19 @@
 """Held-out objects from shards, read like training reads them: an unreadable shard or sample is
 skipped, counted and logged, and the evaluation goes on."""
+
 from __future__ import annotations
 
-import io
 import logging
 from typing import Iterator, Optional
 
 import numpy as np
 import webdataset as wds
 
-from craftsman_platform.shapedata.views import SET_SIZE, view_member
-from craftsman_platform.training.data import expand_urls
+from craftsman_platform.shapedata.sample import CAMERAS, NEAR, SURFACE, VOL, expand_urls, read_npy, view_member
+from craftsman_platform.shapedata.views import SET_SIZE
 
 log = logging.getLogger("craft.evaluate")
-REQUIRED = ("surface.npy", "vol.npy", "near.npy")
-
-
-def npy(sample: dict, key: str) -> np.ndarray:
-    return np.load(io.BytesIO(sample[key]), allow_pickle=False).astype(np.float32)
+REQUIRED = (SURFACE, VOL, NEAR)
 
 
 class ObjectReader:
@@ -35,12 +31,12 @@ class ObjectReader:
 
     def _check(self, sample: dict) -> dict:
         """The sample with its arrays decoded, or an error naming what is missing or damaged."""
-        needed = REQUIRED + (("cameras.json", *(view_member(i) for i in range(SET_SIZE))) if self.views else ())
+        needed = REQUIRED + ((CAMERAS, *(view_member(i) for i in range(SET_SIZE))) if self.views else ())
         missing = [m for m in needed if m not in sample]
         if missing:
             raise ValueError(f"{sample.get('__key__')}: no {', '.join(missing)}")
         for key in REQUIRED:
-            sample[key.replace(".npy", "")] = npy(sample, key)
+            sample[key.removesuffix(".npy")] = read_npy(sample[key]).astype(np.float32)
         return sample
 
     def __iter__(self) -> Iterator[dict]:

@@ -1,5 +1,6 @@
 """Ground truth beside prediction: the shard's views on top, the predicted mesh rendered from the
 same cameras below, in one PNG."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,7 @@ from craftsman_platform.geometry.render import Renderer
 
 
 def fov_of(K: list, width: int) -> float:
-    """Horizontal field of view (degrees) of pixel intrinsics (craftsman_platform.geometry.render.intrinsics inverted)."""
+    """Horizontal field of view (degrees) of pixel intrinsics (shapedata.cameras.intrinsics, inverted)."""
     return float(np.degrees(2 * np.arctan(0.5 * width / np.asarray(K)[0][0])))
 
 

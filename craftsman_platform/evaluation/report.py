@@ -4,6 +4,7 @@ Metric curves over the evaluated checkpoints (inline SVG), a per-object table of
 checkpoint that sorts by any column (a few lines of inline JavaScript), and each object's
 ground-truth views above the prediction rendered from the same cameras (inline PNG).
 """
+
 from __future__ import annotations
 
 import base64
@@ -51,23 +52,29 @@ def svg_curve(name: str, steps: list[int], values: list[float]) -> str:
     if not pts:
         return f'<div class="curve"><h3>{html.escape(name)}</h3><p>no values</p></div>'
     if len(pts) == 1:  # one checkpoint: a value, not a lone dot on a made-up axis
-        (x, y), = pts
-        return (f'<div class="curve single" data-metric="{html.escape(name)}"><h3>{html.escape(name)}</h3>'
-                f'<p class="value">{y:.4f}</p><p>at step {x} (one checkpoint so far)</p></div>')
+        ((x, y),) = pts
+        return (
+            f'<div class="curve single" data-metric="{html.escape(name)}"><h3>{html.escape(name)}</h3>'
+            f'<p class="value">{y:.4f}</p><p>at step {x} (one checkpoint so far)</p></div>'
+        )
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
     y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1e-9
     sx = lambda x: PAD + (x - x0) / (x1 - x0) * (CURVE_W - 2 * PAD)  # noqa: E731
     sy = lambda y: CURVE_H - PAD - (y - y0) / (y1 - y0) * (CURVE_H - 2 * PAD)  # noqa: E731
     line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-    dots = "".join(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3"><title>step {x}: {y:.4f}</title></circle>' for x, y in pts)
-    return (f'<div class="curve" data-metric="{html.escape(name)}"><h3>{html.escape(name)}</h3>'
-            f'<svg width="{CURVE_W}" height="{CURVE_H}" role="img" aria-label="{html.escape(name)}">'
-            f'<polyline fill="none" stroke="#1f6feb" stroke-width="2" points="{line}"/>{dots}'
-            f'<text x="{PAD}" y="{CURVE_H - 6}" font-size="10">step {x0}</text>'
-            f'<text x="{CURVE_W - PAD}" y="{CURVE_H - 6}" font-size="10" text-anchor="end">{x1}</text>'
-            f'<text x="2" y="{PAD - 10}" font-size="10">{y1:.3g}</text>'
-            f'<text x="2" y="{CURVE_H - PAD + 4}" font-size="10">{y0:.3g}</text></svg></div>')
+    dots = "".join(
+        f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3"><title>step {x}: {y:.4f}</title></circle>' for x, y in pts
+    )
+    return (
+        f'<div class="curve" data-metric="{html.escape(name)}"><h3>{html.escape(name)}</h3>'
+        f'<svg width="{CURVE_W}" height="{CURVE_H}" role="img" aria-label="{html.escape(name)}">'
+        f'<polyline fill="none" stroke="#1f6feb" stroke-width="2" points="{line}"/>{dots}'
+        f'<text x="{PAD}" y="{CURVE_H - 6}" font-size="10">step {x0}</text>'
+        f'<text x="{CURVE_W - PAD}" y="{CURVE_H - 6}" font-size="10" text-anchor="end">{x1}</text>'
+        f'<text x="2" y="{PAD - 10}" font-size="10">{y1:.3g}</text>'
+        f'<text x="2" y="{CURVE_H - PAD + 4}" font-size="10">{y0:.3g}</text></svg></div>'
+    )
 
 
 def _skipped(latest: dict) -> str:
@@ -91,17 +98,24 @@ def write_report(out: Path, history: list[dict], latest: dict) -> Path:
     cols = [k for k in rows[0] if k != "uid"] if rows else []
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["uid", *cols])
     body = "".join(
-        "<tr>" + f'<td class="uid">{html.escape(r["uid"])}</td>' +
-        "".join(f'<td data-value="{r[c]}">{_fmt(r[c])}</td>' for c in cols) + "</tr>" for r in rows)
+        "<tr>"
+        + f'<td class="uid">{html.escape(r["uid"])}</td>'
+        + "".join(f'<td data-value="{r[c]}">{_fmt(r[c])}</td>' for c in cols)
+        + "</tr>"
+        for r in rows
+    )
     tag = f"step-{latest['step']:07d}"
-    gallery = "".join(f'<h3 id="render-{html.escape(r["uid"])}">{html.escape(r["uid"])}</h3>'
-                      f'{_image(out / "renders" / tag / (r["uid"] + ".png"))}' for r in rows)
+    gallery = "".join(
+        f'<h3 id="render-{html.escape(r["uid"])}">{html.escape(r["uid"])}</h3>'
+        f"{_image(out / 'renders' / tag / (r['uid'] + '.png'))}"
+        for r in rows
+    )
     summary = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in latest["metrics"].items())
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>Evaluation report: {html.escape(latest['kind'])} step {latest['step']}</title><style>{STYLE}</style></head><body>
-<h1>Evaluation report: {html.escape(latest['kind'])} checkpoint at step {latest['step']}</h1>
-<p>{html.escape(latest['checkpoint'])} ({html.escape(latest['weights'])} weights), {latest['objects']} objects from data.eval_shards,
-{len(history)} checkpoint(s) evaluated.{_skipped(latest)}</p>
+<title>Evaluation report: {html.escape(latest["kind"])} step {latest["step"]}</title><style>{STYLE}</style></head><body>
+<h1>Evaluation report: {html.escape(latest["kind"])} checkpoint at step {latest["step"]}</h1>
+<p>{html.escape(latest["checkpoint"])} ({html.escape(latest["weights"])} weights),
+{latest["objects"]} objects from data.eval_shards, {len(history)} checkpoint(s) evaluated.{_skipped(latest)}</p>
 <h2>Latest checkpoint</h2><table id="summary">{summary}</table>
 <h2>Metrics over checkpoints</h2><div class="curves" id="curves">{curves}</div>
 <h2>Per object (click a column to sort)</h2>

@@ -4,6 +4,7 @@ VAE checkpoints: each object is encoded (posterior mean) and decoded; diffusion 
 is generated from the object's 4 canonical views. The prediction is scored against the object's
 stored ground truth and rendered from the shard's own cameras beside the shard's views.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,14 +17,21 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from craftsman_platform.evaluation.metrics import empty_mesh_metrics, encoder_input, field_iou, sample_surface, surface_metrics
+from craftsman_platform.evaluation.metrics import (
+    empty_mesh_metrics,
+    encoder_input,
+    field_iou,
+    sample_surface,
+    surface_metrics,
+)
 from craftsman_platform.evaluation.render import render_pair
-from craftsman_platform.inference.pipeline import Generator, decode_meshes, load_vae
+from craftsman_platform.inference.pipeline import Generator, decode_meshes
 from craftsman_platform.inference.runtime import autocast
+from craftsman_platform.models.checkpoints import load_vae, read_meta
 from craftsman_platform.models.extraction import export_mesh
 from craftsman_platform.models.shape_vae import ShapeVAE
+from craftsman_platform.shapedata.sample import read_cameras
 from craftsman_platform.shapedata.views import SET_SIZE, shard_views
-from craftsman_platform.training.checkpoint import read_meta
 
 
 @dataclass
@@ -88,16 +96,18 @@ def score_batch(models: Models, samples: list[dict], cfg, device: torch.device, 
     for i, (sample, (mesh, _)) in enumerate(zip(samples, meshes)):
         t0 = time.perf_counter()
         uid = sample["__key__"]
-        row = {"uid": uid, **field_iou(models.vae, tokens[i:i + 1], sample)}
+        row = {"uid": uid, **field_iou(models.vae, tokens[i : i + 1], sample)}
         if len(mesh.faces):
             gt = sample["surface"]
-            row.update(surface_metrics(sample_surface(mesh, cfg.surface_samples, cfg.seed), (gt[:, :3], gt[:, 3:6]), device))
+            row.update(
+                surface_metrics(sample_surface(mesh, cfg.surface_samples, cfg.seed), (gt[:, :3], gt[:, 3:6]), device)
+            )
             export_mesh(mesh, out / "meshes" / tag / f"{uid}.glb")
         else:
             row.update(empty_mesh_metrics())
         row["faces"] = len(mesh.faces)
         rgb, _ = canonical_views(sample, cfg.render_size)
-        cams = json.loads(sample["cameras.json"])["views"][:SET_SIZE]
+        cams = read_cameras(sample)[:SET_SIZE]
         render_pair(rgb.transpose(0, 2, 3, 1), cams, mesh, out / "renders" / tag / f"{uid}.png", cfg.render_size)
         row["seconds"] = shared + time.perf_counter() - t0
         rows.append(row)

@@ -4,6 +4,7 @@ Every failure is a `MeshRejected` carrying a stable reason code (for manifests a
 dashboards) and a sentence a person can act on. Nothing here prints or exits: callers record
 the rejection and move on to the next object.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from craftsman_platform.config import LoadConfig
+from craftsman_platform.geometry.config import LoadConfig
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class LoadedMesh:
 # Draco detection
 # ---------------------------------------------------------------------------------------------
 
+
 def _gltf_json(path: Path) -> dict | None:
     """The JSON chunk of a .gltf/.glb file, or None when it cannot be parsed."""
     try:
@@ -104,6 +106,7 @@ def _draco_decoder_available() -> bool:
 # Loading
 # ---------------------------------------------------------------------------------------------
 
+
 def _check_binary_stl_length(path: Path) -> None:
     """A binary STL states its triangle count; a shorter file was cut off (trimesh reads it as empty)."""
     with path.open("rb") as fh:
@@ -114,7 +117,10 @@ def _check_binary_stl_length(path: Path) -> None:
     expected = 84 + 50 * count
     size = path.stat().st_size
     if size < expected:
-        raise MeshRejected("unreadable", f"truncated binary STL: header promises {count} triangles ({expected} bytes), file has {size} bytes")
+        raise MeshRejected(
+            "unreadable",
+            f"truncated binary STL: header promises {count} triangles ({expected} bytes), file has {size} bytes",
+        )
 
 
 def _read_scene(path: Path) -> trimesh.Scene:

@@ -1,4 +1,5 @@
 """`craft inspect`: the geometry core on a set of meshes, with a per-object quality table."""
+
 from __future__ import annotations
 
 import json
@@ -11,14 +12,14 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from craftsman_platform.config import CONF_DIR, GeometryConfig, register_configs
 from craftsman_platform.corpora import demo_meshes
-from craftsman_platform.geometry.pipeline import process_mesh
+from craftsman_platform.geometry.config import GeometryConfig
 from craftsman_platform.geometry.mesh_io import SUPPORTED_SUFFIXES, MeshRejected
-from craftsman_platform.preprocess.sources import sanitize_uid
+from craftsman_platform.geometry.pipeline import process_mesh
+from craftsman_platform.paths import CONF_DIR
+from craftsman_platform.shapedata.sample import sanitize_uid
 
 log = logging.getLogger("craft.inspect")
-register_configs()
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -43,7 +44,10 @@ def inspect_one(path: Path, cfg: GeometryConfig) -> dict:
 
 
 def format_table(records: list[dict]) -> str:
-    head = f"{'object':<34} {'faces':>7} {'parts':>7} {'method':<9} {'wt':<3} {'chamfer':>8} {'lost':>4} {'signs':>6} {'sharp':>6} {'load':>5} {'wtight':>6} {'sample':>6}"
+    head = (
+        f"{'object':<34} {'faces':>7} {'parts':>7} {'method':<9} {'wt':<3} {'chamfer':>8} {'lost':>4} {'signs':>6} "
+        f"{'sharp':>6} {'load':>5} {'wtight':>6} {'sample':>6}"
+    )
     lines = [head, "-" * len(head)]
     for r in records:
         name = r["uid"][:34]
@@ -61,13 +65,19 @@ def format_table(records: list[dict]) -> str:
     lines.append("-" * len(head))
     lines.append(f"{len(ok)} ok, {len(records) - len(ok)} rejected" + (f" ({dict(reasons)})" if reasons else ""))
     if ok:
-        med = {k: statistics.median(r[k] for r in ok) for k in ("watertight_chamfer", "sign_agreement", "time_load", "time_watertight", "time_sample")}
+        med = {
+            k: statistics.median(r[k] for r in ok)
+            for k in ("watertight_chamfer", "sign_agreement", "time_load", "time_watertight", "time_sample")
+        }
         lines.append(
             f"medians: chamfer {med['watertight_chamfer']:.4f}, sign agreement {med['sign_agreement']:.4f}, "
-            f"seconds load {med['time_load']:.2f} / watertight {med['time_watertight']:.2f} / sample {med['time_sample']:.2f}"
+            f"seconds load {med['time_load']:.2f} / watertight {med['time_watertight']:.2f} / "
+            f"sample {med['time_sample']:.2f}"
         )
-        lines.append("columns: chamfer = two-sided point-to-surface distance to the source (normalised units, "
-                     "object spans [-0.95, 0.95]); lost = source parts dropped; signs = agreement of two inside tests")
+        lines.append(
+            "columns: chamfer = two-sided point-to-surface distance to the source (normalised units, "
+            "object spans [-0.95, 0.95]); lost = source parts dropped; signs = agreement of two inside tests"
+        )
     return "\n".join(lines)
 
 

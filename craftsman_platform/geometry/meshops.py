@@ -1,4 +1,5 @@
 """Small mesh operations shared by the conversion, the sampling and the benchmarks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import scipy.sparse as sp
 import trimesh
 from scipy.sparse.csgraph import connected_components
 
-from craftsman_platform.config import compute_threads
+from craftsman_platform.geometry.config import compute_threads
 
 
 def raycasting_scene(mesh: trimesh.Trimesh) -> o3d.t.geometry.RaycastingScene:

@@ -1,11 +1,12 @@
 """The geometry core for one object: load -> watertight -> sample, with timings and a record."""
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from craftsman_platform.config import GeometryConfig
+from craftsman_platform.geometry.config import GeometryConfig
 from craftsman_platform.geometry.mesh_io import LoadedMesh, MeshRejected, load_mesh
 from craftsman_platform.geometry.sampling import Samples, sample_object
 from craftsman_platform.geometry.watertight import WatertightResult, make_watertight
@@ -27,8 +28,10 @@ class GeometryOutput:
             "parts": int(self.loaded.stats["parts"]),
             **{f"watertight_{k}": v for k, v in self.watertight.record().items()},
             "sign_agreement": self.samples.sign_agreement,
-            "n_surface": len(self.samples.surface), "n_sharp": len(self.samples.sharp),
-            "n_vol": len(self.samples.vol), "n_near": len(self.samples.near),
+            "n_surface": len(self.samples.surface),
+            "n_sharp": len(self.samples.sharp),
+            "n_vol": len(self.samples.vol),
+            "n_near": len(self.samples.near),
             **{f"time_{k}": v for k, v in self.timings.items()},
         }
 
@@ -46,8 +49,16 @@ def process_mesh(path: str | Path, uid: str, cfg: GeometryConfig) -> GeometryOut
 
     t = time.perf_counter()
     voxel = 2.0 / cfg.watertight.resolution
-    samples = sample_object(wt.mesh, loaded.mesh, cfg.sample, uid, max_sharp_offset=(cfg.watertight.eps_voxels + 1.0) * voxel,
-                            scene=wt.scene, grid=wt.grid, sampler=wt.sampler)
+    samples = sample_object(
+        wt.mesh,
+        loaded.mesh,
+        cfg.sample,
+        uid,
+        max_sharp_offset=(cfg.watertight.eps_voxels + 1.0) * voxel,
+        scene=wt.scene,
+        grid=wt.grid,
+        sampler=wt.sampler,
+    )
     timings["sample"] = time.perf_counter() - t
     return GeometryOutput(uid=uid, loaded=loaded, watertight=wt, samples=samples, timings=timings)
 

@@ -5,63 +5,22 @@ Each view gives RGBA (alpha = object mask, white background), a world-space norm
 looked up through interpolated UVs, vertex colours, face colours or the material colour, with
 optional headlight Lambert shading.
 
-Cameras follow OpenCV: x right, y down, looking along +z; `c2w` maps camera to the normalised
-object frame; pixel (col, row) centres sit at integer coordinates, cx = (W-1)/2, cy = (H-1)/2.
+Cameras (OpenCV axes, the canonical views) are the data contract's: shapedata/cameras.py.
 """
+
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 import open3d as o3d
 import trimesh
-from PIL import Image
-from scipy.spatial.transform import Rotation
 
-from craftsman_platform.config import compute_threads
+from craftsman_platform.geometry.config import compute_threads
+from craftsman_platform.shapedata.cameras import intrinsics
+from craftsman_platform.shapedata.sample import DEPTH_SCALE, View
 
-DEPTH_SCALE = 10_000.0  # stored uint16 = round(depth * DEPTH_SCALE); 0 = no hit; max 6.5535 units
 GREY = np.array([0.7, 0.7, 0.7], dtype=np.float32)
-
-# CraftsMan's canonical views, Z up: front, right, back, left (azimuth 0, 90, 180, 270).
-CANONICAL_DIRECTIONS = np.array([[0, -1, 0], [1, 0, 0], [0, 1, 0], [-1, 0, 0]], dtype=np.float64)
-
-
-# ---------------------------------------------------------------------------------------------
-# Cameras
-# ---------------------------------------------------------------------------------------------
-
-
-def look_at(eye: np.ndarray, target: np.ndarray = np.zeros(3), up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> np.ndarray:
-    """4x4 OpenCV camera-to-world matrix of a camera at `eye` looking at `target`."""
-    forward = target - eye
-    forward = forward / np.linalg.norm(forward)
-    right = np.cross(forward, up)
-    if np.linalg.norm(right) < 1e-8:  # looking straight up or down
-        right = np.cross(forward, np.array([0.0, 1.0, 0.0]))
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, forward, eye
-    return c2w
-
-
-def intrinsics(width: int, height: int, fov_deg: float) -> np.ndarray:
-    """3x3 pixel intrinsics with a horizontal field of view of fov_deg."""
-    f = 0.5 * width / np.tan(np.radians(fov_deg) / 2.0)
-    return np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
-
-
-def view_cameras(extra_sets: int, distance: float, rng: np.random.Generator) -> list[np.ndarray]:
-    """The 4 canonical views, then `extra_sets` sets of 4 under one random rotation per set."""
-    base = [look_at(d * distance) for d in CANONICAL_DIRECTIONS]
-    views = list(base)
-    for _ in range(extra_sets):
-        rot = np.eye(4)
-        rot[:3, :3] = Rotation.random(random_state=rng).as_matrix()
-        views += [rot @ c2w for c2w in base]
-    return views
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,15 +97,6 @@ def _shade_hits(pc: PartColour, prim: np.ndarray, bary: np.ndarray) -> np.ndarra
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class View:
-    rgba: np.ndarray  # (H, W, 4) uint8, white background, alpha = mask
-    normal: np.ndarray  # (H, W, 3) uint8: (n + 1) / 2 * 255, world frame; 0 where no hit
-    depth: np.ndarray  # (H, W) uint16: planar depth * DEPTH_SCALE; 0 where no hit
-    c2w: np.ndarray
-    K: np.ndarray
-
-
 class Renderer:
     """Ray-casts the parts of one object; `render(c2w)` gives one view."""
 
@@ -200,20 +150,6 @@ class Renderer:
             rgba=np.round(rgba * 255).astype(np.uint8),
             normal=np.round(nmap * 255).astype(np.uint8),
             depth=np.clip(np.round(depth * DEPTH_SCALE), 0, 65535).astype(np.uint16).reshape(shape),
-            c2w=c2w, K=self.K,
+            c2w=c2w,
+            K=self.K,
         )
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """PNG encoding: uint8 RGB/RGBA, or uint16 single channel (16-bit greyscale)."""
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def cameras_json(views: list[View]) -> dict:
-    return {
-        "convention": "opencv",
-        "depth_scale": DEPTH_SCALE,
-        "views": [{"c2w": v.c2w.tolist(), "K": v.K.tolist(), "width": int(v.rgba.shape[1]), "height": int(v.rgba.shape[0])} for v in views],
-    }

@@ -6,6 +6,7 @@ Conventions (see docs/data-format.md):
     positions as float16 loses nothing: the stored sdf belongs to the stored position;
   * sampling is seeded per object (global seed + uid), so a rerun gives identical arrays.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ import pysdf
 import trimesh
 from scipy.spatial import cKDTree
 
-from craftsman_platform.config import SampleConfig, compute_threads
+from craftsman_platform.geometry.config import SampleConfig, compute_threads
 from craftsman_platform.geometry.meshops import SurfaceSampler, raycasting_scene
 from craftsman_platform.geometry.watertight import SdfGrid, surface_lattice
 
@@ -131,7 +132,9 @@ class SignedDistance:
         """Share of points where open3d's occupancy vote agrees with the sign of `sdf`."""
         if len(pts) == 0:
             return 1.0
-        vote = self._scene.compute_occupancy(o3d.core.Tensor(np.ascontiguousarray(pts, dtype=np.float32)), nsamples=3, nthreads=compute_threads()).numpy()
+        vote = self._scene.compute_occupancy(
+            o3d.core.Tensor(np.ascontiguousarray(pts, dtype=np.float32)), nsamples=3, nthreads=compute_threads()
+        ).numpy()
         return float(np.mean((sdf < 0) == (vote > 0)))
 
 
@@ -140,8 +143,14 @@ def _surface(mesh: trimesh.Trimesh, sampler: SurfaceSampler, n: int, rng: np.ran
     return np.concatenate([round_f16(pts), mesh.face_normals[face]], axis=1).astype(np.float32)
 
 
-def sharp_edge_samples(source: trimesh.Trimesh, target: trimesh.Trimesh, cfg: SampleConfig,
-                       rng: np.random.Generator, max_offset: float, target_scene=None) -> np.ndarray:
+def sharp_edge_samples(
+    source: trimesh.Trimesh,
+    target: trimesh.Trimesh,
+    cfg: SampleConfig,
+    rng: np.random.Generator,
+    max_offset: float,
+    target_scene=None,
+) -> np.ndarray:
     """Points on the source's sharp edges (dihedral > cfg.sharp_angle_deg), snapped onto `target`.
 
     Edges come from the source mesh, whose creases are real (marching cubes output has voxel
@@ -174,9 +183,16 @@ def sharp_edge_samples(source: trimesh.Trimesh, target: trimesh.Trimesh, cfg: Sa
     return np.concatenate([round_f16(pts), normals], axis=1).astype(np.float32)
 
 
-def sample_object(mesh: trimesh.Trimesh, source: trimesh.Trimesh, cfg: SampleConfig, uid: str,
-                  max_sharp_offset: float = 0.03, scene=None, grid: SdfGrid | None = None,
-                  sampler: SurfaceSampler | None = None) -> Samples:
+def sample_object(
+    mesh: trimesh.Trimesh,
+    source: trimesh.Trimesh,
+    cfg: SampleConfig,
+    uid: str,
+    max_sharp_offset: float = 0.03,
+    scene=None,
+    grid: SdfGrid | None = None,
+    sampler: SurfaceSampler | None = None,
+) -> Samples:
     """All point sets of one object from its watertight `mesh` (and its `source` for sharp edges).
 
     `scene` (an open3d scene of `mesh`), `grid` (its conversion grid) and `sampler` are reused
@@ -197,7 +213,8 @@ def sample_object(mesh: trimesh.Trimesh, source: trimesh.Trimesh, cfg: SampleCon
         blocks.append(np.concatenate([pts, signed(pts)[:, None]], axis=1))
     near = np.concatenate(blocks) if blocks else np.zeros((0, 4), dtype=np.float32)
     return Samples(
-        surface=surface, sharp=sharp,
+        surface=surface,
+        sharp=sharp,
         vol=np.concatenate([vol_pts, vol_sdf[:, None]], axis=1),
         near=near,
         sign_agreement=signed.agreement(vol_pts, vol_sdf),

@@ -16,6 +16,7 @@ Method (the cubvh / TripoSG / Dora family, computed on the CPU):
 Inputs that are already closed, consistently wound and made of parts whose boxes do not touch
 are used as they are (no eps inflation): the fast path.
 """
+
 from __future__ import annotations
 
 import time
@@ -27,10 +28,14 @@ import open3d as o3d
 import trimesh
 from skimage import measure
 
-from craftsman_platform.config import WatertightConfig, compute_threads
+from craftsman_platform.geometry.config import WatertightConfig, compute_threads
 from craftsman_platform.geometry.mesh_io import MeshRejected
 from craftsman_platform.geometry.meshops import (
-    SurfaceSampler, closed_and_oriented, component_labels, face_volumes, raycasting_scene,
+    SurfaceSampler,
+    closed_and_oriented,
+    component_labels,
+    face_volumes,
+    raycasting_scene,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +176,9 @@ class SdfGrid:
         return out
 
 
-def udf_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict | None = None) -> tuple[trimesh.Trimesh, SdfGrid]:
+def udf_watertight(
+    mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict | None = None
+) -> tuple[trimesh.Trimesh, SdfGrid]:
     """Closed, consistently wound outer shell at distance eps around `mesh` (any mesh), and its grid."""
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
@@ -202,7 +209,9 @@ def udf_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict |
 
     def exact(where: np.ndarray) -> int:
         idx = np.flatnonzero(where)
-        xyz = np.stack(np.unravel_index(idx, dims), axis=1).astype(np.float32) * np.float32(h) + origin.astype(np.float32)
+        xyz = np.stack(np.unravel_index(idx, dims), axis=1).astype(np.float32) * np.float32(h) + origin.astype(
+            np.float32
+        )
         udf.flat[idx] = scene.compute_distance(o3d.core.Tensor(xyz), nthreads=compute_threads()).numpy()
         return len(idx)
 
@@ -214,10 +223,16 @@ def udf_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict |
     # 6-connected flood: a grid edge crossing the surface has an endpoint within h/2 of it, so
     # eps >= h/2 blocks every such edge and the flood cannot leak inside.
     labels = cc3d.connected_components(~blocked, connectivity=6)  # 1.5x faster than scipy's label
-    border = np.concatenate([
-        labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(),
-        labels[:, -1].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel(),
-    ])
+    border = np.concatenate(
+        [
+            labels[0].ravel(),
+            labels[-1].ravel(),
+            labels[:, 0].ravel(),
+            labels[:, -1].ravel(),
+            labels[:, :, 0].ravel(),
+            labels[:, :, -1].ravel(),
+        ]
+    )
     is_outside = np.zeros(labels.max() + 1, dtype=bool)
     is_outside[np.unique(border)] = True
     is_outside[0] = False
@@ -244,8 +259,13 @@ def udf_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict |
     out = trimesh.Trimesh(verts + origin, faces, process=False)
     t5 = time.perf_counter()
     timings.update(
-        band=t1 - t0, distance=(t2 - t1) + (t4 - t3), flood=t3 - t2, marching_cubes=t5 - t4,
-        distance_queries=n_a + n_b, stage_b_queries=n_b, grid_points=int(np.prod(dims)),
+        band=t1 - t0,
+        distance=(t2 - t1) + (t4 - t3),
+        flood=t3 - t2,
+        marching_cubes=t5 - t4,
+        distance_queries=n_a + n_b,
+        stage_b_queries=n_b,
+        grid_points=int(np.prod(dims)),
     )
     return out, SdfGrid(sdf, origin, h)
 
@@ -274,15 +294,26 @@ class WatertightResult:
     def record(self) -> dict:
         """The JSON-able quality record stored per object."""
         return {
-            "method": self.method, "is_watertight": self.is_watertight, "parts_in": self.parts_in,
-            "parts_out": self.parts_out, "parts_lost": self.parts_lost, "chamfer": self.chamfer,
-            "seconds": self.seconds, "fast_path_refusal": self.fast_path_refusal,
+            "method": self.method,
+            "is_watertight": self.is_watertight,
+            "parts_in": self.parts_in,
+            "parts_out": self.parts_out,
+            "parts_lost": self.parts_lost,
+            "chamfer": self.chamfer,
+            "seconds": self.seconds,
+            "fast_path_refusal": self.fast_path_refusal,
         }
 
 
-def surface_fidelity(src: trimesh.Trimesh, out: trimesh.Trimesh, n: int, rng: np.random.Generator,
-                     tol: float, out_scene: o3d.t.geometry.RaycastingScene | None = None,
-                     out_sampler: SurfaceSampler | None = None) -> tuple[float, int]:
+def surface_fidelity(
+    src: trimesh.Trimesh,
+    out: trimesh.Trimesh,
+    n: int,
+    rng: np.random.Generator,
+    tol: float,
+    out_scene: o3d.t.geometry.RaycastingScene | None = None,
+    out_sampler: SurfaceSampler | None = None,
+) -> tuple[float, int]:
     """(Chamfer distance, parts lost) of a converted mesh `out` against its source `src`.
 
     Chamfer: mean distance from n area-uniform samples of each surface to the other surface,
@@ -293,13 +324,22 @@ def surface_fidelity(src: trimesh.Trimesh, out: trimesh.Trimesh, n: int, rng: np
     src_pts, src_face = SurfaceSampler(src)(n, rng)
     out_pts, _ = (out_sampler or SurfaceSampler(out))(n, rng)
     d_src = out_scene.compute_distance(o3d.core.Tensor(src_pts.astype(np.float32)), nthreads=compute_threads()).numpy()
-    d_out = raycasting_scene(src).compute_distance(o3d.core.Tensor(out_pts.astype(np.float32)), nthreads=compute_threads()).numpy()
+    d_out = (
+        raycasting_scene(src)
+        .compute_distance(o3d.core.Tensor(out_pts.astype(np.float32)), nthreads=compute_threads())
+        .numpy()
+    )
     chamfer = float(d_src.mean() + d_out.mean())
     far = d_src > tol
     lost = 0
     if far.any():
         inside = np.zeros(len(src_pts), dtype=bool)
-        inside[far] = out_scene.compute_occupancy(o3d.core.Tensor(src_pts[far].astype(np.float32)), nsamples=3, nthreads=compute_threads()).numpy() > 0
+        inside[far] = (
+            out_scene.compute_occupancy(
+                o3d.core.Tensor(src_pts[far].astype(np.float32)), nsamples=3, nthreads=compute_threads()
+            ).numpy()
+            > 0
+        )
         part = component_labels(src)[src_face]
         missing = np.bincount(part, weights=(far & ~inside), minlength=part.max() + 1)
         total = np.bincount(part, minlength=part.max() + 1)
@@ -322,14 +362,26 @@ def make_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig | None = None, 
     seconds = time.perf_counter() - t0
     is_watertight = closed_and_oriented(out)
     if not is_watertight:
-        raise MeshRejected("watertight_failed", f"{method} output: watertight={out.is_watertight}, winding consistent={out.is_winding_consistent}")
+        raise MeshRejected(
+            "watertight_failed",
+            f"{method} output: watertight={out.is_watertight}, winding consistent={out.is_winding_consistent}",
+        )
     rng = np.random.default_rng(seed)
     tol = (cfg.eps_voxels + 2.0) * 2.0 / cfg.resolution
     scene, sampler = raycasting_scene(out), SurfaceSampler(out)
     chamfer, lost = surface_fidelity(src, out, cfg.quality_samples, rng, tol, scene, sampler)
     return WatertightResult(
-        mesh=out, method=method, is_watertight=is_watertight,
-        parts_in=int(component_labels(src).max()) + 1, parts_out=int(component_labels(out).max()) + 1,
-        parts_lost=lost, chamfer=chamfer, seconds=seconds, fast_path_refusal=refusal, timings=timings,
-        scene=scene, grid=grid, sampler=sampler,
+        mesh=out,
+        method=method,
+        is_watertight=is_watertight,
+        parts_in=int(component_labels(src).max()) + 1,
+        parts_out=int(component_labels(out).max()) + 1,
+        parts_lost=lost,
+        chamfer=chamfer,
+        seconds=seconds,
+        fast_path_refusal=refusal,
+        timings=timings,
+        scene=scene,
+        grid=grid,
+        sampler=sampler,
     )

@@ -2,38 +2,22 @@
 
 Bound to 127.0.0.1 unless `host=` says otherwise; no public share link unless `share=true`.
 """
+
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import hydra
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from craftsman_platform.inference.generate import GenerateConfig, generate
+from craftsman_platform.inference.config import AppConfig, GenerateConfig
+from craftsman_platform.inference.generate import generate
 from craftsman_platform.inference.pipeline import Generator
 from craftsman_platform.inference.runtime import resolve_device
 from craftsman_platform.models.extraction import DEFAULT_DEPTH
-from craftsman_platform.config import CONF_DIR
+from craftsman_platform.paths import CONF_DIR
 from craftsman_platform.shapedata.views import VIEW_NAMES
-
-
-@dataclass
-class AppConfig:
-    checkpoint: str = MISSING
-    host: str = "127.0.0.1"
-    port: int = 7860
-    share: bool = False
-    ema: bool = True
-    output_dir: Optional[str] = None  # where meshes are written (default: a temporary folder)
-    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    compile: bool = False  # torch.compile the denoiser once at start (CUDA graphs on a GPU)
-
-
-ConfigStore.instance().store(name="app_schema", node=AppConfig)
 
 
 def save_uploads(folder: Path, views) -> dict[str, str]:
@@ -55,27 +39,41 @@ def build_app(cfg: AppConfig):
     if cfg.compile:
         gen.compile()
     out_root = Path(cfg.output_dir or tempfile.mkdtemp(prefix="craft-app-"))
-    d = gen.cfg.model.diffusion
+    d = gen.cfg.diffusion
 
     def run(front, right, back, left, guidance, steps, seed, depth, sampler):
         if front is None:
             raise gr.Error("A front view is needed.")
         folder = out_root / f"seed{int(seed)}-{len(list(out_root.glob('*')))}"
         paths = save_uploads(folder, (front, right, back, left))
-        cfg_gen = GenerateConfig(checkpoint=cfg.checkpoint, images=[paths["front"]], right_view=paths.get("right"),
-                                 back_view=paths.get("back"), left_view=paths.get("left"), output_dir=str(folder),
-                                 guidance=float(guidance), steps=int(steps), seed=int(seed), depth=int(depth),
-                                 sampler=sampler)
+        cfg_gen = GenerateConfig(
+            checkpoint=cfg.checkpoint,
+            images=[paths["front"]],
+            right_view=paths.get("right"),
+            back_view=paths.get("back"),
+            left_view=paths.get("left"),
+            output_dir=str(folder),
+            guidance=float(guidance),
+            steps=int(steps),
+            seed=int(seed),
+            depth=int(depth),
+            sampler=sampler,
+        )
         result = generate(cfg_gen, gen)
         glb = result["files"][0]
         stages = ", ".join(f"{k} {v:.2f} s" for k, v in result["stages_s"].items())
-        info = (f"{result['faces']:,} faces from {', '.join(result['views_given'])} in {result['total_s']:.2f} s "
-                f"on {result['device']} ({stages}; checkpoint step {result['checkpoint_step']}, {result['weights']} weights)")
+        info = (
+            f"{result['faces']:,} faces from {', '.join(result['views_given'])} in {result['total_s']:.2f} s "
+            f"on {result['device']} ({stages}; checkpoint step {result['checkpoint_step']}, "
+            f"{result['weights']} weights)"
+        )
         return glb, [glb, result["files"][1]], info
 
     with gr.Blocks(title="CraftsMan platform: images to mesh") as app:
-        gr.Markdown("## Images to mesh\nFront view required; right, back and left optional (RGBA images keep their "
-                    "alpha; others go through background removal when it is available).")
+        gr.Markdown(
+            "## Images to mesh\nFront view required; right, back and left optional (RGBA images keep their "
+            "alpha; others go through background removal when it is available)."
+        )
         with gr.Row():
             views = [gr.Image(label=name, type="pil", image_mode="RGBA", elem_id=f"view-{name}") for name in VIEW_NAMES]
         with gr.Row():

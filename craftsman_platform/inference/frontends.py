@@ -8,12 +8,14 @@ saw it under classifier-free guidance dropout), which works but loses detail.
 
     craft generate ... frontend=wonder3d frontend_weights=/models/wonder3d-v1.0
 """
+
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
 from PIL import Image
+
 from craftsman_platform.errors import ConfigError, MissingInput
 
 log = logging.getLogger("craft.generate")
@@ -38,13 +40,16 @@ class MultiViewFrontEnd:
 
     def __init__(self, weights: str | None, trust_remote_code: bool = False):
         if not weights:
-            raise FrontEndWeightsMissing(f"frontend={self.name} needs frontend_weights=DIR (download {self.hf_id} there)")
+            raise FrontEndWeightsMissing(
+                f"frontend={self.name} needs frontend_weights=DIR (download {self.hf_id} there)"
+            )
         self.weights = Path(weights).expanduser()
         absent = [f for f in self.required if not (self.weights / f).exists()]
         if absent:
             raise FrontEndWeightsMissing(
                 f"frontend={self.name}: {self.weights} lacks {', '.join(absent)}; download {self.hf_id} "
-                f"(`hf download {self.hf_id} --local-dir {self.weights}`) on a machine with internet")
+                f"(`hf download {self.hf_id} --local-dir {self.weights}`) on a machine with internet"
+            )
         self.trust_remote_code = trust_remote_code
         self.pipeline = self._load()
 
@@ -55,13 +60,19 @@ class MultiViewFrontEnd:
         if code and not self.trust_remote_code:  # refused before diffusers sees the directory
             raise RemoteCodeRefused(
                 f"frontend={self.name}: {self.weights} ships Python code ({', '.join(code)}), which is not run by "
-                "default; read it, then set frontend_trust_remote_code=true to allow it")
+                "default; read it, then set frontend_trust_remote_code=true to allow it"
+            )
         if code:
-            log.warning("frontend=%s: running the Python code in %s (%s) because frontend_trust_remote_code=true",
-                        self.name, self.weights, ", ".join(code))
+            log.warning(
+                "frontend=%s: running the Python code in %s (%s) because frontend_trust_remote_code=true",
+                self.name,
+                self.weights,
+                ", ".join(code),
+            )
         custom = {"custom_pipeline": str(self.weights)} if code else {}
-        return DiffusionPipeline.from_pretrained(str(self.weights), local_files_only=True,
-                                                 trust_remote_code=self.trust_remote_code, **custom)
+        return DiffusionPipeline.from_pretrained(
+            str(self.weights), local_files_only=True, trust_remote_code=self.trust_remote_code, **custom
+        )
 
     def views(self, front: Image.Image) -> dict[str, Image.Image]:
         raise NotImplementedError
@@ -96,7 +107,8 @@ class CRM(MultiViewFrontEnd):
     def _load(self):
         raise FrontEndWeightsMissing(
             f"frontend=crm: weights found at {self.weights}, but CRM's pixel-diffusion stage needs its own code "
-            "(github.com/thu-ml/CRM, imagedream package) installed in this environment")
+            "(github.com/thu-ml/CRM, imagedream package) installed in this environment"
+        )
 
 
 def build_frontend(name: str, weights: str | None, trust_remote_code: bool = False) -> MultiViewFrontEnd | None:

@@ -4,59 +4,32 @@ Also `images=[folder]`, or `images=[front.png]` plus optional `right_view=... ba
 views still missing come from a multi-view front end (`frontend=...`) or get the null condition.
 Writes DIR/NAME.glb and DIR/NAME.obj and prints where.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import hydra
 import numpy as np
 import torch
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from craftsman_platform.errors import ConfigError
+from craftsman_platform.inference.config import GenerateConfig
 from craftsman_platform.inference.frontends import build_frontend
 from craftsman_platform.inference.images import find_views, remove_background
-from craftsman_platform.inference.pipeline import Generator, canonical_c2w
+from craftsman_platform.inference.pipeline import Generator
 from craftsman_platform.inference.runtime import StageTimer, resolve_device
-from craftsman_platform.models.extraction import DEFAULT_DEPTH, MAX_DEPTH, export_mesh, remove_small_components
-from craftsman_platform.errors import ConfigError
-from craftsman_platform.config import CONF_DIR
+from craftsman_platform.models.extraction import MAX_DEPTH, export_mesh, remove_small_components
+from craftsman_platform.paths import CONF_DIR
+from craftsman_platform.shapedata.cameras import canonical_c2w
 from craftsman_platform.shapedata.views import VIEW_NAMES, condition_image
 
 log = logging.getLogger("craft.generate")
-
-
-@dataclass
-class GenerateConfig:
-    checkpoint: str = MISSING  # a diffusion run dir or checkpoint dir
-    images: list[str] = field(default_factory=list)
-    right_view: Optional[str] = None
-    back_view: Optional[str] = None
-    left_view: Optional[str] = None
-    output_dir: str = "outputs/generate"
-    name: str = "mesh"
-    remove_background: str = "auto"  # auto: rembg when available locally, else warn; always; never
-    frontend: str = "none"  # none, imagedream, crm, wonder3d
-    frontend_weights: Optional[str] = None
-    frontend_trust_remote_code: bool = False  # run Python code shipped in frontend_weights (off: it is refused)
-    guidance: Optional[float] = None  # default: the checkpoint's model.diffusion.guidance_scale
-    steps: Optional[int] = None
-    sampler: Optional[str] = None  # ddim or dpmsolver++
-    seed: int = 0
-    depth: int = DEFAULT_DEPTH  # octree depth: (2^depth + 1)^3 grid
-    min_component_ratio: float = 0.01  # drop floaters with fewer faces than this share of the largest part
-    ema: bool = True
-    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    compile: bool = False  # torch.compile the denoiser (CUDA graphs on a GPU); pays off over many meshes
-
-
-ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
 
 
 def load_views(cfg: GenerateConfig, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,20 +65,30 @@ def generate(cfg: GenerateConfig, generator: Generator | None = None) -> dict:
     timer = StageTimer(gen.device)
     images, mask = load_views(cfg, gen.image_size)
     with timer("condition"):
-        context = gen.condition(torch.from_numpy(images)[None], torch.from_numpy(canonical_c2w())[None],
-                                torch.from_numpy(mask)[None])
+        context = gen.condition(
+            torch.from_numpy(images)[None], torch.from_numpy(canonical_c2w())[None], torch.from_numpy(mask)[None]
+        )
     with timer("sampling"):
         latents = gen.sample(context, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed)
     with timer("decode + extraction"):
-        (mesh, stats), = gen.meshes(latents, cfg.depth)
+        ((mesh, stats),) = gen.meshes(latents, cfg.depth)
     with timer("export"):
         mesh = remove_small_components(mesh, cfg.min_component_ratio)
         out = Path(cfg.output_dir)
         files = [str(export_mesh(mesh, out / f"{cfg.name}{ext}")) for ext in (".glb", ".obj")]
-    result = {"files": files, "faces": len(mesh.faces), "views_given": [v for v, m in zip(VIEW_NAMES, mask) if m],
-              "checkpoint_step": gen.step, "weights": gen.weights, "device": str(gen.device), "depth": cfg.depth,
-              "queries": stats.queries, "stages_s": timer.seconds, "load_s": load_s,
-              "total_s": sum(timer.seconds.values())}
+    result = {
+        "files": files,
+        "faces": len(mesh.faces),
+        "views_given": [v for v, m in zip(VIEW_NAMES, mask) if m],
+        "checkpoint_step": gen.step,
+        "weights": gen.weights,
+        "device": str(gen.device),
+        "depth": cfg.depth,
+        "queries": stats.queries,
+        "stages_s": timer.seconds,
+        "load_s": load_s,
+        "total_s": sum(timer.seconds.values()),
+    }
     (out / f"{cfg.name}.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -115,6 +98,8 @@ def main(dcfg: DictConfig) -> None:
     cfg: GenerateConfig = OmegaConf.to_object(dcfg)
     result = generate(cfg)
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in result["stages_s"].items())
-    print(f"generate: {result['faces']:,} faces from views {result['views_given']} on {result['device']} in "
-          f"{result['total_s']:.2f} s ({stages}; model load {result['load_s']:.1f} s apart)")
+    print(
+        f"generate: {result['faces']:,} faces from views {result['views_given']} on {result['device']} in "
+        f"{result['total_s']:.2f} s ({stages}; model load {result['load_s']:.1f} s apart)"
+    )
     print("wrote " + "  ".join(result["files"]))

@@ -1,5 +1,6 @@
 """Condition images from users: view files in front/right/back/left order, background handling.
-(Turning an image into the conditioner's input is craftsman_platform.shapedata.views.condition_image, for every path.)"""
+(Turning an image into the conditioner's input is shapedata.views.condition_image, for every path.)"""
+
 from __future__ import annotations
 
 import logging
@@ -9,8 +10,9 @@ from typing import Optional
 
 from PIL import Image
 
-from craftsman_platform.shapedata.views import VIEW_NAMES, view_member
 from craftsman_platform.errors import ConfigError, MissingInput
+from craftsman_platform.shapedata.sample import view_member
+from craftsman_platform.shapedata.views import VIEW_NAMES
 
 log = logging.getLogger("craft.generate")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -68,8 +70,10 @@ def remove_background(img: Image.Image, mode: str) -> Image.Image:
             raise BackgroundRemovalUnavailable(f"rembg's model is not at {model} (it cannot be downloaded here)")
         return rembg.remove(img, session=rembg.new_session("u2net"))
     except (ImportError, BackgroundRemovalUnavailable) as err:
-        msg = (f"background removal unavailable ({err}); give RGBA images with a transparent background, "
-               "or install rembg with its u2net model")
+        msg = (
+            f"background removal unavailable ({err}); give RGBA images with a transparent background, "
+            "or install rembg with its u2net model"
+        )
         if mode == "always":
             raise BackgroundRemovalUnavailable(msg) from err
         log.warning("%s; using the image as it is", msg)

@@ -1,10 +1,12 @@
 """Where inference runs: the `device` key, bf16 autocast on CUDA, generators on their device, stage timers."""
+
 from __future__ import annotations
 
 import contextlib
 import time
 
 import torch
+
 from craftsman_platform.errors import ConfigError
 
 

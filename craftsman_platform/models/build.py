@@ -1,4 +1,5 @@
 """Model configs in one place and the functions that build models from them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,12 +7,12 @@ from typing import Optional
 
 from torch import nn
 
+from craftsman_platform.errors import ConfigError
 from craftsman_platform.models.conditioners import ConditionerConfig, build_conditioner
 from craftsman_platform.models.denoiser import DenoiserConfig, DiTBlock, build_denoiser
 from craftsman_platform.models.diffusion import DiffusionConfig, LatentDiffusion
 from craftsman_platform.models.shape_vae import ShapeVAE, VAEConfig, VAELossConfig
 from craftsman_platform.models.transformer import CrossBlock, SelfBlock, compile_blocks, set_attention_backend
-from craftsman_platform.errors import ConfigError
 
 KINDS = ("vae", "diffusion")
 
@@ -42,11 +43,15 @@ def build_diffusion(cfg: ModelConfig, load_weights: bool = True) -> LatentDiffus
     """Denoiser + conditioner. The conditioner's width must be the denoiser's context_dim."""
     conditioner = build_conditioner(cfg.conditioner, load_weights)
     if conditioner.hidden_size != cfg.denoiser.context_dim:
-        raise ConfigError(f"model.denoiser.context_dim={cfg.denoiser.context_dim} but the conditioner gives "
-                         f"{conditioner.hidden_size}-wide tokens")
+        raise ConfigError(
+            f"model.denoiser.context_dim={cfg.denoiser.context_dim} but the conditioner gives "
+            f"{conditioner.hidden_size}-wide tokens"
+        )
     if (cfg.denoiser.latent_dim, cfg.denoiser.num_latents) != (cfg.vae.embed_dim, cfg.vae.num_latents):
-        raise ConfigError(f"model.denoiser latent_dim/num_latents ({cfg.denoiser.latent_dim}, {cfg.denoiser.num_latents}) "
-                         f"must equal model.vae embed_dim/num_latents ({cfg.vae.embed_dim}, {cfg.vae.num_latents})")
+        raise ConfigError(
+            f"model.denoiser latent_dim/num_latents ({cfg.denoiser.latent_dim}, {cfg.denoiser.num_latents}) "
+            f"must equal model.vae embed_dim/num_latents ({cfg.vae.embed_dim}, {cfg.vae.num_latents})"
+        )
     denoiser = build_denoiser(cfg.denoiser)
     set_attention_backend(denoiser, cfg.attention)
     return LatentDiffusion(denoiser, conditioner, cfg.diffusion, cfg.conditioner.cfg_dropout)
@@ -89,3 +94,9 @@ def module_summary(cfg: ModelConfig, load_weights: bool = False) -> list[tuple[s
             total = [a + b for a, b in zip(count_parameters(vae), count_parameters(model))]
             rows.append(("total", *total))
     return rows
+
+
+def pretrained_frozen_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of the frozen CLIP tower (its parameters that do not train, and its buffers)."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return [k for k in model.state_dict() if k.startswith("conditioner.clip.") and k not in trainable]

@@ -4,6 +4,7 @@ Weights come from a local directory (`save_pretrained` layout) or the Hugging Fa
 downloaded at run time. `pretrained: null` builds the configured architecture with random weights
 (tests, tiny experiments, and parameter counts on the meta device).
 """
+
 from __future__ import annotations
 
 import os
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
 from craftsman_platform.errors import ConfigError, MissingInput
 
 KINDS = ("image", "text")
@@ -57,10 +59,14 @@ class ConditionerConfig:
         if self.kind not in KINDS:
             raise ConfigError(f"model.conditioner.kind must be one of {KINDS}, got {self.kind!r}")
         if self.camera_convention not in CAMERA_CONVENTIONS:
-            raise ConfigError(f"model.conditioner.camera_convention must be one of {CAMERA_CONVENTIONS}, "
-                              f"got {self.camera_convention!r}")
+            raise ConfigError(
+                f"model.conditioner.camera_convention must be one of {CAMERA_CONVENTIONS}, "
+                f"got {self.camera_convention!r}"
+            )
         if self.null_condition not in NULL_CONDITIONS:
-            raise ConfigError(f"model.conditioner.null_condition must be one of {NULL_CONDITIONS}, got {self.null_condition!r}")
+            raise ConfigError(
+                f"model.conditioner.null_condition must be one of {NULL_CONDITIONS}, got {self.null_condition!r}"
+            )
 
 
 class WeightsNotFound(MissingInput):
@@ -72,12 +78,19 @@ def load_pretrained(cls, name: str, **kwargs):
     try:
         return cls.from_pretrained(name, local_files_only=True, **kwargs)
     except OSError as err:
-        where = os.path.abspath(name) if os.path.isdir(name) else (
-            f"the Hugging Face cache ({os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'})")
+        where = (
+            os.path.abspath(name)
+            if os.path.isdir(name)
+            else (
+                "the Hugging Face cache "
+                f"({os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'})"
+            )
+        )
         raise WeightsNotFound(
             f"model.conditioner.pretrained={name!r}: no {cls.__name__} weights in {where}. Download them on a machine "
             f"with internet (`hf download {name}` or `save_pretrained(DIR)`) and point model.conditioner.pretrained "
-            f"at that directory, or set it to null for random weights.") from err
+            f"at that directory, or set it to null for random weights."
+        ) from err
 
 
 def opengl_unit(c2w: torch.Tensor) -> torch.Tensor:
@@ -95,7 +108,9 @@ def camera_embedding(c2w: torch.Tensor) -> torch.Tensor:
     return torch.cat([flat.sin(), flat.cos()], dim=-1)
 
 
-def drop_conditions(context: torch.Tensor, null: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def drop_conditions(
+    context: torch.Tensor, null: torch.Tensor, p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Classifier-free guidance dropout: each sample independently gets `null` with probability p."""
     if p <= 0:
         return context
@@ -136,10 +151,17 @@ class MultiViewImageEncoder(nn.Module):
             self.clip = load_pretrained(CLIPVisionModel, cfg.pretrained, attn_implementation="sdpa")
         else:
             a = cfg.architecture
-            self.clip = CLIPVisionModel(CLIPVisionConfig(
-                hidden_size=a.hidden_size, num_hidden_layers=a.num_hidden_layers, num_attention_heads=a.num_attention_heads,
-                intermediate_size=a.intermediate_size, patch_size=a.patch_size, image_size=a.image_size,
-                attn_implementation="sdpa"))
+            self.clip = CLIPVisionModel(
+                CLIPVisionConfig(
+                    hidden_size=a.hidden_size,
+                    num_hidden_layers=a.num_hidden_layers,
+                    num_attention_heads=a.num_attention_heads,
+                    intermediate_size=a.intermediate_size,
+                    patch_size=a.patch_size,
+                    image_size=a.image_size,
+                    attn_implementation="sdpa",
+                )
+            )
         self.clip.requires_grad_(False)
         self.state: dict = {}
         self._null: Optional[torch.Tensor] = None  # cached null condition (clip_zero_images)
@@ -175,11 +197,13 @@ class MultiViewImageEncoder(nn.Module):
         return getattr(self.clip, "vision_model", self.clip)  # transformers < 5 nests the tower
 
     def forward(self, images: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
-        """images: (B, V, 3, S, S) uint8 from craftsman_platform.shapedata.views.condition_image (or floats in [0, 1])."""
+        """images: (B, V, 3, S, S) uint8 from shapedata.views.condition_image (or floats in [0, 1])."""
         b, v = images.shape[:2]
         if images.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"views of {tuple(images.shape[-2:])} px, the conditioner takes {self.image_size} px: prepare "
-                             "them with craftsman_platform.shapedata.views.condition_image at that size (data.image_size)")
+            raise ValueError(
+                f"views of {tuple(images.shape[-2:])} px, the conditioner takes {self.image_size} px: prepare "
+                "them with craftsman_platform.shapedata.views.condition_image at that size (data.image_size)"
+            )
         x = images.flatten(0, 1)[:, :3].float()
         if images.dtype == torch.uint8:
             x = x / 255.0
@@ -208,7 +232,9 @@ class MultiViewImageEncoder(nn.Module):
             self.state["modulate"] = False
             try:
                 with torch.no_grad(), torch.autocast(device.type, enabled=False):
-                    self._null = self(torch.zeros(1, v, 3, size, size, device=device), torch.eye(4, device=device).expand(1, v, 4, 4)).float()
+                    self._null = self(
+                        torch.zeros(1, v, 3, size, size, device=device), torch.eye(4, device=device).expand(1, v, 4, 4)
+                    ).float()
             finally:
                 self.state["modulate"] = True
         return self._null.expand(batch, -1, -1)
@@ -225,10 +251,17 @@ class TextEncoder(nn.Module):
             self.clip = load_pretrained(CLIPTextModel, cfg.pretrained, attn_implementation="sdpa")
             self.tokenizer = load_pretrained(CLIPTokenizer, cfg.pretrained)
         else:
-            self.clip = CLIPTextModel(CLIPTextConfig(
-                hidden_size=a.text_hidden_size, num_hidden_layers=a.text_layers, num_attention_heads=a.text_heads,
-                intermediate_size=a.text_intermediate_size, vocab_size=a.vocab_size,
-                max_position_embeddings=a.max_text_length, attn_implementation="sdpa"))
+            self.clip = CLIPTextModel(
+                CLIPTextConfig(
+                    hidden_size=a.text_hidden_size,
+                    num_hidden_layers=a.text_layers,
+                    num_attention_heads=a.text_heads,
+                    intermediate_size=a.text_intermediate_size,
+                    vocab_size=a.vocab_size,
+                    max_position_embeddings=a.max_text_length,
+                    attn_implementation="sdpa",
+                )
+            )
             self.tokenizer = load_pretrained(CLIPTokenizer, cfg.pretrained) if cfg.pretrained else None
         self.clip.requires_grad_(False).eval()
         self.hidden_size = self.clip.config.hidden_size
@@ -242,8 +275,9 @@ class TextEncoder(nn.Module):
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         if self.tokenizer is None:
             raise WeightsNotFound("model.conditioner.pretrained is null: no tokenizer to encode text prompts")
-        return self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
-                              return_tensors="pt").input_ids
+        return self.tokenizer(
+            prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        ).input_ids
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

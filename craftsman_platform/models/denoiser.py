@@ -9,6 +9,7 @@ The full config builds 104,816,448 parameters, as the reference does.
 `CrossAttentionDiT` is the scaling variant: latent tokens only in the sequence, context through
 cross-attention, timestep through adaLN-Zero modulation (DiT).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,8 +17,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from craftsman_platform.models.transformer import MLP, CrossAttention, SelfAttention, SelfBlock, run_block, timestep_embedding
 from craftsman_platform.errors import ConfigError
+from craftsman_platform.models.transformer import (
+    MLP,
+    CrossAttention,
+    SelfAttention,
+    SelfBlock,
+    run_block,
+    timestep_embedding,
+)
 
 KINDS = ("unet_transformer", "dit")
 TIME_ORDERS = ("cos_sin", "sin_cos")
@@ -42,9 +50,13 @@ class DenoiserConfig:
         if self.kind not in KINDS:
             raise ConfigError(f"model.denoiser.kind must be one of {KINDS}, got {self.kind!r}")
         if self.time_embedding not in TIME_ORDERS:
-            raise ConfigError(f"model.denoiser.time_embedding must be one of {TIME_ORDERS}, got {self.time_embedding!r}")
+            raise ConfigError(
+                f"model.denoiser.time_embedding must be one of {TIME_ORDERS}, got {self.time_embedding!r}"
+            )
         if self.time_activation not in ACTIVATIONS:
-            raise ConfigError(f"model.denoiser.time_activation must be one of {tuple(ACTIVATIONS)}, got {self.time_activation!r}")
+            raise ConfigError(
+                f"model.denoiser.time_activation must be one of {tuple(ACTIVATIONS)}, got {self.time_activation!r}"
+            )
 
 
 class TimestepEmbedder(nn.Module):
@@ -103,7 +115,7 @@ class UNetTransformer(nn.Module):
         h = run_block(self.middle, h, checkpointed=ck)
         for merge, block in zip(self.skips, self.decoder):
             h = run_block(block, merge(h, stack.pop()), checkpointed=ck)
-        return self.out(self.out_norm(h[:, -x.shape[1]:]))
+        return self.out(self.out_norm(h[:, -x.shape[1] :]))
 
 
 # ----------------------------------------------------------------------------------------------

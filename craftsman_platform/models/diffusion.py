@@ -6,6 +6,7 @@ dropout per sample. Sampling: DDIM or DPM-Solver++ with the conditional and unco
 one batch. Latents are multiplied by `latent_scale` (1 / std measured on the data) before diffusion;
 the scale is a buffer, so it is saved in every checkpoint.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import nn
 
-from craftsman_platform.models.conditioners import drop_conditions
 from craftsman_platform.errors import ConfigError
+from craftsman_platform.models.conditioners import drop_conditions
 
 PREDICTIONS = ("epsilon", "v_prediction")
 SAMPLERS = {"ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler, "ddpm": DDPMScheduler}
@@ -39,7 +40,9 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTIONS:
-            raise ConfigError(f"model.diffusion.prediction_type must be one of {PREDICTIONS}, got {self.prediction_type!r}")
+            raise ConfigError(
+                f"model.diffusion.prediction_type must be one of {PREDICTIONS}, got {self.prediction_type!r}"
+            )
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"model.diffusion.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
 
@@ -48,17 +51,26 @@ def make_scheduler(cfg: DiffusionConfig, kind: str = "ddpm"):
     """A diffusers scheduler with the training noise schedule; `kind` in ddpm / ddim / dpmsolver++."""
     if kind not in SAMPLERS:
         raise ConfigError(f"sampler must be one of {sorted(SAMPLERS)}, got {kind!r}")
-    common = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                  beta_start=cfg.beta_start, beta_end=cfg.beta_end, prediction_type=cfg.prediction_type)
+    common = dict(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        prediction_type=cfg.prediction_type,
+    )
     if kind == "ddim":
         # set_alpha_to_one: the last step returns the predicted x0, not x0 plus the t=0 noise level
-        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=cfg.set_alpha_to_one, steps_offset=cfg.steps_offset)
+        return DDIMScheduler(
+            **common, clip_sample=False, set_alpha_to_one=cfg.set_alpha_to_one, steps_offset=cfg.steps_offset
+        )
     if kind == "dpmsolver++":
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
     return DDPMScheduler(**common, clip_sample=False)
 
 
-def snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: Optional[float], prediction_type: str) -> torch.Tensor:
+def snr_weights(
+    alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: Optional[float], prediction_type: str
+) -> torch.Tensor:
     """Per-sample loss weights: min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v); ones without gamma."""
     if gamma is None:
         return torch.ones(t.shape, device=t.device)
@@ -101,18 +113,24 @@ class LatentDiffusion(nn.Module):
             ctx = torch.where(mask.to(ctx.device)[..., None, None], per_view, null).flatten(1, 2)
         return ctx
 
-    def forward(self, latents: torch.Tensor, cond: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    def forward(
+        self, latents: torch.Tensor, cond: dict, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict]:
         """The training loss: what a training engine calls (`engine(latents, cond, generator)`)."""
         return self.training_loss(latents, cond, generator)
 
-    def training_loss(self, latents: torch.Tensor, cond: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    def training_loss(
+        self, latents: torch.Tensor, cond: dict, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict]:
         """latents: unscaled VAE latents (B, L, C); cond: {'images', 'c2w'} or {'input_ids'}.
 
         The schedule (noising, targets, SNR weights) and the loss run in fp32 whatever the autocast."""
         b, device = latents.shape[0], latents.device
         x0 = latents.float() * self.latent_scale
         context = self.encode_condition(cond)
-        context = drop_conditions(context, self.conditioner.null(b).to(device), self.cfg_dropout if self.training else 0.0, generator)
+        context = drop_conditions(
+            context, self.conditioner.null(b).to(device), self.cfg_dropout if self.training else 0.0, generator
+        )
         t = torch.randint(0, self.cfg.num_train_timesteps, (b,), device=device, generator=generator)
         noise = torch.randn(x0.shape, device=device, generator=generator, dtype=x0.dtype)
         xt = self.train_scheduler.add_noise(x0, noise, t)
@@ -124,17 +142,32 @@ class LatentDiffusion(nn.Module):
         return loss, {"loss_mse": per_sample.mean().detach()}
 
     @torch.no_grad()
-    def sample(self, cond: dict, num_latents: int, latent_dim: int, steps: Optional[int] = None,
-               guidance_scale: Optional[float] = None, sampler: Optional[str] = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        cond: dict,
+        num_latents: int,
+        latent_dim: int,
+        steps: Optional[int] = None,
+        guidance_scale: Optional[float] = None,
+        sampler: Optional[str] = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Unscaled latents (B, num_latents, latent_dim) for the VAE decoder."""
-        return self.sample_from_context(self.encode_condition(cond), num_latents, latent_dim, steps, guidance_scale,
-                                        sampler, generator)
+        return self.sample_from_context(
+            self.encode_condition(cond), num_latents, latent_dim, steps, guidance_scale, sampler, generator
+        )
 
     @torch.no_grad()
-    def sample_from_context(self, context: torch.Tensor, num_latents: int, latent_dim: int, steps: Optional[int] = None,
-                            guidance_scale: Optional[float] = None, sampler: Optional[str] = None,
-                            generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_from_context(
+        self,
+        context: torch.Tensor,
+        num_latents: int,
+        latent_dim: int,
+        steps: Optional[int] = None,
+        guidance_scale: Optional[float] = None,
+        sampler: Optional[str] = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """The sampling loop on encoded conditions. Nothing in it waits for the device: the scheduler's
         tables stay on the host, the denoiser's timesteps are moved to the device once."""
         scheduler = make_scheduler(self.cfg, sampler or self.cfg.sampler)
@@ -142,8 +175,10 @@ class LatentDiffusion(nn.Module):
         guidance = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
         b, device = context.shape[0], context.device
         if generator is not None and generator.device.type != device.type:
-            raise ValueError(f"the generator is on {generator.device} but the model runs on {device}: "
-                             "create it on the model's device")
+            raise ValueError(
+                f"the generator is on {generator.device} but the model runs on {device}: "
+                "create it on the model's device"
+            )
         if guidance != 1.0:  # one batch: [conditional ; unconditional]
             context = torch.cat([context, self.conditioner.null(b).to(device, context.dtype)])
         x = torch.randn((b, num_latents, latent_dim), generator=generator, device=device) * scheduler.init_noise_sigma

@@ -8,6 +8,7 @@ each level's points are padded to the longest object's count and queried in chun
 `chunk` points in all, so memory stays bounded at any depth and batch. The grids stay on the
 field's device; marching cubes (scikit-image, CPU) visits only the cells the octree refined.
 """
+
 from __future__ import annotations
 
 import time
@@ -48,16 +49,17 @@ def query_batched(field: Field, xyz: torch.Tensor, chunk: int) -> torch.Tensor:
     step = max(1, chunk // max(b, 1))
     if m == 0:
         return torch.zeros(b, 0, device=xyz.device)
-    return torch.cat([field(xyz[:, i:i + step]).float() for i in range(0, m, step)], dim=1)
+    return torch.cat([field(xyz[:, i : i + step]).float() for i in range(0, m, step)], dim=1)
 
 
-def dense_grids(field: Field, batch: int, depth: int, bound: float = 1.05, chunk: int = 65536,
-                device: torch.device | str = "cpu") -> tuple[torch.Tensor, list[ExtractionStats]]:
+def dense_grids(
+    field: Field, batch: int, depth: int, bound: float = 1.05, chunk: int = 65536, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, list[ExtractionStats]]:
     """Values on the full (2^depth + 1)^3 grid for `batch` objects: the reference's way."""
-    res = 2 ** depth + 1
+    res = 2**depth + 1
     xyz = grid_points(res, bound, device).reshape(1, -1, 3).expand(batch, -1, -1)
     values = query_batched(field, xyz, chunk).reshape(batch, res, res, res)
-    return values, [ExtractionStats(queries=res ** 3, resolution=res) for _ in range(batch)]
+    return values, [ExtractionStats(queries=res**3, resolution=res) for _ in range(batch)]
 
 
 def _surface_cells(values: torch.Tensor, margin: int) -> torch.Tensor:
@@ -75,21 +77,28 @@ def _dilate(mask: torch.Tensor) -> torch.Tensor:
     return F.max_pool3d(mask.float()[:, None], kernel_size=3, stride=1, padding=1)[:, 0] > 0
 
 
-def octree_grids(field: Field, batch: int, depth: int, coarse_depth: int = 5, bound: float = 1.05, margin: int = 1,
-                 chunk: int = 65536, device: torch.device | str = "cpu"
-                 ) -> tuple[torch.Tensor, Optional[torch.Tensor], list[ExtractionStats]]:
+def octree_grids(
+    field: Field,
+    batch: int,
+    depth: int,
+    coarse_depth: int = 5,
+    bound: float = 1.05,
+    margin: int = 1,
+    chunk: int = 65536,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, Optional[torch.Tensor], list[ExtractionStats]]:
     """(values (B, R, R, R), cells marching cubes must visit (B, R, R, R) or None, stats) at
     R = 2^depth + 1, queried only near the surface above `coarse_depth`."""
     if not 1 <= coarse_depth <= depth:
         raise ValueError(f"coarse_depth must be in [1, depth={depth}], got {coarse_depth}")
-    res = 2 ** coarse_depth + 1
+    res = 2**coarse_depth + 1
     xyz = grid_points(res, bound, device).reshape(1, -1, 3).expand(batch, -1, -1)
     values = query_batched(field, xyz, chunk).reshape(batch, res, res, res)
-    queries = torch.full((batch,), res ** 3, dtype=torch.long)
+    queries = torch.full((batch,), res**3, dtype=torch.long)
     visit = None
     for level in range(coarse_depth + 1, depth + 1):
         cells = _surface_cells(values, margin)
-        new_res = 2 ** level + 1
+        new_res = 2**level + 1
         # known: the previous level's points (even indices); the rest start as trilinear estimates
         values = F.interpolate(values[:, None], size=(new_res,) * 3, mode="trilinear", align_corners=True)[:, 0]
         fine_cells = cells.repeat_interleave(2, 1).repeat_interleave(2, 2).repeat_interleave(2, 3)
@@ -112,8 +121,9 @@ def octree_grids(field: Field, batch: int, depth: int, coarse_depth: int = 5, bo
     return values, visit, [ExtractionStats(queries=int(q), resolution=res) for q in queries]
 
 
-def grid_to_mesh(values: np.ndarray, bound: float = 1.05, level: float = 0.0,
-                 visit: Optional[np.ndarray] = None) -> trimesh.Trimesh:
+def grid_to_mesh(
+    values: np.ndarray, bound: float = 1.05, level: float = 0.0, visit: Optional[np.ndarray] = None
+) -> trimesh.Trimesh:
     """Marching cubes on the 0 level (inside > 0), only in the `visit` cells when given; an empty
     mesh when the field has no surface."""
     if not (values.min() < level < values.max()):
@@ -125,9 +135,16 @@ def grid_to_mesh(values: np.ndarray, bound: float = 1.05, level: float = 0.0,
     return trimesh.Trimesh(verts - bound, faces[:, ::-1], process=False)
 
 
-def extract_meshes(field: Field, batch: int, depth: int = DEFAULT_DEPTH, method: str = "octree", coarse_depth: int = 5,
-                   bound: float = 1.05, chunk: int = 65536, device: torch.device | str = "cpu"
-                   ) -> list[tuple[trimesh.Trimesh, ExtractionStats]]:
+def extract_meshes(
+    field: Field,
+    batch: int,
+    depth: int = DEFAULT_DEPTH,
+    method: str = "octree",
+    coarse_depth: int = 5,
+    bound: float = 1.05,
+    chunk: int = 65536,
+    device: torch.device | str = "cpu",
+) -> list[tuple[trimesh.Trimesh, ExtractionStats]]:
     """The 0-level surfaces of a batched field (B, M, 3) -> (B, M) at grid depth `depth`."""
     start = time.perf_counter()
     if method == "octree":
@@ -158,15 +175,22 @@ def dense_grid(field: Field, depth: int, bound: float = 1.05, chunk: int = 65536
     return values[0].cpu().numpy(), stats[0]
 
 
-def octree_grid(field: Field, depth: int, coarse_depth: int = 5, bound: float = 1.05, margin: int = 1,
-                chunk: int = 65536) -> tuple[np.ndarray, ExtractionStats]:
+def octree_grid(
+    field: Field, depth: int, coarse_depth: int = 5, bound: float = 1.05, margin: int = 1, chunk: int = 65536
+) -> tuple[np.ndarray, ExtractionStats]:
     """One object's octree grid values (numpy) for a field of (M, 3) points."""
     values, _, stats = octree_grids(_batched(field), 1, depth, coarse_depth, bound, margin, chunk)
     return values[0].cpu().numpy(), stats[0]
 
 
-def extract_mesh(field: Field, depth: int = DEFAULT_DEPTH, method: str = "octree", coarse_depth: int = 5,
-                 bound: float = 1.05, chunk: int = 65536) -> tuple[trimesh.Trimesh, ExtractionStats]:
+def extract_mesh(
+    field: Field,
+    depth: int = DEFAULT_DEPTH,
+    method: str = "octree",
+    coarse_depth: int = 5,
+    bound: float = 1.05,
+    chunk: int = 65536,
+) -> tuple[trimesh.Trimesh, ExtractionStats]:
     """One object's surface for a field of (M, 3) points."""
     return extract_meshes(_batched(field), 1, depth, method, coarse_depth, bound, chunk)[0]
 

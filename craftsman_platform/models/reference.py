@@ -19,6 +19,7 @@ MLP; DDIM with set_alpha_to_one=False; the null condition is CLIP on zero images
 reference's OpenGL-style, unit-distance frame; optional unit-norm condition tokens; no encoder
 ln_post or an extra leading latent (the "aligned" VAE) where its config says so.
 """
+
 from __future__ import annotations
 
 import re
@@ -57,8 +58,12 @@ def swap_halves(weight: torch.Tensor) -> torch.Tensor:
 # Key names (reference -> ours)
 # ----------------------------------------------------------------------------------------------
 _BLOCK = [  # inside a reference ResidualAttentionBlock / ResidualCrossAttentionBlock
-    (r"attn\.c_qkv\.", "attn.qkv."), (r"attn\.c_q\.", "attn.q."), (r"attn\.c_kv\.", "attn.kv."),
-    (r"attn\.c_proj\.", "attn.proj."), (r"mlp\.c_fc\.", "mlp.fc."), (r"mlp\.c_proj\.", "mlp.proj."),
+    (r"attn\.c_qkv\.", "attn.qkv."),
+    (r"attn\.c_q\.", "attn.q."),
+    (r"attn\.c_kv\.", "attn.kv."),
+    (r"attn\.c_proj\.", "attn.proj."),
+    (r"mlp\.c_fc\.", "mlp.fc."),
+    (r"mlp\.c_proj\.", "mlp.proj."),
 ]
 _SELF_LN = [(r"ln_1\.", "ln1."), (r"ln_2\.", "ln2.")]
 _CROSS_LN = [(r"ln_1\.", "ln_q."), (r"ln_2\.", "ln_kv."), (r"ln_3\.", "ln_mlp.")]
@@ -85,12 +90,19 @@ def vae_key(key: str) -> Optional[str]:
     m = re.match(r"decoder\.cross_attn_decoder\.(.*)", key)
     if m:
         return "query_cross." + _rename(_rename(m[1], _BLOCK), _CROSS_LN)
-    simple = {"encoder.query": "learned_queries", "encoder.input_proj.weight": "input_proj.weight",
-              "encoder.input_proj.bias": "input_proj.bias", "encoder.ln_post.weight": "encoder_ln.weight",
-              "encoder.ln_post.bias": "encoder_ln.bias", "decoder.query_proj.weight": "query_proj.weight",
-              "decoder.query_proj.bias": "query_proj.bias", "decoder.ln_post.weight": "query_ln.weight",
-              "decoder.ln_post.bias": "query_ln.bias", "decoder.output_proj.weight": "output.weight",
-              "decoder.output_proj.bias": "output.bias"}
+    simple = {
+        "encoder.query": "learned_queries",
+        "encoder.input_proj.weight": "input_proj.weight",
+        "encoder.input_proj.bias": "input_proj.bias",
+        "encoder.ln_post.weight": "encoder_ln.weight",
+        "encoder.ln_post.bias": "encoder_ln.bias",
+        "decoder.query_proj.weight": "query_proj.weight",
+        "decoder.query_proj.bias": "query_proj.bias",
+        "decoder.ln_post.weight": "query_ln.weight",
+        "decoder.ln_post.bias": "query_ln.bias",
+        "decoder.output_proj.weight": "output.weight",
+        "decoder.output_proj.bias": "output.bias",
+    }
     if key in simple:
         return simple[key]
     if re.match(r"(pre_kl|post_kl)\.(weight|bias)$", key):
@@ -114,9 +126,15 @@ def denoiser_key(key: str) -> str:
         if part == "0":
             return f"decoder.{i}." + _rename(_rename(rest, _BLOCK), _SELF_LN)
         return f"skips.{i}.{'linear' if part == '1' else 'norm'}.{rest}"
-    simple = {"input_proj": "latent_embed", "output_proj": "out", "ln_post": "out_norm",
-              "time_proj.c_fc": "time_embed.mlp.0", "time_proj.c_proj": "time_embed.mlp.2",
-              "context_embed.0": "context_embed.0", "context_embed.1": "context_embed.1"}
+    simple = {
+        "input_proj": "latent_embed",
+        "output_proj": "out",
+        "ln_post": "out_norm",
+        "time_proj.c_fc": "time_embed.mlp.0",
+        "time_proj.c_proj": "time_embed.mlp.2",
+        "context_embed.0": "context_embed.0",
+        "context_embed.1": "context_embed.1",
+    }
     head, _, leaf = key.rpartition(".")
     if head in simple and leaf in ("weight", "bias"):
         return f"{simple[head]}.{leaf}"
@@ -128,8 +146,11 @@ def conditioner_key(key: str, tower: str) -> Optional[str]:
     key prefix, which depends on the installed transformers), or None for the parts of the
     reference's full CLIP the image conditioner does not use (text tower, projections, logit scale)
     and its canonical-camera buffer."""
-    if key == "cameras" or key.startswith(("model.text_model.", "model.visual_projection.", "model.text_projection.")) \
-            or key == "model.logit_scale":
+    if (
+        key == "cameras"
+        or key.startswith(("model.text_model.", "model.visual_projection.", "model.text_projection."))
+        or key == "model.logit_scale"
+    ):
         return None
     m = re.match(r"model\.vision_model\.(.*)", key)
     if not m:
@@ -143,14 +164,18 @@ def conditioner_key(key: str, tower: str) -> Optional[str]:
 # ----------------------------------------------------------------------------------------------
 # State dicts
 # ----------------------------------------------------------------------------------------------
-def _convert(state: dict[str, torch.Tensor], prefix: str, name: Callable[[str], Optional[str]],
-             fix: Callable[[str, torch.Tensor], torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+def _convert(
+    state: dict[str, torch.Tensor],
+    prefix: str,
+    name: Callable[[str], Optional[str]],
+    fix: Callable[[str, torch.Tensor], torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
     """(converted, ignored keys, unknown keys) for the reference keys under `prefix`."""
     out, ignored, unknown = {}, [], []
     for key, value in state.items():
         if not key.startswith(prefix):
             continue
-        rest = key[len(prefix):]
+        rest = key[len(prefix) :]
         try:
             ours = name(rest)
         except KeyError:
@@ -170,6 +195,7 @@ def convert_vae(state: dict[str, torch.Tensor], heads: int, prefix: str = "shape
         if ours.endswith(("attn.kv.weight", "attn.kv.bias")):
             return qkv_rows(value, heads, 2)
         return value
+
     return _convert(state, prefix, vae_key, fix)
 
 
@@ -180,6 +206,7 @@ def convert_denoiser(state: dict[str, torch.Tensor], heads: int, prefix: str = "
         if re.match(r"skips\.\d+\.linear\.weight$", ours):
             return swap_halves(value)
         return value
+
     return _convert(state, prefix, denoiser_key, fix)
 
 
@@ -204,12 +231,20 @@ def vae_overrides(shape: dict) -> dict:
         raise ConfigError("system.shape_model: only xyz + raw normals inputs (point_feats: 3) are supported")
     if _get(shape, "embed_type", "fourier") != "fourier" or _get(shape, "out_dim", 1) != 1:
         raise ConfigError("system.shape_model: only Fourier embeddings and one occupancy output are supported")
-    return {"num_latents": _get(shape, "num_latents", 256), "embed_dim": _get(shape, "embed_dim", 64),
-            "width": _get(shape, "width", 768), "heads": _get(shape, "heads", 12),
-            "encoder_layers": _get(shape, "num_encoder_layers", 8), "decoder_layers": _get(shape, "num_decoder_layers", 16),
-            "num_freqs": _get(shape, "num_freqs", 8), "include_pi": _get(shape, "include_pi", True),
-            "qkv_bias": _get(shape, "qkv_bias", True), "query_mode": "fps" if _get(shape, "use_downsample", False) else "learned",
-            "encoder_ln": _get(shape, "use_ln_post", False), "head": "occupancy"}
+    return {
+        "num_latents": _get(shape, "num_latents", 256),
+        "embed_dim": _get(shape, "embed_dim", 64),
+        "width": _get(shape, "width", 768),
+        "heads": _get(shape, "heads", 12),
+        "encoder_layers": _get(shape, "num_encoder_layers", 8),
+        "decoder_layers": _get(shape, "num_decoder_layers", 16),
+        "num_freqs": _get(shape, "num_freqs", 8),
+        "include_pi": _get(shape, "include_pi", True),
+        "qkv_bias": _get(shape, "qkv_bias", True),
+        "query_mode": "fps" if _get(shape, "use_downsample", False) else "learned",
+        "encoder_ln": _get(shape, "use_ln_post", False),
+        "head": "occupancy",
+    }
 
 
 def clip_architecture(clip_config: Optional[dict]) -> dict:
@@ -218,9 +253,14 @@ def clip_architecture(clip_config: Optional[dict]) -> dict:
     if not clip_config:
         return {}
     vision = clip_config.get("vision_config", clip_config)
-    keys = {"hidden_size": "hidden_size", "num_hidden_layers": "num_hidden_layers",
-            "num_attention_heads": "num_attention_heads", "intermediate_size": "intermediate_size",
-            "patch_size": "patch_size", "image_size": "image_size"}
+    keys = {
+        "hidden_size": "hidden_size",
+        "num_hidden_layers": "num_hidden_layers",
+        "num_attention_heads": "num_attention_heads",
+        "intermediate_size": "intermediate_size",
+        "patch_size": "patch_size",
+        "image_size": "image_size",
+    }
     return {ours: vision[theirs] for ours, theirs in keys.items() if theirs in vision}
 
 
@@ -233,26 +273,49 @@ def model_overrides(config: dict, aligned: bool, clip_config: Optional[dict] = N
     den, cond = system.get("denoiser_model", {}), system.get("condition_model", {})
     noise, ddim = system.get("noise_scheduler", {}), system.get("denoise_scheduler", {})
     if not _get(den, "skip_ln", False) or not _get(den, "context_ln", True) or _get(den, "flip_sin_to_cos", False):
-        raise ConfigError("system.denoiser_model: skip_ln: true, context_ln: true and flip_sin_to_cos: false are supported")
+        raise ConfigError(
+            "system.denoiser_model: skip_ln: true, context_ln: true and flip_sin_to_cos: false are supported"
+        )
     if not _get(cond, "encode_camera", False) or _get(cond, "camera_embeds_type", "sincos") != "sincos":
-        raise ConfigError("system.condition_model: only the camera-modulated (ModLN, sincos) image encoder is supported")
+        raise ConfigError(
+            "system.condition_model: only the camera-modulated (ModLN, sincos) image encoder is supported"
+        )
     gamma = system.get("snr_gamma", 5.0)
     return {
-        "kind": "diffusion", "vae": vae,
-        "denoiser": {"kind": "unet_transformer", "width": _get(den, "width", 768), "heads": _get(den, "heads", 12),
-                     "encoder_layers": _get(den, "layers", 6), "context_dim": _get(den, "context_dim", 1024),
-                     "qkv_bias": False, "time_embedding": "sin_cos", "time_activation": "gelu"},
-        "conditioner": {"kind": "image", "pretrained": _get(cond, "pretrained_model_name_or_path") or None,
-                        "architecture": clip_architecture(clip_config),
-                        "num_views": _get(cond, "n_views", 4), "modln": True,
-                        "cfg_dropout": _get(cond, "empty_embeds_ratio", 0.1),
-                        "normalize_embeds": _get(cond, "normalize_embeds", False),
-                        "null_condition": "zeros" if _get(cond, "zero_uncond_embeds", True) else "clip_zero_images",
-                        "camera_convention": "opengl_unit"},
-        "diffusion": {"num_train_timesteps": _get(noise, "num_train_timesteps", 1000),
-                      "beta_schedule": _get(noise, "beta_schedule", "linear"), "beta_start": _get(noise, "beta_start", 0.0001),
-                      "beta_end": _get(noise, "beta_end", 0.02), "prediction_type": _get(noise, "prediction_type", "epsilon"),
-                      "min_snr_gamma": float(gamma) if gamma else None, "sampler": "ddim",
-                      "sampling_steps": system.get("num_inference_steps", 50), "guidance_scale": system.get("guidance_scale", 7.5),
-                      "set_alpha_to_one": _get(ddim, "set_alpha_to_one", True), "steps_offset": _get(ddim, "steps_offset", 0)},
+        "kind": "diffusion",
+        "vae": vae,
+        "denoiser": {
+            "kind": "unet_transformer",
+            "width": _get(den, "width", 768),
+            "heads": _get(den, "heads", 12),
+            "encoder_layers": _get(den, "layers", 6),
+            "context_dim": _get(den, "context_dim", 1024),
+            "qkv_bias": False,
+            "time_embedding": "sin_cos",
+            "time_activation": "gelu",
+        },
+        "conditioner": {
+            "kind": "image",
+            "pretrained": _get(cond, "pretrained_model_name_or_path") or None,
+            "architecture": clip_architecture(clip_config),
+            "num_views": _get(cond, "n_views", 4),
+            "modln": True,
+            "cfg_dropout": _get(cond, "empty_embeds_ratio", 0.1),
+            "normalize_embeds": _get(cond, "normalize_embeds", False),
+            "null_condition": "zeros" if _get(cond, "zero_uncond_embeds", True) else "clip_zero_images",
+            "camera_convention": "opengl_unit",
+        },
+        "diffusion": {
+            "num_train_timesteps": _get(noise, "num_train_timesteps", 1000),
+            "beta_schedule": _get(noise, "beta_schedule", "linear"),
+            "beta_start": _get(noise, "beta_start", 0.0001),
+            "beta_end": _get(noise, "beta_end", 0.02),
+            "prediction_type": _get(noise, "prediction_type", "epsilon"),
+            "min_snr_gamma": float(gamma) if gamma else None,
+            "sampler": "ddim",
+            "sampling_steps": system.get("num_inference_steps", 50),
+            "guidance_scale": system.get("guidance_scale", 7.5),
+            "set_alpha_to_one": _get(ddim, "set_alpha_to_one", True),
+            "steps_offset": _get(ddim, "steps_offset", 0),
+        },
     }

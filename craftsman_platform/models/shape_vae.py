@@ -5,6 +5,7 @@ blocks -> KL bottleneck (64 channels) -> 16 self-attention blocks -> latent toke
 cross-attends from Fourier-embedded xyz to those tokens and gives an occupancy logit (or an sdf).
 The full config builds 184,522,113 parameters, as the reference does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from craftsman_platform.models.transformer import CrossBlock, FourierEmbedder, SelfAttentionStack, run_block
 from craftsman_platform.errors import ConfigError
+from craftsman_platform.models.transformer import CrossBlock, FourierEmbedder, SelfAttentionStack, run_block
 
 # ----------------------------------------------------------------------------------------------
 # Config
@@ -50,7 +51,9 @@ class VAEConfig:
         if self.head not in HEADS:
             raise ConfigError(f"model.vae.head must be one of {HEADS}, got {self.head!r}")
         if self.query_mode == "fps" and self.num_queries > self.num_inputs:
-            raise ConfigError(f"model.vae.num_latents ({self.num_latents}) > num_inputs ({self.num_inputs}) with fps queries")
+            raise ConfigError(
+                f"model.vae.num_latents ({self.num_latents}) > num_inputs ({self.num_inputs}) with fps queries"
+            )
 
     @property
     def num_queries(self) -> int:
@@ -61,13 +64,18 @@ class VAEConfig:
 # Farthest point sampling
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def farthest_point_indices(xyz: torch.Tensor, k: int, random_start: bool = False,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+def farthest_point_indices(
+    xyz: torch.Tensor, k: int, random_start: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """(B, N, 3) -> (B, k) indices, greedy farthest-point order (start at 0 unless random_start)."""
     b, n, _ = xyz.shape
     idx = torch.zeros(b, k, dtype=torch.long, device=xyz.device)
     dist = torch.full((b, n), float("inf"), device=xyz.device, dtype=xyz.dtype)
-    current = torch.randint(n, (b,), device=xyz.device, generator=generator) if random_start else torch.zeros(b, dtype=torch.long, device=xyz.device)
+    current = (
+        torch.randint(n, (b,), device=xyz.device, generator=generator)
+        if random_start
+        else torch.zeros(b, dtype=torch.long, device=xyz.device)
+    )
     rows = torch.arange(b, device=xyz.device)
     for i in range(k):
         idx[:, i] = current
@@ -115,7 +123,7 @@ class ShapeVAE(nn.Module):
         self.pre_kl = nn.Linear(w, 2 * cfg.embed_dim)
         # std 1 at initialisation (the reference) makes the decoder learn from noise-dominated latents;
         # a lower start lets small models fit in minutes and the posterior mean decode like a sample
-        nn.init.constant_(self.pre_kl.bias[cfg.embed_dim:], cfg.logvar_init)
+        nn.init.constant_(self.pre_kl.bias[cfg.embed_dim :], cfg.logvar_init)
         self.post_kl = nn.Linear(cfg.embed_dim, w)
         # decoder
         self.decoder = SelfAttentionStack(w, cfg.heads, cfg.decoder_layers, cfg.qkv_bias, cfg.checkpointing)
@@ -144,7 +152,9 @@ class ShapeVAE(nn.Module):
         # mean, log-variance, KL and samples in fp32
         return DiagonalGaussian(self.pre_kl(x).float(), self.cfg.logvar_min, self.cfg.logvar_max)
 
-    def encode(self, surface: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(
+        self, surface: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Latents (B, num_latents, embed_dim): a posterior sample, or its mean."""
         post = self.posterior(surface, generator)
         return post.sample(generator) if sample else post.mean
@@ -165,8 +175,13 @@ class ShapeVAE(nn.Module):
         out = self.query(tokens, xyz)
         return -out if self.cfg.head == "sdf" else out
 
-    def forward(self, surface: torch.Tensor, queries: torch.Tensor, sample: bool = True,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        surface: torch.Tensor,
+        queries: torch.Tensor,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(head output at queries (B, M), KL per object (B,))."""
         post = self.posterior(surface, generator)
         tokens = self.decode(post.sample(generator) if sample else post.mean)
@@ -184,8 +199,14 @@ class VAELossConfig:
     sdf_clip: float = 0.1  # sdf head: targets and predictions compared after clipping to +-this
 
 
-def vae_loss(model: ShapeVAE, surface: torch.Tensor, vol: torch.Tensor, near: torch.Tensor,
-             cfg: VAELossConfig, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def vae_loss(
+    model: ShapeVAE,
+    surface: torch.Tensor,
+    vol: torch.Tensor,
+    near: torch.Tensor,
+    cfg: VAELossConfig,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and its parts; vol/near are (B, M, 4) xyz + sdf (sdf < 0 inside)."""
     n_vol = vol.shape[1]
     queries = torch.cat([vol, near], dim=1)
@@ -201,9 +222,13 @@ def vae_loss(model: ShapeVAE, surface: torch.Tensor, vol: torch.Tensor, near: to
     loss_vol, loss_near = per_point[:, :n_vol].mean(), per_point[:, n_vol:].mean()
     loss_kl = kl.mean()
     total = cfg.vol_weight * loss_vol + cfg.near_weight * loss_near + cfg.kl_weight * loss_kl
-    parts = {"loss_vol": loss_vol.detach(), "loss_near": loss_near.detach(), "loss_kl": loss_kl.detach(),
-             "iou_vol": occupancy_iou(inside_pred[:, :n_vol], sdf[:, :n_vol] < 0),
-             "iou_near": occupancy_iou(inside_pred[:, n_vol:], sdf[:, n_vol:] < 0)}
+    parts = {
+        "loss_vol": loss_vol.detach(),
+        "loss_near": loss_near.detach(),
+        "loss_kl": loss_kl.detach(),
+        "iou_vol": occupancy_iou(inside_pred[:, :n_vol], sdf[:, :n_vol] < 0),
+        "iou_near": occupancy_iou(inside_pred[:, n_vol:], sdf[:, n_vol:] < 0),
+    }
     return total, parts
 
 

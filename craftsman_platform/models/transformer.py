@@ -5,6 +5,7 @@ attention through `F.scaled_dot_product_attention` (flash / memory-efficient ker
 `einsum` backend is the reference's formulation, kept only as the baseline that bench/models.py
 measures against.
 """
+
 from __future__ import annotations
 
 import math
@@ -108,8 +109,9 @@ class SelfBlock(nn.Module):
 class CrossBlock(nn.Module):
     """x + attn(LN(x), LN(context)); x + mlp(LN(x))."""
 
-    def __init__(self, width: int, heads: int, context_width: int | None = None, qkv_bias: bool = True,
-                 mlp_ratio: float = 4.0):
+    def __init__(
+        self, width: int, heads: int, context_width: int | None = None, qkv_bias: bool = True, mlp_ratio: float = 4.0
+    ):
         super().__init__()
         self.ln_q, self.ln_kv = nn.LayerNorm(width), nn.LayerNorm(context_width or width)
         self.attn = CrossAttention(width, heads, context_width, qkv_bias)

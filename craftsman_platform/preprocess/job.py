@@ -1,4 +1,5 @@
 """`craft preprocess`: raw meshes -> WebDataset shards + manifest, on a local Ray or a cluster."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,16 +16,22 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from craftsman_platform.config import CONF_DIR, PreprocessConfig, SourceConfig, register_configs
-from craftsman_platform.preprocess.object_job import PIPELINE_VERSION, RETRIED_ON_RERUN, STAGES, failure, run_object
-from craftsman_platform.raycluster import init_ray
-from craftsman_platform.preprocess.shards import ShardStore
-from craftsman_platform.preprocess.sources import ObjectRef, TransientError, folder_objects, list_file_objects, objaverse_objects
 from craftsman_platform.errors import ConfigError, MissingInput, NothingDone, check_writable
+from craftsman_platform.paths import CONF_DIR
+from craftsman_platform.preprocess.config import PreprocessConfig, SourceConfig
 from craftsman_platform.preprocess.lock import OutputLock
+from craftsman_platform.preprocess.object_job import PIPELINE_VERSION, RETRIED_ON_RERUN, STAGES, failure, run_object
+from craftsman_platform.preprocess.shards import ShardStore
+from craftsman_platform.preprocess.sources import (
+    ObjectRef,
+    TransientError,
+    folder_objects,
+    list_file_objects,
+    objaverse_objects,
+)
+from craftsman_platform.raycluster import init_ray
 
 log = logging.getLogger("craft.preprocess")
-register_configs()
 SOURCE_KINDS = ("auto", "folder", "list", "objaverse")
 
 
@@ -67,8 +74,14 @@ def resolve_sources(src: SourceConfig) -> list[ObjectRef]:
     elif kind == "list":
         refs = list_file_objects(src.path)
     elif kind == "objaverse":
-        refs = objaverse_objects(src.uids or None, src.lvis_categories or None, src.cache_dir, src.annotations,
-                                 src.limit, src.download_processes)
+        refs = objaverse_objects(
+            src.uids or None,
+            src.lvis_categories or None,
+            src.cache_dir,
+            src.annotations,
+            src.limit,
+            src.download_processes,
+        )
     refs = list({r.uid: r for r in refs}.values())
     if src.partition:
         index, count = parse_partition(src.partition)
@@ -77,7 +90,7 @@ def resolve_sources(src: SourceConfig) -> list[ObjectRef]:
 
 
 def parse_partition(text: str) -> tuple[int, int]:
-    """"i/n" -> (i, n), validated: the job takes the i-th of n disjoint slices of the objects."""
+    """ "i/n" -> (i, n), validated: the job takes the i-th of n disjoint slices of the objects."""
     try:
         index, count = (int(x) for x in text.split("/"))
     except ValueError:
@@ -89,7 +102,11 @@ def parse_partition(text: str) -> tuple[int, int]:
 
 def config_hash(cfg: PreprocessConfig) -> str:
     """Identity of what the output contains: geometry + render settings and the pipeline version."""
-    ident = {"geometry": dataclasses.asdict(cfg.geometry), "render": dataclasses.asdict(cfg.render), "version": PIPELINE_VERSION}
+    ident = {
+        "geometry": dataclasses.asdict(cfg.geometry),
+        "render": dataclasses.asdict(cfg.render),
+        "version": PIPELINE_VERSION,
+    }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -101,7 +118,8 @@ def check_output(out: Path, digest: str) -> None:
         if previous["config_hash"] != digest:
             raise ConfigError(
                 f"{out} holds shards made with config hash {previous['config_hash']} (settings in {path}); this "
-                f"run's geometry/render settings hash to {digest}: use a new output_dir, or the same settings to resume")
+                f"run's geometry/render settings hash to {digest}: use a new output_dir, or the same settings to resume"
+            )
 
 
 def claim_output(out: Path, cfg: PreprocessConfig, digest: str) -> None:
@@ -110,8 +128,12 @@ def claim_output(out: Path, cfg: PreprocessConfig, digest: str) -> None:
     if path.exists():
         return
     out.mkdir(parents=True, exist_ok=True)
-    body = {"config_hash": digest, "pipeline_version": PIPELINE_VERSION,
-            "geometry": dataclasses.asdict(cfg.geometry), "render": dataclasses.asdict(cfg.render)}
+    body = {
+        "config_hash": digest,
+        "pipeline_version": PIPELINE_VERSION,
+        "geometry": dataclasses.asdict(cfg.geometry),
+        "render": dataclasses.asdict(cfg.render),
+    }
     path.write_text(json.dumps(body, indent=2))
 
 
@@ -136,13 +158,17 @@ def _crash_reason(error: Exception) -> tuple[str, str]:
     return "error", f"{type(error).__name__}: {str(error)[:300]}"
 
 
-def process_all(todo: list[ObjectRef], cfg: PreprocessConfig, digest: str, store: ShardStore) -> tuple[dict[str, dict], float]:
+def process_all(
+    todo: list[ObjectRef], cfg: PreprocessConfig, digest: str, store: ShardStore
+) -> tuple[dict[str, dict], float]:
     """Run every object on Ray, stream results into shards; (this run's rows by uid, Ray start seconds)."""
     t0 = time.monotonic()
     ray = start_ray(cfg)
     startup = time.monotonic() - t0
     task = ray.remote(run_object).options(
-        num_cpus=1, memory=int(cfg.memory_per_task_gb * 2**30), max_retries=cfg.max_retries,
+        num_cpus=1,
+        memory=int(cfg.memory_per_task_gb * 2**30),
+        max_retries=cfg.max_retries,
         retry_exceptions=[TransientError],
     )
     cfg_ref = ray.put(cfg)
@@ -187,8 +213,13 @@ def process_all(todo: list[ObjectRef], cfg: PreprocessConfig, digest: str, store
                 if now - started > cfg.timeout_s:
                     ray.cancel(ref, force=True)  # kills the worker process, not the job
                     pending.pop(ref)
-                    record(failure({"uid": obj.uid, "source": obj.source, "config_hash": digest}, "timeout",
-                                   f"no result after {cfg.timeout_s:.0f} s (timeout_s); the worker was killed"))
+                    record(
+                        failure(
+                            {"uid": obj.uid, "source": obj.source, "config_hash": digest},
+                            "timeout",
+                            f"no result after {cfg.timeout_s:.0f} s (timeout_s); the worker was killed",
+                        )
+                    )
     finally:
         bar.close()
         store.close()
@@ -214,15 +245,24 @@ def summarize(rows: list[dict], seconds: float, processed: int, workers: int) ->
         return vals[min(len(vals) - 1, int(q * len(vals)))] if vals else None
 
     return {
-        "objects": len(rows), "ok": len(ok), "failed": len(rows) - len(ok),
+        "objects": len(rows),
+        "ok": len(ok),
+        "failed": len(rows) - len(ok),
         "reasons": dict(Counter(r["reason"] for r in rows if r["status"] != "ok")),
         "watertight_methods": dict(Counter(r["watertight_method"] for r in ok)),
         "chamfer": {"median": med("chamfer"), "p90": pct("chamfer", 0.9)},
-        "sign_agreement": {"min": min((r["sign_agreement"] for r in ok), default=None), "median": med("sign_agreement")},
+        "sign_agreement": {
+            "min": min((r["sign_agreement"] for r in ok), default=None),
+            "median": med("sign_agreement"),
+        },
         "parts_lost_total": sum(r["parts_lost"] for r in ok),
         "stage_median_seconds": {s: med(f"time_{s}") for s in STAGES},
-        "this_run": {"processed": processed, "seconds": seconds, "workers": workers,  # seconds: Ray start excluded
-                     "objects_per_second": processed / seconds if seconds > 0 else None},
+        "this_run": {
+            "processed": processed,
+            "seconds": seconds,
+            "workers": workers,  # seconds: Ray start excluded
+            "objects_per_second": processed / seconds if seconds > 0 else None,
+        },
     }
 
 
@@ -231,13 +271,20 @@ def format_summary(s: dict) -> str:
     lines += [f"  failed {reason:<20} {n}" for reason, n in sorted(s["reasons"].items())]
     if s["ok"]:
         lines.append(f"watertight methods: {s['watertight_methods']}; source parts lost: {s['parts_lost_total']}")
-        lines.append(f"chamfer median {s['chamfer']['median']:.4f} p90 {s['chamfer']['p90']:.4f}; "
-                     f"sign agreement min {s['sign_agreement']['min']:.4f} median {s['sign_agreement']['median']:.4f}")
-        lines.append("stage medians (s): " + ", ".join(f"{k} {v:.2f}" for k, v in s["stage_median_seconds"].items() if v is not None))
+        lines.append(
+            f"chamfer median {s['chamfer']['median']:.4f} p90 {s['chamfer']['p90']:.4f}; "
+            f"sign agreement min {s['sign_agreement']['min']:.4f} median {s['sign_agreement']['median']:.4f}"
+        )
+        lines.append(
+            "stage medians (s): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in s["stage_median_seconds"].items() if v is not None)
+        )
     run = s["this_run"]
     if run["processed"]:
-        lines.append(f"this run: {run['processed']} objects in {run['seconds']:.1f} s with {run['workers']} workers "
-                     f"({run['objects_per_second']:.2f} objects/s)")
+        lines.append(
+            f"this run: {run['processed']} objects in {run['seconds']:.1f} s with {run['workers']} workers "
+            f"({run['objects_per_second']:.2f} objects/s)"
+        )
     return "\n".join(lines)
 
 
@@ -263,7 +310,11 @@ def preprocess(cfg: PreprocessConfig) -> dict:
         claim_output(out, cfg, digest)
         store = ShardStore(out, cfg.shard_max_bytes)
         done_ok, done_failed = store.recover()
-        retry = set(done_failed) if cfg.retry_failed else {u for u, r in done_failed.items() if r["reason"] in RETRIED_ON_RERUN}
+        retry = (
+            set(done_failed)
+            if cfg.retry_failed
+            else {u for u, r in done_failed.items() if r["reason"] in RETRIED_ON_RERUN}
+        )
         todo = [r for r in refs if r.uid not in done_ok and (r.uid not in done_failed or r.uid in retry)]
         log.info("%d objects: %d already done, %d to process -> %s", len(refs), len(refs) - len(todo), len(todo), out)
         t0 = time.monotonic()
@@ -294,5 +345,7 @@ def main(dcfg: DictConfig) -> None:
     run = summary["this_run"]
     if run["processed"] and not run["ok"]:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["reasons"].items()))
-        raise NothingDone(f"none of the {run['processed']} objects this run processed succeeded ({reasons}); "
-                          f"reasons per object in {out / 'manifest.parquet'}")
+        raise NothingDone(
+            f"none of the {run['processed']} objects this run processed succeeded ({reasons}); "
+            f"reasons per object in {out / 'manifest.parquet'}"
+        )

@@ -5,6 +5,7 @@ naming the holder. A lock whose holder is dead (same host, pid gone) or whose he
 than `stale_after_s` is taken over with a warning, so a job killed with -9 can simply be rerun.
 Several jobs on one cluster: give each its own output_dir (e.g. one per `source.partition=i/n`).
 """
+
 from __future__ import annotations
 
 import json
@@ -98,10 +99,14 @@ class OutputLock:
         dead = holder.get("host") == self.record["host"] and not _alive(int(holder.get("pid", -1)))
         if not (dead or age > self.stale_after_s):
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("started", 0))))
-            raise LockHeld(f"{self.path.parent} is being written by pid {holder.get('pid')} on {holder.get('host')} "
-                           f"(since {started}, heartbeat {age:.0f} s ago); wait for it, or use another output_dir")
+            raise LockHeld(
+                f"{self.path.parent} is being written by pid {holder.get('pid')} on {holder.get('host')} "
+                f"(since {started}, heartbeat {age:.0f} s ago); wait for it, or use another output_dir"
+            )
         why = "its process is gone" if dead else f"no heartbeat for {age:.0f} s"
-        log.warning("taking over the stale lock %s of pid %s on %s (%s)", self.path, holder.get("pid"), holder.get("host"), why)
+        log.warning(
+            "taking over the stale lock %s of pid %s on %s (%s)", self.path, holder.get("pid"), holder.get("host"), why
+        )
         stale = self.path.with_name(f".lock.stale-{os.getpid()}")
         try:
             os.replace(self.path, stale)
@@ -111,7 +116,9 @@ class OutputLock:
             moved = json.loads(stale.read_text())
         except ValueError:
             moved = {}
-        if holder and {k: moved.get(k) for k in ("host", "pid", "started")} != {k: holder.get(k) for k in ("host", "pid", "started")}:
+        if holder and {k: moved.get(k) for k in ("host", "pid", "started")} != {
+            k: holder.get(k) for k in ("host", "pid", "started")
+        }:
             os.replace(stale, self.path)  # that was a fresh lock another taker had just made: put it back
             raise LockHeld(f"{self.path.parent} was just taken over by another job")
         stale.unlink()

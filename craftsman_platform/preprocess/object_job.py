@@ -5,23 +5,23 @@ object store: {"status": "ok", "uid", "members": {name: bytes}, "row": manifest 
 {"status": "failed", "uid", "reason", "message", "row"}. Only `TransientError` is raised (Ray
 retries it); every other failure is a record, so one bad file never stops the job.
 """
+
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import resource
 import time
 import traceback
 
-import numpy as np
-
-from craftsman_platform.config import PreprocessConfig
-from craftsman_platform.geometry.pipeline import process_mesh
 from craftsman_platform.geometry.mesh_io import MeshRejected
-from craftsman_platform.geometry.render import Renderer, cameras_json, png_bytes, view_cameras
+from craftsman_platform.geometry.pipeline import process_mesh
+from craftsman_platform.geometry.render import Renderer
 from craftsman_platform.geometry.sampling import object_rng
+from craftsman_platform.preprocess.config import PreprocessConfig
 from craftsman_platform.preprocess.sources import ObjectRef, TransientError, local_copy
+from craftsman_platform.shapedata.cameras import view_cameras
+from craftsman_platform.shapedata.sample import META, encode_sample
 
 PIPELINE_VERSION = "0.1.0"
 STAGES = ("load", "watertight", "sample", "render", "write")
@@ -29,18 +29,12 @@ STAGES = ("load", "watertight", "sample", "render", "write")
 JOB_REASONS = {
     "not_found": "the source does not exist (a missing file, HTTP 404, no such object in the bucket)",
     "fetch_failed": "the source could not be fetched after max_retries (DNS, refused or reset connection, "
-                    "network timeout, HTTP 5xx/408/429); retried again on the next run",
+    "network timeout, HTTP 5xx/408/429); retried again on the next run",
     "timeout": "no result within timeout_s; the worker was killed (retried with retry_failed=true)",
     "worker_crashed": "the worker process died (out of memory, lost node); retried again on the next run",
     "error": "an unexpected error in the pipeline or a library, with its message",
 }
 RETRIED_ON_RERUN = ("fetch_failed", "worker_crashed")
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
 
 
 def _sha256(path) -> str:
@@ -64,33 +58,43 @@ def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str) -> dict:
         rc = cfg.render
         renderer = Renderer(geo.loaded.parts, rc.resolution, rc.resolution, rc.fov_deg, rc.lambert)
         # views get their own stream (seed + uid + "views") so changing sample counts keeps cameras
-        views = [renderer.render(c2w) for c2w in view_cameras(rc.extra_sets, rc.distance, object_rng(cfg.geometry.sample.seed, ref.uid + "/views"))]
+        views = [
+            renderer.render(c2w)
+            for c2w in view_cameras(
+                rc.extra_sets, rc.distance, object_rng(cfg.geometry.sample.seed, ref.uid + "/views")
+            )
+        ]
         timings["render"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        arrays = geo.samples.float16()
-        members = {f"{name}.npy": npy_bytes(arr) for name, arr in arrays.items()}
-        for i, v in enumerate(views):
-            members[f"rgb_{i:03d}.png"] = png_bytes(v.rgba)
-            members[f"normal_{i:03d}.png"] = png_bytes(v.normal)
-            members[f"depth_{i:03d}.png"] = png_bytes(v.depth)
-        members["cameras.json"] = json.dumps(cameras_json(views)).encode()
-        timings["write"] = time.perf_counter() - t
+        members = encode_sample(geo.samples.float16(), views)
+        timings["write"] = time.perf_counter() - t  # encoding the members
         record = geo.record()
         meta = {
-            "uid": ref.uid, "source": ref.source, "source_sha256": source_sha,
+            "uid": ref.uid,
+            "source": ref.source,
+            "source_sha256": source_sha,
             "annotations": ref.annotations or None,
             "normalization": geo.loaded.normalization,
-            "watertight": {k: record[f"watertight_{k}"] for k in ("method", "is_watertight", "chamfer", "parts_in", "parts_out", "parts_lost")},
+            "watertight": {
+                k: record[f"watertight_{k}"]
+                for k in ("method", "is_watertight", "chamfer", "parts_in", "parts_out", "parts_lost")
+            },
             "sign_agreement": record["sign_agreement"],
             "counts": {k: record[f"n_{k}"] for k in ("surface", "sharp", "vol", "near")},
             "views": len(views),
             "timings": {s: timings[s] for s in STAGES},
-            "pipeline_version": PIPELINE_VERSION, "config_hash": config_hash,
+            "pipeline_version": PIPELINE_VERSION,
+            "config_hash": config_hash,
         }
-        members["meta.json"] = json.dumps(meta).encode()
+        members[META] = json.dumps(meta).encode()
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this worker process so far
-        return {**base, "status": "ok", "members": members, "row": {**manifest_row(meta), "worker_peak_rss_mb": peak_mb}}
+        return {
+            **base,
+            "status": "ok",
+            "members": members,
+            "row": {**manifest_row(meta), "worker_peak_rss_mb": peak_mb},
+        }
     except TransientError:
         raise
     except MeshRejected as e:
@@ -103,8 +107,15 @@ def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str) -> dict:
 
 
 def failure(base: dict, reason: str, message: str) -> dict:
-    row = {"uid": base["uid"], "source": base["source"], "status": "failed", "reason": reason,
-           "message": message, "shard": None, "config_hash": base["config_hash"]}
+    row = {
+        "uid": base["uid"],
+        "source": base["source"],
+        "status": "failed",
+        "reason": reason,
+        "message": message,
+        "shard": None,
+        "config_hash": base["config_hash"],
+    }
     return {**base, "status": "failed", "reason": reason, "message": message, "row": row}
 
 
@@ -112,10 +123,21 @@ def manifest_row(meta: dict) -> dict:
     """The manifest columns of a successful object, derived from its meta.json alone."""
     wt = meta["watertight"]
     return {
-        "uid": meta["uid"], "source": meta["source"], "status": "ok", "reason": None, "message": None,
-        "shard": None, "config_hash": meta["config_hash"], "source_sha256": meta["source_sha256"],
+        "uid": meta["uid"],
+        "source": meta["source"],
+        "status": "ok",
+        "reason": None,
+        "message": None,
+        "shard": None,
+        "config_hash": meta["config_hash"],
+        "source_sha256": meta["source_sha256"],
         **{f"time_{s}": float(meta["timings"][s]) for s in STAGES},
-        "watertight_method": wt["method"], "chamfer": wt["chamfer"], "parts_in": wt["parts_in"],
-        "parts_out": wt["parts_out"], "parts_lost": wt["parts_lost"], "sign_agreement": meta["sign_agreement"],
-        "n_sharp": meta["counts"]["sharp"], "views": meta["views"],
+        "watertight_method": wt["method"],
+        "chamfer": wt["chamfer"],
+        "parts_in": wt["parts_in"],
+        "parts_out": wt["parts_out"],
+        "parts_lost": wt["parts_lost"],
+        "sign_agreement": meta["sign_agreement"],
+        "n_sharp": meta["counts"]["sharp"],
+        "views": meta["views"],
     }

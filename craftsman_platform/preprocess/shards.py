@@ -11,6 +11,7 @@ Exactly-once: a good object becomes visible only when its shard is renamed, and 
 source of truth for what is done; a killed run leaves at most a .tar.tmp, which the next run
 deletes (its objects are redone), and a torn last line in failed.jsonl, which is ignored.
 """
+
 from __future__ import annotations
 
 import io

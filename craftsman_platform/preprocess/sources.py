@@ -3,9 +3,9 @@
 Every source yields `ObjectRef`s with a sanitised uid: [A-Za-z0-9_-] only, so it is safe as a
 file name and as a WebDataset key (which reserves dots), and cannot escape a folder.
 """
+
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from craftsman_platform.geometry.mesh_io import SUPPORTED_SUFFIXES
 from craftsman_platform.errors import ConfigError, MissingInput
+from craftsman_platform.geometry.mesh_io import SUPPORTED_SUFFIXES
+from craftsman_platform.shapedata.sample import sanitize_uid
 
 log = logging.getLogger(__name__)
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _OBJAVERSE_UID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -34,15 +34,6 @@ class ObjectRef:
     uid: str
     source: str  # absolute local path or URL
     annotations: dict = field(default_factory=dict, compare=False, hash=False)
-
-
-def sanitize_uid(name: str) -> str:
-    """A readable, collision-resistant uid: the name without its extension reduced to
-    [A-Za-z0-9_-] (its last 80 characters), plus a hash of the whole name (extension included,
-    so `chair.obj` and `chair.stl` stay two objects)."""
-    stem = name.rsplit(".", 1)[0] if "." in name.rsplit("/", 1)[-1] else name
-    readable = _UNSAFE.sub("_", stem).strip("_")[-80:].strip("_") or "object"
-    return f"{readable}-{hashlib.sha1(name.encode('utf-8')).hexdigest()[:8]}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,8 +144,14 @@ def _objaverse_cache(cache_dir: str | None):
         objaverse.BASE_PATH, objaverse._VERSIONED_PATH = saved
 
 
-def objaverse_objects(uids: list[str] | None, lvis_categories: list[str] | None, cache_dir: str | None,
-                      annotations: bool = True, limit: int | None = None, download_processes: int = 1) -> list[ObjectRef]:
+def objaverse_objects(
+    uids: list[str] | None,
+    lvis_categories: list[str] | None,
+    cache_dir: str | None,
+    annotations: bool = True,
+    limit: int | None = None,
+    download_processes: int = 1,
+) -> list[ObjectRef]:
     """Objaverse 1.0 objects by uid and/or LVIS category; files already in the cache are not fetched.
 
     The package fetches what its cache lacks (object-paths, metadata, LVIS, GLBs) from Hugging
@@ -180,7 +177,11 @@ def objaverse_objects(uids: list[str] | None, lvis_categories: list[str] | None,
         if missing:
             log.warning("objaverse: %d uids are unknown to object-paths and are skipped: %s", len(missing), missing[:5])
         meta = objaverse.load_annotations(list(paths)) if annotations and paths else {}
-    return [ObjectRef(uid, str(Path(paths[uid]).resolve()), _annotation_summary(meta.get(uid))) for uid in selected if uid in paths]
+    return [
+        ObjectRef(uid, str(Path(paths[uid]).resolve()), _annotation_summary(meta.get(uid)))
+        for uid in selected
+        if uid in paths
+    ]
 
 
 def _annotation_summary(meta: dict | None) -> dict:

@@ -8,22 +8,19 @@ The conditioner then scales to [0, 1] and applies CLIP's mean/std. Shards store 
 `rgb_NNN.png` (RGBA, the object's mask in alpha) with their cameras in `cameras.json`; views 0-3
 are the canonical front, right, back and left set (docs/data-format.md).
 """
+
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 from PIL import Image
 
+from craftsman_platform.shapedata.sample import read_cameras, view_member
+
 VIEW_NAMES = ("front", "right", "back", "left")  # the canonical set, in the order the models see it
 SET_SIZE = len(VIEW_NAMES)
 WHITE = 255
-
-
-def view_member(i: int) -> str:
-    """The shard member holding view i's RGBA image."""
-    return f"rgb_{i:03d}.png"
 
 
 def to_rgba(image: Image.Image) -> Image.Image:
@@ -51,7 +48,7 @@ def _square_canvas(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     top = int(np.clip(round(side / 2 - centre[0]), 0, side - h))
     left = int(np.clip(round(side / 2 - centre[1]), 0, side - w))
     canvas = np.full((side, side, 3), WHITE, dtype=np.uint8)
-    canvas[top:top + h, left:left + w] = rgb
+    canvas[top : top + h, left : left + w] = rgb
     return canvas
 
 
@@ -68,7 +65,7 @@ def condition_image(image: Image.Image, size: int) -> np.ndarray:
 
 def shard_views(raw: dict, indices: list[int] | range, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Views `indices` of a shard sample (raw members): uint8 (V, 3, size, size) and c2w (V, 4, 4)."""
-    cams = json.loads(raw["cameras.json"])["views"]
+    cams = read_cameras(raw)
     images = np.stack([condition_image(Image.open(io.BytesIO(raw[view_member(i)])), size) for i in indices])
     c2w = np.stack([np.asarray(cams[i]["c2w"], dtype=np.float32) for i in indices])
     return images, c2w
@@ -76,4 +73,4 @@ def shard_views(raw: dict, indices: list[int] | range, size: int) -> tuple[np.nd
 
 def view_sets(raw: dict) -> int:
     """How many complete 4-view sets a shard sample holds."""
-    return len(json.loads(raw["cameras.json"])["views"]) // SET_SIZE
+    return len(read_cameras(raw)) // SET_SIZE

@@ -18,6 +18,7 @@ Run dirs live on shared storage, so nothing in them is trusted: DeepSpeed's own 
 are read with `torch.load(weights_only=True)` and an allow-list of the three plain DeepSpeed types
 they hold; everything else is safetensors or JSON.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,11 +34,10 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from craftsman_platform.errors import MissingInput
+from craftsman_platform.models.checkpoints import PREFIX, list_checkpoints, read_meta
 from craftsman_platform.training.engine import barrier, collective_device
 
 log = logging.getLogger("craft.train")
-
-PREFIX = "step-"
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -49,48 +49,13 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "meta.json").exists())
-
-
-def latest_checkpoint(path: str | Path) -> Optional[Path]:
-    """The newest complete checkpoint under a run dir, its checkpoints/ dir, or `path` itself if it is one."""
-    path = Path(path)
-    if (path / "meta.json").exists():
-        return path
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    pointer = root / "latest"
-    if pointer.exists() and (root / pointer.read_text().strip() / "meta.json").exists():
-        return root / pointer.read_text().strip()
-    found = list_checkpoints(root)
-    return found[-1] if found else None
-
-
-def read_meta(ckpt: Path) -> dict:
-    return json.loads((ckpt / "meta.json").read_text())
-
-
-def load_weights(path: str | Path, prefer_ema: bool = True) -> tuple[dict[str, torch.Tensor], dict, str]:
-    """(state dict, meta, 'ema' or 'raw') of a checkpoint or a run's latest one; EMA values replace
-    the raw ones of the trainable weights when present and `prefer_ema`."""
-    ckpt = latest_checkpoint(path)
-    if ckpt is None:
-        raise MissingInput(f"no checkpoint in {path} (expected RUN_DIR, RUN_DIR/checkpoints or a step-N dir)")
-    state = load_file(ckpt / "weights.safetensors")
-    which = "raw"
-    if prefer_ema and (ckpt / "ema.safetensors").exists():
-        state.update(load_file(ckpt / "ema.safetensors"))
-        which = "ema"
-    return state, read_meta(ckpt), which
-
-
 def exportable_state(module: torch.nn.Module, skip: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
     """The module's state dict in fp32, contiguous, minus the keys in `skip`."""
-    return {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
-            for k, v in module.state_dict().items() if k not in skip}
+    return {
+        k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
+        for k, v in module.state_dict().items()
+        if k not in skip
+    }
 
 
 class Checkpointer:
@@ -101,8 +66,9 @@ class Checkpointer:
             self.root.mkdir(parents=True, exist_ok=True)
         barrier()
 
-    def save(self, engine, step: int, rank_state: dict, meta: dict, ema=None,
-             skip: frozenset[str] = frozenset()) -> Path:
+    def save(
+        self, engine, step: int, rank_state: dict, meta: dict, ema=None, skip: frozenset[str] = frozenset()
+    ) -> Path:
         """Collective: every rank calls it at the same step."""
         name = f"{PREFIX}{step:07d}"
         tmp, final = self.root / f".tmp-{name}", self.root / name
@@ -123,7 +89,7 @@ class Checkpointer:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             _atomic_write(self.root / "latest", name)
-            for old in list_checkpoints(self.root)[:-self.keep]:
+            for old in list_checkpoints(self.root)[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         barrier()
         return final
@@ -157,13 +123,15 @@ class Checkpointer:
                 return ckpt, meta, rank_state
             log.warning("checkpoint %s is unreadable (%s): trying the previous one", ckpt, problem or "on another rank")
         if found:
-            raise MissingInput(f"no readable checkpoint in {self.root} ({len(found)} found, all damaged): "
-                               "move them away to start over")
+            raise MissingInput(
+                f"no readable checkpoint in {self.root} ({len(found)} found, all damaged): move them away to start over"
+            )
         return None
 
 
-def write_weights_checkpoint(run_dir: str | Path, step: int, state: dict[str, torch.Tensor], meta: dict,
-                             config: Optional[dict] = None) -> Path:
+def write_weights_checkpoint(
+    run_dir: str | Path, step: int, state: dict[str, torch.Tensor], meta: dict, config: Optional[dict] = None
+) -> Path:
     """A weights-only checkpoint (no engine state) in the same layout: what `craft convert` writes and
     what evaluation, generation and `craft train init_from=` read."""
     root = Path(run_dir) / "checkpoints"
@@ -171,9 +139,13 @@ def write_weights_checkpoint(run_dir: str | Path, step: int, state: dict[str, to
     tmp, final = root / f".tmp-{name}", root / name
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous() for k, v in state.items()},
-              str(tmp / "weights.safetensors"))
-    _atomic_write(tmp / "meta.json", json.dumps({"step": step, **meta, "files": _file_sizes(tmp)}, indent=1, default=str))
+    save_file(
+        {k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous() for k, v in state.items()},
+        str(tmp / "weights.safetensors"),
+    )
+    _atomic_write(
+        tmp / "meta.json", json.dumps({"step": step, **meta, "files": _file_sizes(tmp)}, indent=1, default=str)
+    )
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     _atomic_write(root / "latest", name)

@@ -3,22 +3,22 @@
 Every group file is validated against these dataclasses when Hydra composes: a misspelt key or a
 wrong type fails at start, naming the key. The model part lives with the models (models/build.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
+from craftsman_platform.logger import LoggerConfig
 from craftsman_platform.models.build import ModelConfig
-from craftsman_platform.config import RayConfig
+from craftsman_platform.raycluster import RayConfig
 
 
 @dataclass
 class DataConfig:
     train_shards: Optional[str] = None  # glob, brace pattern, or comma-separated paths / URLs (fsspec or pipe:)
-    eval_shards: Optional[str] = None
     batch_size: int = 8  # per rank, per micro-step
     num_workers: int = 2  # DataLoader worker processes per rank
     shuffle_buffer: int = 256  # samples held as raw bytes; decoded after the shuffle
@@ -64,22 +64,6 @@ class DeepSpeedConfig:
 
 
 @dataclass
-class WandbConfig:
-    enabled: bool = True
-    mode: str = "offline"  # offline (default; `wandb sync RUN_DIR/wandb/...` later), online, disabled
-    project: str = "craftsman-platform"
-    entity: Optional[str] = None
-    name: Optional[str] = None
-    tags: list[str] = field(default_factory=list)
-    log_checkpoints: bool = True  # online only: checkpoints as artifacts, the manifest as lineage
-
-
-@dataclass
-class LoggerConfig:
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-
-
-@dataclass
 class LauncherConfig:
     kind: str = "local"  # local (one process), ray (Ray Train TorchTrainer), torchrun (under torchrun/srun)
     num_workers: int = 1
@@ -105,10 +89,14 @@ class TrainConfig:
     seed: int = 0
 
 
-def register_configs() -> None:
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
 def to_train_config(cfg: DictConfig) -> TrainConfig:
     """The composed DictConfig as dataclasses (runs their __post_init__ checks)."""
     return OmegaConf.to_object(cfg)
+
+
+@dataclass
+class ConvertConfig:
+    checkpoint: str = MISSING  # the reference's Lightning checkpoint (model.ckpt)
+    config: Optional[str] = None  # its config.yaml (default: next to the checkpoint)
+    output_dir: str = MISSING
+    clip: Optional[str] = None  # CLIP ViT-L/14 weights (a directory or a cached id) when the checkpoint holds none

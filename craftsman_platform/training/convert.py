@@ -12,54 +12,63 @@ our modules, and writes checkpoints of ours:
 `craft evaluate`, `craft generate` and `craft app` load them as they load our own; `craft train ...
 init_from=DIR/vae` (or DIR/diffusion) fine-tunes from them.
 """
+
 from __future__ import annotations
 
 import hashlib
 import importlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import hydra
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from craftsman_platform.models.build import build_diffusion, build_vae
-from craftsman_platform.models.reference import convert_conditioner, convert_denoiser, convert_vae, model_overrides
-from craftsman_platform.config import CONF_DIR
 from craftsman_platform.errors import ConfigError, MissingInput, check_writable
+from craftsman_platform.models.build import ModelConfig, build_diffusion, build_vae
+from craftsman_platform.models.checkpoints import model_config
+from craftsman_platform.models.reference import convert_conditioner, convert_denoiser, convert_vae, model_overrides
+from craftsman_platform.paths import CONF_DIR
 from craftsman_platform.training.checkpoint import write_weights_checkpoint
-from craftsman_platform.training.config import register_configs
+from craftsman_platform.training.config import ConvertConfig
 
 log = logging.getLogger("craft.convert")
 
 # What a Lightning checkpoint may hold beside tensors (hyper-parameters, loop and callback state).
 # Anything else is refused before it is unpickled.
 LIGHTNING_SAFE_GLOBALS = (
-    "builtins.dict", "builtins.list", "builtins.set", "builtins.tuple", "builtins.int", "builtins.float", "builtins.str",
-    "builtins.bool", "collections.defaultdict", "argparse.Namespace", "pathlib.PosixPath", "pathlib.WindowsPath", "typing.Any",
-    "numpy.dtype", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
-    "numpy.dtypes.Float64DType", "numpy.dtypes.Float32DType", "numpy.dtypes.Int64DType",
-    "omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig", "omegaconf.base.ContainerMetadata",
-    "omegaconf.base.Metadata", "omegaconf.nodes.AnyNode", "omegaconf.nodes.StringNode", "omegaconf.nodes.IntegerNode",
-    "omegaconf.nodes.FloatNode", "omegaconf.nodes.BooleanNode",
+    "builtins.dict",
+    "builtins.list",
+    "builtins.set",
+    "builtins.tuple",
+    "builtins.int",
+    "builtins.float",
+    "builtins.str",
+    "builtins.bool",
+    "collections.defaultdict",
+    "argparse.Namespace",
+    "pathlib.PosixPath",
+    "pathlib.WindowsPath",
+    "typing.Any",
+    "numpy.dtype",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+    "numpy.dtypes.Float64DType",
+    "numpy.dtypes.Float32DType",
+    "numpy.dtypes.Int64DType",
+    "omegaconf.dictconfig.DictConfig",
+    "omegaconf.listconfig.ListConfig",
+    "omegaconf.base.ContainerMetadata",
+    "omegaconf.base.Metadata",
+    "omegaconf.nodes.AnyNode",
+    "omegaconf.nodes.StringNode",
+    "omegaconf.nodes.IntegerNode",
+    "omegaconf.nodes.FloatNode",
+    "omegaconf.nodes.BooleanNode",
 )
-
-
-@dataclass
-class ConvertConfig:
-    checkpoint: str = MISSING  # the reference's Lightning checkpoint (model.ckpt)
-    config: Optional[str] = None  # its config.yaml (default: next to the checkpoint)
-    output_dir: str = MISSING
-    clip: Optional[str] = None  # CLIP ViT-L/14 weights (a directory or a cached id) when the checkpoint holds none
-
-
-ConfigStore.instance().store(name="convert_schema", node=ConvertConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,14 +92,18 @@ def read_reference_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         found = []
     refused = [g for g in found if g not in LIGHTNING_SAFE_GLOBALS]
     if refused:
-        raise ConfigError(f"checkpoint={path}: refusing to unpickle {', '.join(refused)} (not weights, not plain data); "
-                          "re-save its state_dict alone on a machine you trust")
+        raise ConfigError(
+            f"checkpoint={path}: refusing to unpickle {', '.join(refused)} (not weights, not plain data); "
+            "re-save its state_dict alone on a machine you trust"
+        )
     allowed = [obj for obj in map(_import, found) if obj is not None]
     try:
         with torch.serialization.safe_globals(allowed):
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ConfigError(f"checkpoint={path}: not a readable weights-only torch file ({str(err).splitlines()[0][:200]})") from None
+        raise ConfigError(
+            f"checkpoint={path}: not a readable weights-only torch file ({str(err).splitlines()[0][:200]})"
+        ) from None
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ConfigError(f"checkpoint={path}: no state_dict of tensors inside")
@@ -131,7 +144,6 @@ def compose_ours(experiment: str, model: dict, extra: list[str]) -> dict:
     """A full `craft train` config (the experiment, then the reference's values) as a plain dict."""
     from hydra.core.global_hydra import GlobalHydra
 
-    register_configs()
     overrides = [f"experiment={experiment}", *_dotlist(model, "model."), *extra]
     if GlobalHydra.instance().is_initialized():  # inside `craft convert`: Hydra already knows conf/
         cfg = compose(config_name="train", overrides=overrides)
@@ -145,8 +157,9 @@ def _check_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what:
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(allowed_missing)]
     if missing or unexpected:
-        raise ConfigError(f"{what}: the converted weights do not fit our model (missing {missing[:5]}, "
-                          f"unexpected {unexpected[:5]})")
+        raise ConfigError(
+            f"{what}: the converted weights do not fit our model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,9 +175,15 @@ def convert(cfg: ConvertConfig) -> dict:
     clip_json = config_path.parent / "clip_config.json"  # the reference reads it when no CLIP id is named
     model = model_overrides(reference, aligned, json.loads(clip_json.read_text()) if clip_json.is_file() else None)
     out = Path(cfg.output_dir)
-    report = {"checkpoint": str(ckpt.resolve()), "sha256": _sha256(ckpt), "config": str(config_path.resolve()),
-              "model": model, "z_scale_factor": reference["system"].get("z_scale_factor", 1.0), "ignored": [],
-              "written": {}}
+    report = {
+        "checkpoint": str(ckpt.resolve()),
+        "sha256": _sha256(ckpt),
+        "config": str(config_path.resolve()),
+        "model": model,
+        "z_scale_factor": reference["system"].get("z_scale_factor", 1.0),
+        "ignored": [],
+        "written": {},
+    }
     heads = model["vae"]["heads"]
     vae_state, ignored, unknown = convert_vae(state, heads)
     report["ignored"] += ignored
@@ -178,8 +197,10 @@ def convert(cfg: ConvertConfig) -> dict:
     else:
         unknown += others
     if unknown:
-        raise ConfigError(f"checkpoint={ckpt}: keys the converter does not know: {sorted(unknown)[:8]}"
-                          f"{' ...' if len(unknown) > 8 else ''} ({len(unknown)} in all)")
+        raise ConfigError(
+            f"checkpoint={ckpt}: keys the converter does not know: {sorted(unknown)[:8]}"
+            f"{' ...' if len(unknown) > 8 else ''} ({len(unknown)} in all)"
+        )
     vae_dir = out / "vae"
     vae_cfg = compose_ours("vae_craftsman", {"kind": "vae", "vae": model["vae"]}, [f"run_dir={vae_dir}"])
     vae = build_vae(_model_config(vae_cfg))
@@ -192,14 +213,13 @@ def convert(cfg: ConvertConfig) -> dict:
     return report
 
 
-def _model_config(cfg_dict: dict):
-    from craftsman_platform.training.loop import config_from_dict
-
-    return config_from_dict(cfg_dict).model
+def _model_config(cfg_dict: dict) -> ModelConfig:
+    return model_config({"config": cfg_dict})
 
 
-def _write_diffusion(cfg: ConvertConfig, state: dict, model: dict, den_state: dict, out: Path, vae_dir: Path,
-                     report: dict) -> Path:
+def _write_diffusion(
+    cfg: ConvertConfig, state: dict, model: dict, den_state: dict, out: Path, vae_dir: Path, report: dict
+) -> Path:
     from craftsman_platform.models.conditioners import MultiViewImageEncoder
 
     diff_dir = out / "diffusion"
@@ -213,20 +233,31 @@ def _write_diffusion(cfg: ConvertConfig, state: dict, model: dict, den_state: di
         raise ConfigError(f"checkpoint={cfg.checkpoint} holds no CLIP weights and its config names none: set clip=DIR")
     diff_cfg = compose_ours("diffusion_craftsman", model, [f"run_dir={diff_dir}", f"model.vae_checkpoint={vae_dir}"])
     with torch.device("meta"):
-        tower = "clip.vision_model." if hasattr(MultiViewImageEncoder(_model_config(diff_cfg).conditioner, False).clip,
-                                                "vision_model") else "clip."
+        tower = (
+            "clip.vision_model."
+            if hasattr(MultiViewImageEncoder(_model_config(diff_cfg).conditioner, False).clip, "vision_model")
+            else "clip."
+        )
     cond_state, ignored, unknown = convert_conditioner(state, tower)
     if unknown:
         raise ConfigError(f"checkpoint={cfg.checkpoint}: condition keys the converter does not know: {unknown[:8]}")
     report["ignored"] += ignored
     latent_scale = float(report["z_scale_factor"])  # ours multiplies latents by it, as the reference
-    weights = {**{f"denoiser.{k}": v for k, v in den_state.items()},
-               **{f"conditioner.{k}": v for k, v in cond_state.items()},
-               "latent_scale": torch.tensor(latent_scale)}
+    weights = {
+        **{f"denoiser.{k}": v for k, v in den_state.items()},
+        **{f"conditioner.{k}": v for k, v in cond_state.items()},
+        "latent_scale": torch.tensor(latent_scale),
+    }
     diffusion = build_diffusion(_model_config(diff_cfg), load_weights=not has_clip)
     _check_strict(diffusion, weights, "denoiser_model / condition", () if has_clip else ("conditioner.clip.",))
-    meta = {"kind": "diffusion", "config": diff_cfg, "latent_scale": latent_scale, "vae_checkpoint": str(vae_dir),
-            "converted_from": report["checkpoint"], "source_sha256": report["sha256"]}
+    meta = {
+        "kind": "diffusion",
+        "config": diff_cfg,
+        "latent_scale": latent_scale,
+        "vae_checkpoint": str(vae_dir),
+        "converted_from": report["checkpoint"],
+        "source_sha256": report["sha256"],
+    }
     return write_weights_checkpoint(diff_dir, 0, weights, meta, diff_cfg)
 
 
@@ -235,6 +266,9 @@ def main(dcfg: DictConfig) -> None:
     cfg: ConvertConfig = OmegaConf.to_object(dcfg)
     report = convert(cfg)
     kind = report["model"]["kind"]
-    print(f"convert: {kind} checkpoint {report['checkpoint']} -> " + "  ".join(f"{k}: {v}" for k, v in report["written"].items()))
+    print(
+        f"convert: {kind} checkpoint {report['checkpoint']} -> "
+        + "  ".join(f"{k}: {v}" for k, v in report["written"].items())
+    )
     if report["ignored"]:
         print(f"ignored (not part of our models): {len(report['ignored'])} keys, e.g. {report['ignored'][:3]}")

@@ -7,10 +7,9 @@ stream state is (epoch, batches done), so a resumed run replays nothing and skip
 rebuilds the epoch's stream and drops the batches already trained on, before decoding them.
 Corrupt samples and shards are skipped and counted (the count travels with each batch).
 """
+
 from __future__ import annotations
 
-import glob
-import io
 import json
 import random
 import zlib
@@ -23,29 +22,12 @@ import webdataset as wds
 from scipy.spatial.transform import Rotation
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from craftsman_platform.errors import ConfigError
+from craftsman_platform.shapedata.sample import CAMERAS, NEAR, SURFACE, VOL, is_view_member, read_npy
 from craftsman_platform.shapedata.views import SET_SIZE, shard_views, view_sets
 from craftsman_platform.training.config import DataConfig
-from craftsman_platform.errors import ConfigError, MissingInput
 
 MAX_CONSECUTIVE_FAILURES = 1000
-REMOTE_PREFIXES = ("pipe:", "s3://", "gs://", "http://", "https://", "memory://")
-
-
-def expand_urls(spec: str | None) -> list[str]:
-    """Comma-separated paths, globs, brace patterns or URLs -> sorted shard list (an error if empty)."""
-    if not spec:
-        raise ConfigError("data.train_shards / data.eval_shards is empty: give a glob such as OUT/shards/*.tar")
-    urls: list[str] = []
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        for item in wds.shardlists.expand_urls(part):  # brace expansion
-            if item.startswith(REMOTE_PREFIXES):
-                urls.append(item)
-            else:
-                found = sorted(glob.glob(item))
-                if not found:
-                    raise MissingInput(f"no shard matches {item!r}")
-                urls.extend(found)
-    return urls
 
 
 @dataclass
@@ -74,11 +56,12 @@ def open_shards(srcs: Iterator[dict], handler) -> Iterator[dict]:
 def member_filter(kind: str):
     """Tar members a task reads: others (normal and depth maps, sharp points, meta) are skipped while
     streaming, so they never reach the shuffle buffer."""
-    wanted = {"surface.npy", "vol.npy", "near.npy"} | ({"cameras.json"} if kind == "diffusion" else set())
+    wanted = {SURFACE, VOL, NEAR} | ({CAMERAS} if kind == "diffusion" else set())
 
     def select(name: str) -> bool:
         member = name.rsplit("/", 1)[-1].split(".", 1)[-1]
-        return member in wanted or (kind == "diffusion" and member.startswith("rgb_"))
+        return member in wanted or (kind == "diffusion" and is_view_member(member))
+
     return select
 
 
@@ -89,10 +72,6 @@ def _rng_seed(*parts: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # Decoding one sample
 # ----------------------------------------------------------------------------------------------
-def _npy(raw: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(raw), allow_pickle=False)
-
-
 def _subset(arr: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     if len(arr) == 0:
         raise ValueError("empty point array")
@@ -109,9 +88,9 @@ def _rotate(points: np.ndarray, rot: np.ndarray, with_normals: bool) -> np.ndarr
 
 def decode_sample(raw: dict, cfg: DataConfig, kind: str, rng: np.random.Generator) -> dict:
     """Raw tar members -> subsampled float32 arrays (+ uint8 views and c2w for diffusion)."""
-    surface = _subset(_npy(raw["surface.npy"]), cfg.num_surface, rng)
-    vol = _subset(_npy(raw["vol.npy"]), cfg.num_vol, rng)
-    near = _subset(_npy(raw["near.npy"]), cfg.num_near, rng)
+    surface = _subset(read_npy(raw[SURFACE]), cfg.num_surface, rng)
+    vol = _subset(read_npy(raw[VOL]), cfg.num_vol, rng)
+    near = _subset(read_npy(raw[NEAR]), cfg.num_near, rng)
     rot = Rotation.random(random_state=rng).as_matrix().astype(np.float32) if cfg.rotation_augment else None
     if rot is not None:
         surface, vol, near = _rotate(surface, rot, True), _rotate(vol, rot, False), _rotate(near, rot, False)
@@ -144,14 +123,23 @@ def collate(samples: list[dict]) -> dict:
 class ShardStream(IterableDataset):
     """One rank's batches for one virtual epoch; build a new DataLoader per epoch (see `epoch_loader`)."""
 
-    def __init__(self, urls: list[str], cfg: DataConfig, kind: str, rank: int = 0, world_size: int = 1,
-                 state: StreamState | None = None):
+    def __init__(
+        self,
+        urls: list[str],
+        cfg: DataConfig,
+        kind: str,
+        rank: int = 0,
+        world_size: int = 1,
+        state: StreamState | None = None,
+    ):
         super().__init__()
         self.urls, self.cfg, self.kind, self.rank, self.world_size = urls, cfg, kind, rank, world_size
         self.state = state or StreamState()
         if not cfg.resampled and len(urls) < world_size * max(cfg.num_workers, 1):
-            raise ConfigError(f"{len(urls)} shards cannot be split over {world_size} ranks x {cfg.num_workers} workers "
-                             "without resampling: set data.resampled=true or write more shards")
+            raise ConfigError(
+                f"{len(urls)} shards cannot be split over {world_size} ranks x {cfg.num_workers} workers "
+                "without resampling: set data.resampled=true or write more shards"
+            )
 
     def _worker(self) -> tuple[int, int]:
         """(logical worker, workers). The DataLoader reads its workers round-robin from worker 0, so
@@ -167,7 +155,7 @@ class ShardStream(IterableDataset):
         if self.cfg.resampled:
             while True:
                 yield {"url": rng.choice(self.urls)}
-        mine = self.urls[self.rank::self.world_size][worker::workers]
+        mine = self.urls[self.rank :: self.world_size][worker::workers]
         rng.shuffle(mine)
         yield from ({"url": u} for u in mine)
 
@@ -183,11 +171,16 @@ class ShardStream(IterableDataset):
             corrupt[0] += 1
             consecutive[0] += 1
             if consecutive[0] > MAX_CONSECUTIVE_FAILURES:
-                raise RuntimeError(f"{consecutive[0]} unreadable samples in a row (last: {exn}); are the shards valid?") from exn
+                raise RuntimeError(
+                    f"{consecutive[0]} unreadable samples in a row (last: {exn}); are the shards valid?"
+                ) from exn
             return True
 
-        files = wds.tariterators.tar_file_expander(open_shards(self._shards(worker, workers), count_and_continue),
-                                                   handler=count_and_continue, select_files=member_filter(self.kind))
+        files = wds.tariterators.tar_file_expander(
+            open_shards(self._shards(worker, workers), count_and_continue),
+            handler=count_and_continue,
+            select_files=member_filter(self.kind),
+        )
         raw = wds.tariterators.group_by_keys(files, handler=count_and_continue)
         raw = wds.filters._shuffle(raw, self.cfg.shuffle_buffer, min(self.cfg.shuffle_buffer, 32), random.Random(seed))
         batch, made = [], 0
@@ -196,7 +189,9 @@ class ShardStream(IterableDataset):
                 batch.append(None)
             else:
                 try:
-                    batch.append(decode_sample(sample, self.cfg, self.kind, np.random.default_rng([seed, made, len(batch)])))
+                    batch.append(
+                        decode_sample(sample, self.cfg, self.kind, np.random.default_rng([seed, made, len(batch)]))
+                    )
                 except Exception as exn:  # a damaged member: skip the sample, count it
                     count_and_continue(exn)
                     continue
@@ -218,8 +213,14 @@ class ShardStream(IterableDataset):
 def epoch_loader(stream: ShardStream, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over the stream's current epoch (batches come ready-made from the workers);
     `pin_memory` for CUDA, so host-to-device copies run asynchronously."""
-    return DataLoader(stream, batch_size=None, num_workers=stream.cfg.num_workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=2 if stream.cfg.num_workers else None)
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=stream.cfg.num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=2 if stream.cfg.num_workers else None,
+    )
 
 
 class BatchIterator:
@@ -247,8 +248,10 @@ class BatchIterator:
                 batch = next(self._it)
             except StopIteration:
                 if self.state.batches_done == 0 and delivered_before == 0:
-                    raise RuntimeError(f"a whole epoch of {len(self.stream.urls)} shard(s) gave no batch "
-                                       f"({self.corrupt_skipped} unreadable samples or shards): are they valid?")
+                    raise RuntimeError(
+                        f"a whole epoch of {len(self.stream.urls)} shard(s) gave no batch "
+                        f"({self.corrupt_skipped} unreadable samples or shards): are they valid?"
+                    )
                 delivered_before = 0
                 self._it = None
                 self.stream.state = StreamState(self.state.epoch + 1, 0, self.corrupt_skipped)
@@ -268,15 +271,28 @@ class SlotBatches:
     whether it runs as 1 rank x 2 micro-steps or 2 ranks x 1: loss curves can be compared exactly.
     """
 
-    def __init__(self, urls: list[str], cfg: DataConfig, kind: str, rank: int, world_size: int, accum: int,
-                 states: list[dict] | None = None, pin_memory: bool = False):
+    def __init__(
+        self,
+        urls: list[str],
+        cfg: DataConfig,
+        kind: str,
+        rank: int,
+        world_size: int,
+        accum: int,
+        states: list[dict] | None = None,
+        pin_memory: bool = False,
+    ):
         slots = world_size * accum
         if states is not None and len(states) != accum:
             states = None  # another world size or accumulation: start fresh streams (logged by the caller)
         self.restored = states is not None
-        self.iters = [BatchIterator(ShardStream(urls, cfg, kind, rank * accum + a, slots,
-                                                StreamState(**states[a]) if states else None), pin_memory)
-                      for a in range(accum)]
+        self.iters = [
+            BatchIterator(
+                ShardStream(urls, cfg, kind, rank * accum + a, slots, StreamState(**states[a]) if states else None),
+                pin_memory,
+            )
+            for a in range(accum)
+        ]
         self.next_slot = 0
 
     def __next__(self) -> dict:
@@ -285,8 +301,14 @@ class SlotBatches:
         return batch
 
     def state_dict(self) -> list[dict]:
-        return [{"epoch": it.state.epoch, "batches_done": it.state.batches_done,
-                 "corrupt_before_epoch": it.state.corrupt_before_epoch} for it in self.iters]
+        return [
+            {
+                "epoch": it.state.epoch,
+                "batches_done": it.state.batches_done,
+                "corrupt_before_epoch": it.state.corrupt_before_epoch,
+            }
+            for it in self.iters
+        ]
 
     @property
     def corrupt_skipped(self) -> int:

@@ -6,6 +6,7 @@ own `bf16` mode (a bf16 module with fp32 masters in the optimizer) is not used: 
 input-facing layer to bf16 (Fourier features of 2^7 pi x do not survive that), and the EMA would
 have to gather fp32 masters from the optimizer partitions every step.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from craftsman_platform.training.config import TrainConfig
 from craftsman_platform.errors import ConfigError
+from craftsman_platform.training.config import TrainConfig
 
 PRECISIONS = ("bf16", "fp32")
 log = logging.getLogger("craft.train")
@@ -118,11 +119,13 @@ def collective_device() -> torch.device:
 # ----------------------------------------------------------------------------------------------
 def lr_lambda(warmup: int, total: int, min_ratio: float):
     """Linear warmup to 1, then a single cosine to min_ratio at `total`; flat afterwards (no restarts)."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
     return factor
 
 
@@ -131,27 +134,45 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     if t.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision must be one of {PRECISIONS}, got {t.precision!r}")
     if ds.zero_stage not in (0, 1, 2):
-        raise ConfigError(f"deepspeed.zero_stage must be 0, 1 or 2 (3 shards parameters: not needed at this size), got {ds.zero_stage}")
+        raise ConfigError(
+            f"deepspeed.zero_stage must be 0, 1 or 2 (3 shards parameters: not needed at this size), "
+            f"got {ds.zero_stage}"
+        )
     for key in ("bf16", "fp16", "torch_autocast"):
         if key in ds.extra:
-            raise ConfigError(f"deepspeed.extra.{key}: precision is set by trainer.precision (fp32 weights, bf16 autocast); "
-                             "remove the key")
+            raise ConfigError(
+                f"deepspeed.extra.{key}: precision is set by trainer.precision (fp32 weights, bf16 autocast); "
+                "remove the key"
+            )
     config = {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": t.grad_accum,
         "train_batch_size": cfg.data.batch_size * t.grad_accum * world_size,
         "gradient_clipping": t.grad_clip,  # explicit: DeepSpeed's default changed in 0.19.3
-        "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "betas": list(t.betas), "eps": t.eps,
-                                                  "weight_decay": t.weight_decay, "torch_adam": True}},
-        "zero_optimization": {"stage": ds.zero_stage, "contiguous_gradients": ds.contiguous_gradients,
-                              "overlap_comm": ds.overlap_comm, "reduce_scatter": True,
-                              "reduce_bucket_size": ds.reduce_bucket_size, "allgather_bucket_size": ds.reduce_bucket_size},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": t.lr,
+                "betas": list(t.betas),
+                "eps": t.eps,
+                "weight_decay": t.weight_decay,
+                "torch_adam": True,
+            },
+        },
+        "zero_optimization": {
+            "stage": ds.zero_stage,
+            "contiguous_gradients": ds.contiguous_gradients,
+            "overlap_comm": ds.overlap_comm,
+            "reduce_scatter": True,
+            "reduce_bucket_size": ds.reduce_bucket_size,
+            "allgather_bucket_size": ds.reduce_bucket_size,
+        },
         # fp32 weights and gradients; the forward under autocast. An empty module list keeps every
         # gradient reduction in fp32 (DeepSpeed would otherwise reduce Linear gradients in bf16).
         "bf16": {"enabled": False},
         "torch_autocast": {"enabled": t.precision == "bf16", "dtype": "bfloat16", "lower_precision_safe_modules": []},
         "data_types": {"grad_accum_dtype": "fp32"},
-        "steps_per_print": 10 ** 9,
+        "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
     config.update(ds.extra)
@@ -167,8 +188,13 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int):
     config = deepspeed_config(cfg, world_size)
     with library_chatter():
         engine, _, _, scheduler = deepspeed.initialize(
-            model=model, model_parameters=params, config=config,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t.warmup_steps, t.max_steps, t.min_lr_ratio)))
+            model=model,
+            model_parameters=params,
+            config=config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
+                opt, lr_lambda(t.warmup_steps, t.max_steps, t.min_lr_ratio)
+            ),
+        )
     return engine, scheduler
 
 

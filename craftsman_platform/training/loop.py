@@ -3,6 +3,7 @@
 Nothing in a step waits for the GPU: losses stay on the device and are summed there; the host reads
 them (one transfer, one collective) only on logging steps.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,11 +16,13 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from craftsman_platform.models.build import compile_model
 from craftsman_platform.errors import ConfigError
-from craftsman_platform.training.checkpoint import Checkpointer, latest_checkpoint, load_weights
+from craftsman_platform.models.build import compile_model
+from craftsman_platform.models.checkpoints import latest_checkpoint, load_weights
+from craftsman_platform.shapedata.sample import expand_urls
+from craftsman_platform.training.checkpoint import Checkpointer
 from craftsman_platform.training.config import TrainConfig
-from craftsman_platform.training.data import SlotBatches, expand_urls
+from craftsman_platform.training.data import SlotBatches
 from craftsman_platform.training.engine import EMA, build_engine, collective_device, setup_distributed
 from craftsman_platform.training.metrics import MetricsLogger, ProgressLine, memory_stats
 from craftsman_platform.training.tasks import make_task
@@ -79,7 +82,9 @@ class Window:
     def means(self, corrupt_skipped: int) -> dict[str, float]:
         """Means over the window's steps and over ranks (one transfer and one all-reduce)."""
         device = self.losses.device if self.losses is not None else collective_device()
-        host = torch.tensor([self.data_time / self.steps, self.step_time / self.steps, float(corrupt_skipped)], device=device)
+        host = torch.tensor(
+            [self.data_time / self.steps, self.step_time / self.steps, float(corrupt_skipped)], device=device
+        )
         packed = torch.cat([self.losses / self.micro_steps, host]) if self.losses is not None else host
         if _distributed():
             packed = packed.to(collective_device())
@@ -96,7 +101,9 @@ def train_worker(cfg_dict: dict) -> dict:
     """Train until trainer.max_steps (or SIGTERM); returns a summary of what happened."""
     cfg = config_from_dict(cfg_dict)
     rank, world, _, device = setup_distributed()
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
+    )
     run_dir = Path(cfg.run_dir)
     (run_dir / "workers").mkdir(parents=True, exist_ok=True)
     (run_dir / "workers" / f"rank-{rank}.pid").write_text(str(os.getpid()))
@@ -109,7 +116,11 @@ def train_worker(cfg_dict: dict) -> dict:
     elif cfg.init_from:
         log.info("init_from=%s ignored: resuming the run in %s", cfg.init_from, run_dir)
     if cfg.trainer.compile:
-        log.info("compiled %d blocks (%s)", compile_model(task.model, cfg.trainer.compile_backend), cfg.trainer.compile_backend)
+        log.info(
+            "compiled %d blocks (%s)",
+            compile_model(task.model, cfg.trainer.compile_backend),
+            cfg.trainer.compile_backend,
+        )
     engine, scheduler = build_engine(task.model, cfg, world)
     ema = EMA(engine.module, cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
     checkpointer = Checkpointer(run_dir, rank, cfg.trainer.keep_checkpoints)
@@ -122,8 +133,16 @@ def train_worker(cfg_dict: dict) -> dict:
         step, run_id = meta["step"], meta.get("wandb_run_id")
         extra_meta = {k: meta[k] for k in ("latent_scale",) if k in meta}
         log.info("resumed from %s at step %d", latest, step)
-    batches = SlotBatches(expand_urls(cfg.data.train_shards), cfg.data, task.kind, rank, world, cfg.trainer.grad_accum,
-                          rank_state.get("data"), pin_memory=device.type == "cuda")
+    batches = SlotBatches(
+        expand_urls(cfg.data.train_shards),
+        cfg.data,
+        task.kind,
+        rank,
+        world,
+        cfg.trainer.grad_accum,
+        rank_state.get("data"),
+        pin_memory=device.type == "cuda",
+    )
     if latest is not None and not batches.restored:
         log.warning("data streams restarted: the checkpoint was written with another world size or grad_accum")
     if latest is None and not initialised:
@@ -167,8 +186,14 @@ def train_worker(cfg_dict: dict) -> dict:
         if at_log:
             metrics = window.means(batches.corrupt_skipped)  # the step's only host sync
             grad_norm = engine.get_global_grad_norm()
-            metrics.update({"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm if grad_norm is not None else float("nan")),
-                            "samples_per_s": global_batch / metrics["step_time"], **memory_stats(device)})
+            metrics.update(
+                {
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm if grad_norm is not None else float("nan")),
+                    "samples_per_s": global_batch / metrics["step_time"],
+                    **memory_stats(device),
+                }
+            )
             logger.log(step, metrics)
             if progress is not None:
                 progress.update(step, metrics)
@@ -193,9 +218,15 @@ def initialise(task, path: str) -> None:
     missing, unexpected = task.model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in task.frozen_pretrained_keys]
     if missing or unexpected:
-        raise ConfigError(f"init_from={path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    log.info("initialised from %s (step %s of that run, %s weights); optimizer, schedule and step count start fresh",
-             path, meta.get("step"), which)
+        raise ConfigError(
+            f"init_from={path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    log.info(
+        "initialised from %s (step %s of that run, %s weights); optimizer, schedule and step count start fresh",
+        path,
+        meta.get("step"),
+        which,
+    )
 
 
 def _checksum(module: torch.nn.Module) -> float:

@@ -4,26 +4,25 @@ W&B is offline by default: the run is written under RUN_DIR/wandb and can be upl
 `wandb sync RUN_DIR/wandb/offline-run-*`. The run id is kept in every checkpoint, so a resumed run
 continues the same W&B run.
 """
+
 from __future__ import annotations
 
 import json
 import logging
-import os
 import resource
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from craftsman_platform.training.config import WandbConfig
-from craftsman_platform.errors import ConfigError
+from craftsman_platform.logger import WandbConfig, wandb_init
 
 
 def memory_stats(device: torch.device) -> dict[str, float]:
     """Peak memory: the GPU allocator's on CUDA, else this process's max RSS (GB)."""
     if device.type == "cuda":
-        return {"mem_gpu_peak_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30}
-    return {"mem_rss_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+        return {"mem_gpu_peak_gb": torch.cuda.max_memory_allocated(device) / 2**30}
+    return {"mem_rss_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def _duration(seconds: float) -> str:
@@ -42,8 +41,10 @@ class ProgressLine:
 
     def format(self, step: int, m: dict[str, float]) -> str:
         eta = (self.max_steps - step) * m["step_time"]
-        line = (f"step {step:>{self.width}}/{self.max_steps} | loss {m['loss']:.4f} | lr {m['lr']:.2e} | "
-                f"{m['samples_per_s']:.1f} samples/s | data {m['data_time'] / m['step_time']:.0%} | ETA {_duration(eta)}")
+        line = (
+            f"step {step:>{self.width}}/{self.max_steps} | loss {m['loss']:.4f} | lr {m['lr']:.2e} | "
+            f"{m['samples_per_s']:.1f} samples/s | data {m['data_time'] / m['step_time']:.0%} | ETA {_duration(eta)}"
+        )
         if m.get("corrupt_skipped"):
             line += f" | skipped {int(m['corrupt_skipped'])} unreadable samples"
         return line
@@ -53,22 +54,17 @@ class ProgressLine:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str | Path, rank: int, wandb_cfg: WandbConfig, config: dict,
-                 run_id: Optional[str] = None):
+    def __init__(
+        self, run_dir: str | Path, rank: int, wandb_cfg: WandbConfig, config: dict, run_id: Optional[str] = None
+    ):
         self.rank, self.run_dir = rank, Path(run_dir)
         self.run = None
         self.run_id = run_id
         if rank != 0:
             return
         self.file = open(self.run_dir / "metrics.jsonl", "a")
-        if wandb_cfg.enabled and wandb_cfg.mode != "disabled":
-            import wandb
-
-            if wandb_cfg.mode == "online" and not (os.environ.get("WANDB_API_KEY") or Path("~/.netrc").expanduser().exists()):
-                raise ConfigError("logger.wandb.mode=online needs WANDB_API_KEY (or `wandb login`); use mode=offline")
-            self.run = wandb.init(project=wandb_cfg.project, entity=wandb_cfg.entity, name=wandb_cfg.name,
-                                  tags=list(wandb_cfg.tags), config=config, dir=str(self.run_dir), mode=wandb_cfg.mode,
-                                  id=run_id, resume="allow", settings=wandb.Settings(silent=True, console="off"))
+        self.run = wandb_init(wandb_cfg, self.run_dir, config.get("name", "train"), run_id, config=config)
+        if self.run is not None:
             self.run_id = self.run.id
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

@@ -2,16 +2,15 @@
 
 Models are built on the meta device: full-size configs cost no memory and read no weights.
 """
+
 from __future__ import annotations
 
 import hydra
 from omegaconf import DictConfig
 
 from craftsman_platform.models.build import module_summary
-from craftsman_platform.config import CONF_DIR
-from craftsman_platform.training.config import register_configs, to_train_config
-
-register_configs()
+from craftsman_platform.paths import CONF_DIR
+from craftsman_platform.training.config import to_train_config
 
 
 def format_rows(rows: list[tuple[str, int, int]]) -> str:
@@ -24,4 +23,7 @@ def main(dcfg: DictConfig) -> None:
     print(f"experiment: {cfg.name}  (model.kind={cfg.model.kind})")
     print(format_rows(module_summary(cfg.model)))
     if cfg.model.kind == "diffusion" and cfg.model.conditioner.pretrained:
-        print(f"(built on the meta device from model.conditioner.architecture; {cfg.model.conditioner.pretrained} not read)")
+        print(
+            "(built on the meta device from model.conditioner.architecture; "
+            f"{cfg.model.conditioner.pretrained} not read)"
+        )

@@ -1,4 +1,5 @@
 """What is trained: the shape VAE, or the latent diffusion model on a frozen VAE."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,12 +7,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from craftsman_platform.models.build import ModelConfig, build_diffusion, build_vae
+from craftsman_platform.errors import ConfigError, MissingInput
+from craftsman_platform.models.build import ModelConfig, build_diffusion, build_vae, pretrained_frozen_keys
+from craftsman_platform.models.checkpoints import latest_checkpoint, load_weights, read_meta
 from craftsman_platform.models.shape_vae import vae_loss
-from craftsman_platform.training.checkpoint import latest_checkpoint, load_weights, read_meta
 from craftsman_platform.training.config import TrainConfig
 from craftsman_platform.training.engine import collective_device
-from craftsman_platform.errors import ConfigError, MissingInput
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -36,13 +37,17 @@ class VAETask:
 
     def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict]:
         b = _to(batch, self.device)
-        return vae_loss(engine, b["surface"], b["vol"], b["near"], self.cfg.model.vae_loss, _generator(batch, self.device))
+        return vae_loss(
+            engine, b["surface"], b["vol"], b["near"], self.cfg.model.vae_loss, _generator(batch, self.device)
+        )
 
 
 def check_vae_checkpoint(model_cfg: ModelConfig) -> Path:
     """The VAE checkpoint a diffusion run needs: present, complete, and shaped like model.vae."""
     if not model_cfg.vae_checkpoint:
-        raise ConfigError("model.vae_checkpoint is required for model.kind=diffusion: the run dir or checkpoint of a trained VAE")
+        raise ConfigError(
+            "model.vae_checkpoint is required for model.kind=diffusion: the run dir or checkpoint of a trained VAE"
+        )
     ckpt = latest_checkpoint(model_cfg.vae_checkpoint)
     if ckpt is None:
         raise MissingInput(f"model.vae_checkpoint={model_cfg.vae_checkpoint}: no checkpoint there")
@@ -52,8 +57,10 @@ def check_vae_checkpoint(model_cfg: ModelConfig) -> Path:
     ours = {k: v for k, v in vars(model_cfg.vae).items() if k not in ("checkpointing", "logvar_init")}
     wrong = {k: (v, trained["vae"].get(k)) for k, v in ours.items() if trained["vae"].get(k) != v}
     if wrong:
-        raise ConfigError(f"model.vae does not match the VAE in {ckpt}: " +
-                         ", ".join(f"model.vae.{k}={a} (checkpoint: {b})" for k, (a, b) in wrong.items()))
+        raise ConfigError(
+            f"model.vae does not match the VAE in {ckpt}: "
+            + ", ".join(f"model.vae.{k}={a} (checkpoint: {b})" for k, (a, b) in wrong.items())
+        )
     return ckpt
 
 
@@ -76,7 +83,9 @@ class DiffusionTask:
             raise ConfigError(f"data.image_size={cfg.data.image_size} but the conditioner takes {size} px views")
         # a frozen pretrained CLIP is reloaded from model.conditioner.pretrained, not copied into every
         # checkpoint; its trained parts (the ModLN modulation) are
-        self.frozen_pretrained_keys = frozenset(pretrained_frozen_keys(self.model) if cfg.model.conditioner.pretrained else ())
+        self.frozen_pretrained_keys = frozenset(
+            pretrained_frozen_keys(self.model) if cfg.model.conditioner.pretrained else ()
+        )
 
     @torch.no_grad()
     def _latents(self, surface: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -100,12 +109,6 @@ class DiffusionTask:
         gen = _generator(batch, self.device)
         cond = {"images": b["images"], "c2w": b["c2w"]}  # uint8 views: the conditioner scales them
         return engine(self._latents(b["surface"], gen), cond, gen)
-
-
-def pretrained_frozen_keys(model: torch.nn.Module) -> list[str]:
-    """State-dict keys of the frozen CLIP tower (its parameters that do not train, and its buffers)."""
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    return [k for k in model.state_dict() if k.startswith("conditioner.clip.") and k not in trainable]
 
 
 def make_task(cfg: TrainConfig, device: torch.device):

@@ -5,6 +5,7 @@ to the workers as a resolved plain dict. launcher=local trains in this process; 
 Ray Train's TorchTrainer (gloo on CPU, NCCL on GPU) on the local Ray or `ray.address`; under
 torchrun or srun (launcher=torchrun) each process is one rank (see cluster/slurm/).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,17 +16,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from craftsman_platform.config import CONF_DIR
-from craftsman_platform.raycluster import init_ray
-from craftsman_platform.training.checkpoint import latest_checkpoint, read_meta
+from craftsman_platform.errors import ConfigError, MissingInput, check_writable
 from craftsman_platform.models.build import ModelConfig
-from craftsman_platform.training.config import LauncherConfig, TrainConfig, register_configs, to_train_config
-from craftsman_platform.training.data import expand_urls
+from craftsman_platform.models.checkpoints import latest_checkpoint, read_meta
+from craftsman_platform.paths import CONF_DIR
+from craftsman_platform.raycluster import init_ray
+from craftsman_platform.shapedata.sample import expand_urls
+from craftsman_platform.training.config import LauncherConfig, TrainConfig, to_train_config
 from craftsman_platform.training.loop import train_worker
 from craftsman_platform.training.tasks import check_vae_checkpoint
-from craftsman_platform.errors import ConfigError, MissingInput, check_writable
 
-register_configs()
 log = logging.getLogger("craft.train")
 LAUNCHERS = ("local", "ray", "torchrun")
 RESUME = ("auto", "never")
@@ -33,10 +33,23 @@ RESUME = ("auto", "never")
 
 # What may differ between a run's checkpoints and a resume of it: cadence, logging, placement (a moved
 # run_dir included) and memory/speed switches that do not change the computation. The rest is refused.
-RESUMABLE_CHANGES = ("trainer.max_steps", "trainer.log_every", "trainer.ckpt_every", "trainer.keep_checkpoints",
-                     "trainer.compile", "trainer.compile_backend", "data.num_workers", "model.vae.checkpointing",
-                     "model.denoiser.checkpointing", "model.conditioner.checkpointing", "logger.", "launcher.", "ray.",
-                     "resume", "run_dir")
+RESUMABLE_CHANGES = (
+    "trainer.max_steps",
+    "trainer.log_every",
+    "trainer.ckpt_every",
+    "trainer.keep_checkpoints",
+    "trainer.compile",
+    "trainer.compile_backend",
+    "data.num_workers",
+    "model.vae.checkpointing",
+    "model.denoiser.checkpointing",
+    "model.conditioner.checkpointing",
+    "logger.",
+    "launcher.",
+    "ray.",
+    "resume",
+    "run_dir",
+)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -64,9 +77,11 @@ def check_resume(cfg: TrainConfig, cfg_dict: dict) -> dict[str, tuple]:
     refused = {k: v for k, v in changes.items() if not k.startswith(RESUMABLE_CHANGES)}
     if refused:
         listing = "; ".join(f"{k}={b} (the run has {a})" for k, (a, b) in refused.items())
-        raise ConfigError(f"run_dir={cfg.run_dir} holds a run with another config: {listing}. Resume with the run's "
-                          "values (only trainer.max_steps, logging, checkpoint cadence, placement and checkpointing "
-                          "switches may change) or use another run_dir")
+        raise ConfigError(
+            f"run_dir={cfg.run_dir} holds a run with another config: {listing}. Resume with the run's "
+            "values (only trainer.max_steps, logging, checkpoint cadence, placement and checkpointing "
+            "switches may change) or use another run_dir"
+        )
     return changes
 
 
@@ -114,7 +129,9 @@ def check_init_from(cfg: TrainConfig) -> Path:
     wrong = [f"{k} {theirs[k]} vs {ours[k]}" for k in theirs if k in ours and theirs[k] != ours[k]]
     unknown = [k for k in theirs if k not in ours]
     if wrong or unknown:
-        raise ConfigError(f"init_from={ckpt} does not fit model.*: " + "; ".join((wrong + [f"{k} unknown" for k in unknown])[:5]))
+        raise ConfigError(
+            f"init_from={ckpt} does not fit model.*: " + "; ".join((wrong + [f"{k} unknown" for k in unknown])[:5])
+        )
     return ckpt
 
 
@@ -134,11 +151,15 @@ def launch_ray(cfg: TrainConfig, cfg_dict: dict) -> dict:
     use_gpu, resources = ray_resources(cfg.launcher, ray.cluster_resources().get("GPU", 0))
     log.info("Ray Train: %d workers, %s per worker", cfg.launcher.num_workers, resources)
     trainer = TorchTrainer(
-        train_loop_per_worker=_ray_entry, train_loop_config=cfg_dict,
-        scaling_config=ScalingConfig(num_workers=cfg.launcher.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=cfg.name, storage_path=storage,
-                             failure_config=FailureConfig(max_failures=cfg.launcher.max_failures)))
+        train_loop_per_worker=_ray_entry,
+        train_loop_config=cfg_dict,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.launcher.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=cfg.name, storage_path=storage, failure_config=FailureConfig(max_failures=cfg.launcher.max_failures)
+        ),
+    )
     result = trainer.fit()
     if result.error:
         raise result.error
@@ -160,8 +181,11 @@ def adopt_model(dcfg: DictConfig, overrides: list[str]) -> DictConfig:
     ckpt = latest_checkpoint(dcfg.init_from)
     if ckpt is None:
         raise MissingInput(f"init_from={dcfg.init_from}: no checkpoint there")
-    model = OmegaConf.merge(OmegaConf.structured(ModelConfig), read_meta(ckpt)["config"]["model"],
-                            OmegaConf.from_dotlist([o.removeprefix("model.") for o in overrides if o.startswith("model.")]))
+    model = OmegaConf.merge(
+        OmegaConf.structured(ModelConfig),
+        read_meta(ckpt)["config"]["model"],
+        OmegaConf.from_dotlist([o.removeprefix("model.") for o in overrides if o.startswith("model.")]),
+    )
     dcfg = dcfg.copy()
     with open_dict(dcfg):
         dcfg.model = model
@@ -201,6 +225,9 @@ def main(dcfg: DictConfig) -> None:
     workers = summary.get("workers", [summary])
     states = sorted({(w["status"], w["step"]) for w in workers})
     for status, step in states:
-        print(f"train: {status} at step {step} ({len(workers)} rank(s)); checkpoints in {Path(dcfg.run_dir) / 'checkpoints'}")
+        print(
+            f"train: {status} at step {step} ({len(workers)} rank(s)); "
+            f"checkpoints in {Path(dcfg.run_dir) / 'checkpoints'}"
+        )
     if any(s == "preempted" for s, _ in states):
         print("train: stopped by SIGTERM after a checkpoint; the same command resumes it")

@@ -1,4 +1,5 @@
 """`craft preprocess` end to end: real meshes and malformed files, a real local Ray, plain webdataset."""
+
 from __future__ import annotations
 
 import glob
@@ -19,16 +20,22 @@ import scipy.ndimage as ndi
 import webdataset as wds
 from PIL import Image
 
-from craftsman_platform.config import PreprocessConfig, SampleConfig
 from craftsman_platform.errors import ConfigError
+from craftsman_platform.geometry.config import SampleConfig
+from craftsman_platform.preprocess.config import PreprocessConfig
 from craftsman_platform.preprocess.job import preprocess
 from craftsman_platform.preprocess.shards import ShardStore
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = {
-    "geometry.watertight.resolution": 96, "geometry.watertight.quality_samples": 5000,
-    "geometry.sample.surface": 3000, "geometry.sample.sharp_max": 500, "geometry.sample.volume": 4000,
-    "geometry.sample.near": 1000, "render.resolution": 64, "render.extra_sets": 1,
+    "geometry.watertight.resolution": 96,
+    "geometry.watertight.quality_samples": 5000,
+    "geometry.sample.surface": 3000,
+    "geometry.sample.sharp_max": 500,
+    "geometry.sample.volume": 4000,
+    "geometry.sample.near": 1000,
+    "render.resolution": 64,
+    "render.extra_sets": 1,
 }
 
 
@@ -75,7 +82,12 @@ def test_end_to_end_with_malformed_files(mesh_folder, tmp_path):
     manifest = {r["uid"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}
     assert len(manifest) == 8 and summary["ok"] == 4 and summary["failed"] == 4
     reasons = {r["source"].rsplit("/", 1)[-1]: r["reason"] for r in manifest.values() if r["status"] == "failed"}
-    assert reasons == {"points.obj": "no_triangles", "inf.glb": "non_finite", "empty.ply": "unreadable", "garbage.glb": "unreadable"}
+    assert reasons == {
+        "points.obj": "no_triangles",
+        "inf.glb": "non_finite",
+        "empty.ply": "unreadable",
+        "garbage.glb": "unreadable",
+    }
     assert all(Path(r["source"]).is_absolute() for r in manifest.values())
 
     samples = read_shards(out)
@@ -87,7 +99,13 @@ def test_end_to_end_with_malformed_files(mesh_folder, tmp_path):
         assert s["surface.npy"].shape == (3000, 6) and s["surface.npy"].dtype == np.float16
         assert s["vol.npy"].shape == (4000, 4) and s["near.npy"].shape == (2000, 4) and s["sharp.npy"].shape[1] == 6
         meta, cams = s["meta.json"], s["cameras.json"]
-        assert meta["uid"] == s["__key__"] and set(meta["timings"]) == {"load", "watertight", "sample", "render", "write"}
+        assert meta["uid"] == s["__key__"] and set(meta["timings"]) == {
+            "load",
+            "watertight",
+            "sample",
+            "render",
+            "write",
+        }
         assert meta["watertight"]["is_watertight"] and len(meta["source_sha256"]) == 64
         assert cams["convention"] == "opencv" and len(cams["views"]) == 8
         for i in range(8):
@@ -144,7 +162,8 @@ def test_timeout_kills_the_work_not_the_job_and_failed_can_be_retried(mesh_folde
     second = preprocess(small_cfg(mesh_folder, out, retry_failed=True))
     assert second["ok"] == 4 and "timeout" not in second["reasons"]
     assert sorted(s["__key__"] for s in read_shards(out)) == sorted(
-        r["uid"] for r in pq.read_table(out / "manifest.parquet").to_pylist() if r["status"] == "ok")
+        r["uid"] for r in pq.read_table(out / "manifest.parquet").to_pylist() if r["status"] == "ok"
+    )
 
 
 def test_kill_9_then_resume_gives_every_object_exactly_once(tmp_path, pybullet_dir):
@@ -154,15 +173,29 @@ def test_kill_9_then_resume_gives_every_object_exactly_once(tmp_path, pybullet_d
     for rel in picks:
         shutil.copy(pybullet_dir / rel, src / rel.replace("/", "_"))
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "craftsman_platform.cli", "preprocess", f"source.path={src}", f"output_dir={out}",
-            "shard_max_bytes=1", *(f"{k}={v}" for k, v in SMALL.items())]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "craftsman_platform.cli",
+        "preprocess",
+        f"source.path={src}",
+        f"output_dir={out}",
+        "shard_max_bytes=1",
+        *(f"{k}={v}" for k, v in SMALL.items()),
+    ]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 240
     while time.time() < deadline and len(list((out / "shards").glob("*.tar"))) < 3:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     proc.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    subprocess.run(
+        ["ray", "stop", "--force"],
+        capture_output=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
     before = len(list((out / "shards").glob("*.tar")))
     assert 3 <= before < len(picks), "the kill should land mid-run"
     res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -176,13 +209,36 @@ def test_kill_9_then_resume_gives_every_object_exactly_once(tmp_path, pybullet_d
 
 def test_store_recovers_from_a_torn_run(tmp_path):
     store = ShardStore(tmp_path, max_bytes=10**9)
-    row = {"uid": "a", "source": "/x/a.obj", "status": "ok", "reason": None, "message": None, "shard": None, "config_hash": "h",
-           "source_sha256": "0" * 64, "watertight_method": "udf", "chamfer": 0.01, "parts_in": 1, "parts_out": 1,
-           "parts_lost": 0, "sign_agreement": 1.0, "n_sharp": 0, "views": 4,
-           **{f"time_{s}": 0.1 for s in ("load", "watertight", "sample", "render", "write")}}
-    meta = {"uid": "a", "source": "/x/a.obj", "source_sha256": "0" * 64, "config_hash": "h", "views": 4, "sign_agreement": 1.0,
-            "watertight": {"method": "udf", "chamfer": 0.01, "parts_in": 1, "parts_out": 1, "parts_lost": 0},
-            "counts": {"sharp": 0}, "timings": {s: 0.1 for s in ("load", "watertight", "sample", "render", "write")}}
+    row = {
+        "uid": "a",
+        "source": "/x/a.obj",
+        "status": "ok",
+        "reason": None,
+        "message": None,
+        "shard": None,
+        "config_hash": "h",
+        "source_sha256": "0" * 64,
+        "watertight_method": "udf",
+        "chamfer": 0.01,
+        "parts_in": 1,
+        "parts_out": 1,
+        "parts_lost": 0,
+        "sign_agreement": 1.0,
+        "n_sharp": 0,
+        "views": 4,
+        **{f"time_{s}": 0.1 for s in ("load", "watertight", "sample", "render", "write")},
+    }
+    meta = {
+        "uid": "a",
+        "source": "/x/a.obj",
+        "source_sha256": "0" * 64,
+        "config_hash": "h",
+        "views": 4,
+        "sign_agreement": 1.0,
+        "watertight": {"method": "udf", "chamfer": 0.01, "parts_in": 1, "parts_out": 1, "parts_lost": 0},
+        "counts": {"sharp": 0},
+        "timings": {s: 0.1 for s in ("load", "watertight", "sample", "render", "write")},
+    }
     store.add("a", {"meta.json": json.dumps(meta).encode()}, row)
     store.add_failed({"uid": "b", "status": "failed", "reason": "no_triangles"})
     store.close()

@@ -1,4 +1,5 @@
 """`craft evaluate`: metrics, table, renders, report.html in headless Chromium, W&B offline, watch mode."""
+
 from __future__ import annotations
 
 import csv
@@ -12,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
+from helpers import ENV, craft, shard_glob
 
 from craftsman_platform.evaluation.metrics import surface_metrics
-from helpers import ENV, craft, shard_glob
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -39,8 +40,15 @@ def test_surface_metrics_on_known_shapes():
 @pytest.fixture(scope="module")
 def vae_eval(vae_run, tiny_shards, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("eval") / "vae"
-    craft("evaluate", f"checkpoint={vae_run}", f"data.eval_shards={shard_glob(tiny_shards)}", f"output_dir={out}",
-          "data.max_objects=3", "depth=6", "surface_samples=20000")
+    craft(
+        "evaluate",
+        f"checkpoint={vae_run}",
+        f"data.eval_shards={shard_glob(tiny_shards)}",
+        f"output_dir={out}",
+        "data.max_objects=3",
+        "depth=6",
+        "surface_samples=20000",
+    )
     return out
 
 
@@ -62,8 +70,18 @@ def test_evaluate_vae_writes_metrics_table_renders_and_wandb(vae_eval):
 def test_objects_scored_together_score_as_one_at_a_time(vae_run, vae_eval, tiny_shards, tmp_path):
     """vae_eval scored its 3 objects in one batch (batch_size 8); here they go one by one."""
     out = tmp_path / "single"
-    craft("evaluate", f"checkpoint={vae_run}", f"data.eval_shards={shard_glob(tiny_shards)}", f"output_dir={out}",
-          "data.max_objects=3", "depth=6", "surface_samples=20000", "batch_size=1", "wandb_mode=disabled", "device=cpu")
+    craft(
+        "evaluate",
+        f"checkpoint={vae_run}",
+        f"data.eval_shards={shard_glob(tiny_shards)}",
+        f"output_dir={out}",
+        "data.max_objects=3",
+        "depth=6",
+        "surface_samples=20000",
+        "batch_size=1",
+        "logger=none",
+        "device=cpu",
+    )
     batched, single = (list(csv.DictReader(open(d / "objects.csv"))) for d in (vae_eval, out))
     assert [r["uid"] for r in batched] == [r["uid"] for r in single]
     for a, b in zip(batched, single):
@@ -79,8 +97,10 @@ def test_report_opens_in_headless_chromium(vae_eval):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.route("**/*", lambda route: route.abort() if not route.request.url.startswith(("file:", "data:"))
-                   else route.continue_())  # self-contained: any network request fails the page
+        page.route(
+            "**/*",
+            lambda route: route.abort() if not route.request.url.startswith(("file:", "data:")) else route.continue_(),
+        )  # self-contained: any network request fails the page
         page.goto((vae_eval / "report.html").as_uri())
         assert "step 1000" in page.title()
         assert page.locator("#objects tbody tr").count() == 3
@@ -92,7 +112,11 @@ def test_report_opens_in_headless_chromium(vae_eval):
         header = page.locator("#objects thead th").nth(col)
 
         def column() -> list[float]:
-            return [float(c.get_attribute("data-value")) for c in page.locator(f"#objects tbody tr td:nth-child({col + 1})").all()]
+            return [
+                float(c.get_attribute("data-value"))
+                for c in page.locator(f"#objects tbody tr td:nth-child({col + 1})").all()
+            ]
+
         header.click()
         assert column() == sorted(column())
         header.click()
@@ -116,10 +140,25 @@ def test_watch_mode_evaluates_each_new_checkpoint_once(vae_run, tiny_shards, tmp
 
     publish(ckpts[0])
     out = tmp_path / "eval"
-    args = ["watch=true", f"run_dir={run}", f"data.eval_shards={shard_glob(tiny_shards)}", f"output_dir={out}",
-            "data.max_objects=2", "depth=5", "surface_samples=5000", "poll_s=0.5", "idle_timeout_s=120", "wandb_mode=disabled"]
-    proc = subprocess.Popen([sys.executable, "-m", "craftsman_platform.cli", "evaluate", *args], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        "watch=true",
+        f"run_dir={run}",
+        f"data.eval_shards={shard_glob(tiny_shards)}",
+        f"output_dir={out}",
+        "data.max_objects=2",
+        "depth=5",
+        "surface_samples=5000",
+        "poll_s=0.5",
+        "idle_timeout_s=120",
+        "logger=none",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "craftsman_platform.cli", "evaluate", *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for i, ckpt in enumerate(ckpts[1:], start=1):
         deadline = time.time() + 120
         while not ((out / "history.jsonl").exists() and len(history(out)) == i):
@@ -137,9 +176,17 @@ def test_watch_mode_evaluates_each_new_checkpoint_once(vae_run, tiny_shards, tmp
 
 def test_evaluate_diffusion_generates_from_held_out_views(diffusion_run, tiny_shards, tmp_path):
     out = tmp_path / "eval"
-    proc = craft("evaluate", f"checkpoint={diffusion_run}", f"data.eval_shards={shard_glob(tiny_shards)}",
-                 f"output_dir={out}", "data.max_objects=2", "depth=5", "surface_samples=5000", "steps=5",
-                 "wandb_mode=disabled")
+    proc = craft(
+        "evaluate",
+        f"checkpoint={diffusion_run}",
+        f"data.eval_shards={shard_glob(tiny_shards)}",
+        f"output_dir={out}",
+        "data.max_objects=2",
+        "depth=5",
+        "surface_samples=5000",
+        "steps=5",
+        "logger=none",
+    )
     result = json.loads((out / "metrics.json").read_text())
     assert result["kind"] == "diffusion" and result["objects"] == 2 and result["step"] == 40
     assert 0 <= result["metrics"]["iou_vol"] <= 1 and "chamfer" in result["metrics"]

@@ -1,4 +1,5 @@
 """Mesh loading: every supported format, scene flattening, cleaning, and every rejection reason."""
+
 from __future__ import annotations
 
 import sys
@@ -6,14 +7,26 @@ import sys
 import numpy as np
 import pytest
 import trimesh
-
 from helpers import write_obj
-from craftsman_platform.config import LoadConfig
+
+from craftsman_platform.geometry.config import LoadConfig
 from craftsman_platform.geometry.mesh_io import REASONS, MeshRejected, load_mesh
 
 CUBE_V = [[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]]
-CUBE_F = [[0, 2, 1], [0, 3, 2], [4, 5, 6], [4, 6, 7], [0, 1, 5], [0, 5, 4],
-          [1, 2, 6], [1, 6, 5], [2, 3, 7], [2, 7, 6], [3, 0, 4], [3, 4, 7]]
+CUBE_F = [
+    [0, 2, 1],
+    [0, 3, 2],
+    [4, 5, 6],
+    [4, 6, 7],
+    [0, 1, 5],
+    [0, 5, 4],
+    [1, 2, 6],
+    [1, 6, 5],
+    [2, 3, 7],
+    [2, 7, 6],
+    [3, 0, 4],
+    [3, 4, 7],
+]
 
 
 def rejected(path, cfg=None) -> MeshRejected:
@@ -23,15 +36,18 @@ def rejected(path, cfg=None) -> MeshRejected:
     return info.value
 
 
-@pytest.mark.parametrize("rel", [
-    "glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb",
-    "glTF2/BoxTextured-glTF/BoxTextured.gltf",
-    "OBJ/spider.obj",
-    "PLY/Wuson.ply",
-    "STL/Spider_binary.stl",
-    "STL/Spider_ascii.stl",
-    "OFF/Wuson.off",
-])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb",
+        "glTF2/BoxTextured-glTF/BoxTextured.gltf",
+        "OBJ/spider.obj",
+        "PLY/Wuson.ply",
+        "STL/Spider_binary.stl",
+        "STL/Spider_ascii.stl",
+        "OFF/Wuson.off",
+    ],
+)
 def test_every_supported_format_loads_normalised(assimp_dir, rel):
     loaded = load_mesh(assimp_dir / rel)
     lo, hi = loaded.mesh.bounds
@@ -78,8 +94,17 @@ def test_degenerate_and_duplicate_faces_are_dropped(tmp_path):
 # Rejections: one real malformed file per reason
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("rel", ["invalid/empty.ply", "invalid/empty.off", "invalid/OutOfMemory.off",
-                                 "PLY/pond.0.ply", "glTF2/MissingBin/BoxTextured.gltf"])
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "invalid/empty.ply",
+        "invalid/empty.off",
+        "invalid/OutOfMemory.off",
+        "PLY/pond.0.ply",
+        "glTF2/MissingBin/BoxTextured.gltf",
+    ],
+)
 def test_unreadable_files(assimp_dir, rel):
     assert rejected(assimp_dir / rel).code == "unreadable"
 
@@ -103,8 +128,9 @@ def test_unknown_format(assimp_dir, tmp_path):
     assert rejected(assimp_dir / "STL/formatDetection").code == "unknown_format"
 
 
-@pytest.mark.parametrize("rel", ["OBJ/point_cloud.obj", "OBJ/testline.obj", "OBJ/testpoints.obj",
-                                 "PLY/points.ply", "OFF/invalid.off"])
+@pytest.mark.parametrize(
+    "rel", ["OBJ/point_cloud.obj", "OBJ/testline.obj", "OBJ/testpoints.obj", "PLY/points.ply", "OFF/invalid.off"]
+)
 def test_no_triangles(assimp_dir, rel):
     assert rejected(assimp_dir / rel).code == "no_triangles"
 
@@ -114,8 +140,14 @@ def test_non_finite_vertices(assimp_dir):
     assert err.code == "non_finite"
 
 
-@pytest.mark.parametrize("rel", ["glTF2/IndexOutOfRange/IndexOutOfRange.gltf",
-                                 "glTF2/IndexOutOfRange/AllIndicesOutOfRange.gltf", "invalid/malformed.obj"])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "glTF2/IndexOutOfRange/IndexOutOfRange.gltf",
+        "glTF2/IndexOutOfRange/AllIndicesOutOfRange.gltf",
+        "invalid/malformed.obj",
+    ],
+)
 def test_indices_out_of_range(assimp_dir, rel):
     assert rejected(assimp_dir / rel).code == "index_out_of_range"
 

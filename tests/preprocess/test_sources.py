@@ -1,4 +1,5 @@
 """Sources: folders, list files with fsspec URLs, and Objaverse through the objaverse package's cache."""
+
 from __future__ import annotations
 
 import gzip
@@ -13,9 +14,16 @@ import pytest
 import trimesh
 import webdataset as wds
 
-from craftsman_platform.config import PreprocessConfig, SampleConfig
+from craftsman_platform.geometry.config import SampleConfig
+from craftsman_platform.preprocess.config import PreprocessConfig
 from craftsman_platform.preprocess.job import preprocess
-from craftsman_platform.preprocess.sources import folder_objects, list_file_objects, local_copy, objaverse_objects, sanitize_uid
+from craftsman_platform.preprocess.sources import (
+    folder_objects,
+    list_file_objects,
+    local_copy,
+    objaverse_objects,
+)
+from craftsman_platform.shapedata.sample import sanitize_uid
 
 UIDS = {"duck": "0123456789abcdef0123456789abcdef", "robot_a": "a" * 32, "robot_b": "b" * 32}
 
@@ -35,7 +43,10 @@ def test_folder_and_list_file_sources(tmp_path, pybullet_dir):
     shutil.copy(pybullet_dir / "cube.obj", tmp_path / "m" / "sub" / "duck.stl.obj")
     (tmp_path / "m" / "notes.txt").write_text("not a mesh")
     refs = folder_objects(tmp_path / "m")
-    assert [r.source for r in refs] == [str((tmp_path / "m/sub/duck.obj").resolve()), str((tmp_path / "m/sub/duck.stl.obj").resolve())]
+    assert [r.source for r in refs] == [
+        str((tmp_path / "m/sub/duck.obj").resolve()),
+        str((tmp_path / "m/sub/duck.stl.obj").resolve()),
+    ]
     assert len({r.uid for r in refs}) == 2
     listing = tmp_path / "list.txt"
     listing.write_text("# objects\nm/sub/duck.obj\ns3://bucket/chair.glb  # remote\n\nfile:///data/x.stl\n")
@@ -67,9 +78,19 @@ def make_objaverse_cache(root: Path, pybullet_dir: Path) -> Path:
         target = base / paths[uid]
         target.parent.mkdir(parents=True, exist_ok=True)
         trimesh.load(pybullet_dir / rel, force="scene").export(target)
-        meta[uid] = {"uid": uid, "name": name, "license": "by", "tags": [{"name": "test"}], "categories": [], "faceCount": 1}
-    for name, payload in {"object-paths.json.gz": paths, "metadata/000-000.json.gz": meta,
-                          "lvis-annotations.json.gz": {"duck": [UIDS["duck"]], "robot": [UIDS["robot_a"], UIDS["robot_b"]]}}.items():
+        meta[uid] = {
+            "uid": uid,
+            "name": name,
+            "license": "by",
+            "tags": [{"name": "test"}],
+            "categories": [],
+            "faceCount": 1,
+        }
+    for name, payload in {
+        "object-paths.json.gz": paths,
+        "metadata/000-000.json.gz": meta,
+        "lvis-annotations.json.gz": {"duck": [UIDS["duck"]], "robot": [UIDS["robot_a"], UIDS["robot_b"]]},
+    }.items():
         (base / name).parent.mkdir(parents=True, exist_ok=True)
         with gzip.open(base / name, "wt") as fh:
             json.dump(payload, fh)
@@ -79,8 +100,10 @@ def make_objaverse_cache(root: Path, pybullet_dir: Path) -> Path:
 @pytest.fixture()
 def offline(monkeypatch):
     """Any download attempt by the objaverse package fails the test."""
+
     def refuse(url, *args, **kwargs):
         raise AssertionError(f"tried to download {url}")
+
     monkeypatch.setattr(urllib.request, "urlretrieve", refuse)
 
 
@@ -109,14 +132,16 @@ def test_preprocess_objaverse_source(tmp_path, pybullet_dir, offline):
     assert summary["ok"] == 3
     rows = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
     assert sorted(r["uid"] for r in rows) == sorted(UIDS.values())
-    samples = list(wds.WebDataset(sorted(str(p) for p in (tmp_path / "out" / "shards").glob("*.tar")), shardshuffle=False).decode())
+    samples = list(
+        wds.WebDataset(sorted(str(p) for p in (tmp_path / "out" / "shards").glob("*.tar")), shardshuffle=False).decode()
+    )
     names = {s["__key__"]: s["meta.json"]["annotations"]["name"] for s in samples}
     assert names == {uid: name for name, uid in UIDS.items()}
     assert all(len(s["cameras.json"]["views"]) == 4 for s in samples)
 
 
 def test_partitions_are_disjoint_and_cover_everything(tmp_path, pybullet_dir):
-    from craftsman_platform.config import SourceConfig
+    from craftsman_platform.preprocess.config import SourceConfig
     from craftsman_platform.preprocess.job import resolve_sources
 
     folder = pybullet_dir / "random_urdfs"

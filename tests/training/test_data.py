@@ -1,4 +1,5 @@
 """The training loader on real shards: remote URLs, explicit rank splitting, augmentation, resume."""
+
 from __future__ import annotations
 
 import fsspec
@@ -6,12 +7,22 @@ import numpy as np
 import pytest
 import torch
 
-from craftsman_platform.inference.pipeline import canonical_c2w
+from craftsman_platform.shapedata.cameras import canonical_c2w
+from craftsman_platform.shapedata.sample import expand_urls
 from craftsman_platform.training.config import DataConfig
-from craftsman_platform.training.data import BatchIterator, ShardStream, StreamState, expand_urls
+from craftsman_platform.training.data import BatchIterator, ShardStream, StreamState
 
-SMALL = dict(batch_size=2, num_workers=0, shuffle_buffer=4, epoch_samples=8, num_surface=256, num_vol=64,
-             num_near=64, image_size=64, views=4)
+SMALL = dict(
+    batch_size=2,
+    num_workers=0,
+    shuffle_buffer=4,
+    epoch_samples=8,
+    num_surface=256,
+    num_vol=64,
+    num_near=64,
+    image_size=64,
+    views=4,
+)
 
 
 def take(stream: ShardStream, n: int) -> list[dict]:
@@ -45,8 +56,9 @@ def test_without_resampling_ranks_read_disjoint_shards(tiny_shards):
 def test_rotation_turns_points_and_cameras_together(tiny_shards):
     """After augmentation, surface points still project onto the object in the (unchanged) views."""
     urls = expand_urls(str(tiny_shards / "shards" / "*.tar"))
-    batch = take(ShardStream(urls, DataConfig(**{**SMALL, "rotation_augment": True, "view_set": "canonical"}),
-                             "diffusion"), 1)[0]
+    batch = take(
+        ShardStream(urls, DataConfig(**{**SMALL, "rotation_augment": True, "view_set": "canonical"}), "diffusion"), 1
+    )[0]
     xyz, c2w, img = batch["surface"][0, :, :3].numpy(), batch["c2w"][0, 0].numpy(), batch["images"][0, 0].numpy()
     assert not np.allclose(c2w, canonical_c2w()[0], atol=1e-3)  # the front camera has moved
     f = 0.5 * 64 / np.tan(np.radians(40) / 2)  # render.fov_deg 40, resized to 64 px
@@ -72,6 +84,8 @@ def test_stream_state_resumes_exactly(tiny_shards):
 def test_shards_that_are_all_unreadable_stop_with_a_clear_error(tmp_path, resampled):
     for i in range(2):
         (tmp_path / f"bad-{i}.tar").write_bytes(b"not a tar file" * 100)
-    stream = ShardStream(expand_urls(str(tmp_path / "bad-*.tar")), DataConfig(**{**SMALL, "resampled": resampled}), "vae")
+    stream = ShardStream(
+        expand_urls(str(tmp_path / "bad-*.tar")), DataConfig(**{**SMALL, "resampled": resampled}), "vae"
+    )
     with pytest.raises(RuntimeError, match="unreadable"):
         take(stream, 1)

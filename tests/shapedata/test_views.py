@@ -1,5 +1,6 @@
 """One image path: the same RGBA view gives the same conditioner input through training, evaluation,
 generation and the app; odd inputs (non-square, grayscale, 16-bit) are converted, never stretched."""
+
 from __future__ import annotations
 
 import glob
@@ -14,7 +15,8 @@ from craftsman_platform.evaluation.objects import ObjectReader
 from craftsman_platform.evaluation.scoring import canonical_views
 from craftsman_platform.inference.app import save_uploads
 from craftsman_platform.inference.generate import GenerateConfig, load_views
-from craftsman_platform.shapedata.views import VIEW_NAMES, condition_image, view_member
+from craftsman_platform.shapedata.sample import view_member
+from craftsman_platform.shapedata.views import VIEW_NAMES, condition_image
 from craftsman_platform.training.config import DataConfig
 from craftsman_platform.training.data import decode_sample, member_filter
 
@@ -46,8 +48,16 @@ def test_the_same_view_is_the_same_tensor_through_all_four_paths(duck, tiny_shar
     generation, mask = load_views(GenerateConfig(checkpoint="unused", images=[str(files)]), SIZE)
     # the app: the browser's uploads saved, then generate's path
     paths = save_uploads(tmp_path / "app", rgba)
-    app, _ = load_views(GenerateConfig(checkpoint="unused", images=[paths["front"]], right_view=paths["right"],
-                                       back_view=paths["back"], left_view=paths["left"]), SIZE)
+    app, _ = load_views(
+        GenerateConfig(
+            checkpoint="unused",
+            images=[paths["front"]],
+            right_view=paths["right"],
+            back_view=paths["back"],
+            left_view=paths["left"],
+        ),
+        SIZE,
+    )
     assert training.dtype == np.uint8 and training.shape == (4, 3, SIZE, SIZE) and mask.all()
     for other in (evaluation, generation, app):
         assert np.array_equal(training, other)
@@ -73,13 +83,16 @@ def test_non_square_inputs_are_padded_around_the_object_not_stretched():
     assert out[:, 0, :].min() == 255  # padding is white
 
 
-@pytest.mark.parametrize("mode, value, expected", [("L", 128, 128), ("I;16", 65535, 255), ("I;16", 32896, 128),
-                                                   ("LA", 90, 90), ("P", 3, 3)])
+@pytest.mark.parametrize(
+    "mode, value, expected", [("L", 128, 128), ("I;16", 65535, 255), ("I;16", 32896, 128), ("LA", 90, 90), ("P", 3, 3)]
+)
 def test_grayscale_palette_and_16_bit_inputs_are_converted(mode, value, expected):
     if mode == "I;16":
         img = Image.fromarray(np.full((16, 16), value, dtype=np.uint16), "I;16")
     elif mode == "LA":
-        img = Image.fromarray(np.stack([np.full((16, 16), value, np.uint8), np.full((16, 16), 255, np.uint8)], -1), "LA")
+        img = Image.fromarray(
+            np.stack([np.full((16, 16), value, np.uint8), np.full((16, 16), 255, np.uint8)], -1), "LA"
+        )
     elif mode == "P":
         img = Image.fromarray(np.full((16, 16), value, dtype=np.uint8), "P")
         img.putpalette([c for i in range(256) for c in (i, i, i)])

@@ -1,4 +1,5 @@
 """Mesh extraction: the octree gives the dense grid's surface with far fewer queries, on a real shape."""
+
 from __future__ import annotations
 
 import open3d as o3d
@@ -6,11 +7,19 @@ import pytest
 import torch
 import trimesh
 
-from craftsman_platform.models.extraction import (dense_grid, export_mesh, extract_mesh, extract_meshes, grid_iou, grid_to_mesh, octree_grid,
-                               octree_grids)
 from craftsman_platform.geometry.mesh_io import load_mesh
 from craftsman_platform.geometry.meshops import raycasting_scene
 from craftsman_platform.geometry.watertight import make_watertight
+from craftsman_platform.models.extraction import (
+    dense_grid,
+    export_mesh,
+    extract_mesh,
+    extract_meshes,
+    grid_iou,
+    grid_to_mesh,
+    octree_grid,
+    octree_grids,
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +30,7 @@ def duck_field(pybullet_dir):
 
     def field(xyz: torch.Tensor) -> torch.Tensor:
         return -torch.from_numpy(scene.compute_signed_distance(o3d.core.Tensor(xyz.numpy())).numpy())
+
     return field, mesh
 
 
@@ -28,7 +38,7 @@ def test_octree_matches_the_dense_257_grid_with_5x_fewer_queries(duck_field):
     field, _ = duck_field
     octree, so = octree_grid(field, depth=8, coarse_depth=5, chunk=200_000)
     dense, sd = dense_grid(field, depth=8, chunk=200_000)
-    assert so.resolution == sd.resolution == 257 and sd.queries == 257 ** 3
+    assert so.resolution == sd.resolution == 257 and sd.queries == 257**3
     assert grid_iou(octree, dense) >= 0.99
     assert sd.queries / so.queries >= 5
     a, b = grid_to_mesh(octree), grid_to_mesh(dense)
@@ -58,7 +68,9 @@ def sphere(xyz: torch.Tensor) -> torch.Tensor:
 
 def test_objects_extracted_together_equal_one_at_a_time(duck_field):
     field, _ = duck_field
-    both = extract_meshes(lambda xyz: torch.stack([field(xyz[0]), sphere(xyz[1])]), 2, depth=6, coarse_depth=4, chunk=7000)
+    both = extract_meshes(
+        lambda xyz: torch.stack([field(xyz[0]), sphere(xyz[1])]), 2, depth=6, coarse_depth=4, chunk=7000
+    )
     alone = [extract_mesh(f, depth=6, coarse_depth=4) for f in (field, sphere)]
     for (mesh, stats), (ref, ref_stats) in zip(both, alone):
         assert stats.queries == ref_stats.queries and len(mesh.faces) == len(ref.faces) > 0

@@ -1,14 +1,14 @@
 """Where inference runs: the `device` key, generators on the device they feed."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import tiny_diffusion_config
 
 from craftsman_platform.inference.pipeline import Generator
 from craftsman_platform.inference.runtime import device_generator, resolve_device
 from craftsman_platform.models.build import build_diffusion, build_vae
-from test_gpu_path import tiny_diffusion_config
-from craftsman_platform.training.config import TrainConfig
 
 
 def test_device_key():
@@ -32,16 +32,22 @@ def test_sampling_refuses_a_generator_from_another_device():
 
 
 def test_generator_makes_its_random_stream_on_the_models_device(monkeypatch):
-    cfg = TrainConfig()
-    cfg.model = tiny_diffusion_config()
-    gen = Generator(build_diffusion(cfg.model, load_weights=False).eval(), build_vae(cfg.model).eval(), cfg, 0, "raw",
-                    torch.device("cpu"))
+    cfg = tiny_diffusion_config()
+    gen = Generator(
+        build_diffusion(cfg, load_weights=False).eval(),
+        build_vae(cfg).eval(),
+        cfg,
+        0,
+        "raw",
+        torch.device("cpu"),
+    )
     seen = []
     original = gen.model.sample_from_context
 
     def spy(context, *args):
         seen.append((args[-1].device, context.device))
         return original(context, *args)
+
     monkeypatch.setattr(gen.model, "sample_from_context", spy)
     images, c2w = torch.randint(0, 256, (2, 2, 3, 32, 32), dtype=torch.uint8), torch.randn(2, 2, 4, 4)
     a = gen.latents(images, c2w, steps=2, seed=5)

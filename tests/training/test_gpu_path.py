@@ -4,37 +4,25 @@ GPU-only failures (a module cast to bf16, an EMA on the host, a graph kept throu
 show up here without a GPU: bf16 runs on the CPU too, the EMA is checked on the meta device, and the
 operations an update dispatches are counted.
 """
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from helpers import TINY_VAE, craft, shard_glob, tiny_diffusion_config
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from helpers import craft, shard_glob
 from craftsman_platform.models.build import ModelConfig, build_diffusion, compile_model
-from craftsman_platform.models.conditioners import ClipArchitecture, ConditionerConfig, MultiViewImageEncoder
-from craftsman_platform.models.denoiser import DenoiserConfig
-from craftsman_platform.models.diffusion import DiffusionConfig
+from craftsman_platform.models.checkpoints import latest_checkpoint, load_weights
+from craftsman_platform.models.conditioners import ConditionerConfig, MultiViewImageEncoder
 from craftsman_platform.models.shape_vae import ShapeVAE, VAEConfig, VAELossConfig, vae_loss
-from craftsman_platform.training.checkpoint import latest_checkpoint, load_weights
 from craftsman_platform.training.config import TrainConfig
 from craftsman_platform.training.engine import EMA, deepspeed_config
 from craftsman_platform.training.tasks import DiffusionTask
 from craftsman_platform.training.train import ray_resources
-
-TINY_VAE = dict(num_inputs=128, num_latents=16, embed_dim=8, width=64, heads=4, encoder_layers=1, decoder_layers=1)
-
-
-def tiny_diffusion_config() -> ModelConfig:
-    return ModelConfig(kind="diffusion", vae=VAEConfig(**TINY_VAE),
-                       denoiser=DenoiserConfig(latent_dim=8, num_latents=16, context_dim=32, width=64, heads=4, encoder_layers=1),
-                       conditioner=ConditionerConfig(pretrained=None, num_views=2, architecture=ClipArchitecture(
-                           hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                           patch_size=8, image_size=32)),
-                       diffusion=DiffusionConfig(min_snr_gamma=5.0))
 
 
 def surface(b: int, n: int) -> torch.Tensor:
@@ -72,7 +60,9 @@ def test_bf16_autocast_keeps_precision_sensitive_parts_in_fp32():
     assert tokens.dtype == torch.bfloat16  # the blocks themselves do run in bf16
     model = build_diffusion(tiny_diffusion_config(), load_weights=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, parts = model(torch.randn(2, 16, 8), {"images": torch.rand(2, 2, 3, 32, 32), "c2w": torch.randn(2, 2, 4, 4)})
+        loss, parts = model(
+            torch.randn(2, 16, 8), {"images": torch.rand(2, 2, 3, 32, 32), "c2w": torch.randn(2, 2, 4, 4)}
+        )
     assert loss.dtype == parts["loss_mse"].dtype == torch.float32
 
 
@@ -134,12 +124,22 @@ def test_ema_values_and_state_round_trip():
 # ----------------------------------------------------------------------------------------------
 def test_clip_checkpointing_recomputes_and_gives_the_same_gradients(tmp_path):
     torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                                     patch_size=8, image_size=32)).save_pretrained(tmp_path)
+    CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            patch_size=8,
+            image_size=32,
+        )
+    ).save_pretrained(tmp_path)
     images, c2w = torch.rand(2, 2, 3, 32, 32), torch.randn(2, 2, 4, 4)
     grads, calls = [], []
     for checkpointing in (False, True):
-        enc = MultiViewImageEncoder(ConditionerConfig(pretrained=str(tmp_path), num_views=2, checkpointing=checkpointing))
+        enc = MultiViewImageEncoder(
+            ConditionerConfig(pretrained=str(tmp_path), num_views=2, checkpointing=checkpointing)
+        )
         enc.train()
         assert not enc._tower().encoder.layers[0].self_attn.training  # no dropout under checkpointing
         with torch.no_grad():
@@ -201,19 +201,45 @@ def test_ray_asks_for_a_gpu_per_worker_when_the_cluster_has_them():
 def test_craft_train_bf16_compiled_follows_fp32(tiny_shards, vae_run, tmp_path):
     """Real engines on the CPU in bf16 with compiled, checkpointed blocks: both models train, the
     weights stay fp32 in the checkpoint, and the VAE's loss follows the fp32 run (stated: 2%)."""
-    common = ["experiment=vae_tiny", f"data.train_shards={shard_glob(tiny_shards)}", "trainer.max_steps=4",
-              "trainer.log_every=1", "logger=none", "data.batch_size=2"]
+    common = [
+        "experiment=vae_tiny",
+        f"data.train_shards={shard_glob(tiny_shards)}",
+        "trainer.max_steps=4",
+        "trainer.log_every=1",
+        "logger=none",
+        "data.batch_size=2",
+    ]
     craft("train", *common, f"run_dir={tmp_path / 'fp32'}")
-    proc = craft("train", *common, f"run_dir={tmp_path / 'bf16'}", "trainer.precision=bf16", "trainer.compile=true",
-                 "trainer.compile_backend=aot_eager", "model.vae.checkpointing=true")
+    proc = craft(
+        "train",
+        *common,
+        f"run_dir={tmp_path / 'bf16'}",
+        "trainer.precision=bf16",
+        "trainer.compile=true",
+        "trainer.compile_backend=aot_eager",
+        "model.vae.checkpointing=true",
+    )
     assert "step 4/4 | loss" in proc.stdout  # the console shows progress
-    curves = [[json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
-              for r in ("fp32", "bf16")]
+    curves = [
+        [json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+        for r in ("fp32", "bf16")
+    ]
     assert len(curves[1]) == 4 and curves[1] == pytest.approx(curves[0], rel=0.02)
     state, _, _ = load_weights(tmp_path / "bf16")
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
-    craft("train", "experiment=diffusion_tiny", f"data.train_shards={shard_glob(tiny_shards)}", f"model.vae_checkpoint={vae_run}",
-          f"run_dir={tmp_path / 'diff'}", "trainer.max_steps=2", "logger=none", "data.batch_size=2",
-          "trainer.precision=bf16", "trainer.compile=true", "trainer.compile_backend=aot_eager",
-          "model.denoiser.checkpointing=true", "model.conditioner.checkpointing=true")
+    craft(
+        "train",
+        "experiment=diffusion_tiny",
+        f"data.train_shards={shard_glob(tiny_shards)}",
+        f"model.vae_checkpoint={vae_run}",
+        f"run_dir={tmp_path / 'diff'}",
+        "trainer.max_steps=2",
+        "logger=none",
+        "data.batch_size=2",
+        "trainer.precision=bf16",
+        "trainer.compile=true",
+        "trainer.compile_backend=aot_eager",
+        "model.denoiser.checkpointing=true",
+        "model.conditioner.checkpointing=true",
+    )
     assert latest_checkpoint(tmp_path / "diff") is not None

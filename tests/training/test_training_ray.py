@@ -1,4 +1,5 @@
 """Ray Train on a real local Ray: 2 workers x DeepSpeed ZeRO-1/2 against 1 worker; a killed worker."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,10 @@ import sys
 import time
 
 import pytest
+from helpers import ENV, craft_train, losses, metrics
+from helpers import shard_glob as shards
 
-from test_training import ENV, craft_train, losses, metrics, shards
-from craftsman_platform.training.checkpoint import latest_checkpoint, read_meta
+from craftsman_platform.models.checkpoints import latest_checkpoint, read_meta
 
 # 1 rank x 2 micro-batches of 4 and 2 ranks x 1 micro-batch of 4 see the same 8 samples per step
 # (data slots), so the loss curves agree up to float summation order: stated tolerance 1e-4 relative.
@@ -25,8 +27,16 @@ def worker_summaries(run):
 @pytest.fixture(scope="module")
 def one_worker_curve(tiny_shards, tmp_path_factory):
     run = tmp_path_factory.mktemp("one") / "run"
-    craft_train("experiment=vae_tiny", f"data.train_shards={shards(tiny_shards)}", f"run_dir={run}", "logger=none",
-                "trainer.max_steps=8", "trainer.log_every=1", "data.batch_size=4", "trainer.grad_accum=2")
+    craft_train(
+        "experiment=vae_tiny",
+        f"data.train_shards={shards(tiny_shards)}",
+        f"run_dir={run}",
+        "logger=none",
+        "trainer.max_steps=8",
+        "trainer.log_every=1",
+        "data.batch_size=4",
+        "trainer.grad_accum=2",
+    )
     return losses(run)
 
 
@@ -34,9 +44,19 @@ def one_worker_curve(tiny_shards, tmp_path_factory):
 @pytest.mark.parametrize("stage", [1, 2])
 def test_two_ray_workers_follow_the_one_worker_curve(stage, one_worker_curve, tiny_shards, tmp_path):
     run = tmp_path / "run"
-    craft_train("experiment=vae_tiny", f"data.train_shards={shards(tiny_shards)}", f"run_dir={run}", "logger=none",
-                "trainer.max_steps=8", "trainer.log_every=1", "data.batch_size=4", "launcher=ray",
-                "launcher.num_workers=2", f"deepspeed=zero{stage}", "data.num_workers=1")
+    craft_train(
+        "experiment=vae_tiny",
+        f"data.train_shards={shards(tiny_shards)}",
+        f"run_dir={run}",
+        "logger=none",
+        "trainer.max_steps=8",
+        "trainer.log_every=1",
+        "data.batch_size=4",
+        "launcher=ray",
+        "launcher.num_workers=2",
+        f"deepspeed=zero{stage}",
+        "data.num_workers=1",
+    )
     two = losses(run)
     assert sorted(two) == sorted(one_worker_curve) == list(range(1, 9))
     for step, loss in one_worker_curve.items():
@@ -49,11 +69,27 @@ def test_two_ray_workers_follow_the_one_worker_curve(stage, one_worker_curve, ti
 @pytest.mark.slow
 def test_a_killed_worker_restarts_the_group_from_the_checkpoint(tiny_shards, tmp_path):
     run = tmp_path / "run"
-    args = ["experiment=vae_tiny", f"data.train_shards={shards(tiny_shards)}", f"run_dir={run}", "logger=none",
-            "trainer.max_steps=40", "trainer.log_every=1", "trainer.ckpt_every=10", "data.batch_size=2",
-            "launcher=ray", "launcher.num_workers=2", "launcher.max_failures=2", "data.num_workers=1"]
-    proc = subprocess.Popen([sys.executable, "-m", "craftsman_platform.cli", "train", *args], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = [
+        "experiment=vae_tiny",
+        f"data.train_shards={shards(tiny_shards)}",
+        f"run_dir={run}",
+        "logger=none",
+        "trainer.max_steps=40",
+        "trainer.log_every=1",
+        "trainer.ckpt_every=10",
+        "data.batch_size=2",
+        "launcher=ray",
+        "launcher.num_workers=2",
+        "launcher.max_failures=2",
+        "data.num_workers=1",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "craftsman_platform.cli", "train", *args],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 400
     while latest_checkpoint(run) is None or len(metrics(run)) < 13:
         assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before the kill"
@@ -72,9 +108,18 @@ def test_a_killed_worker_restarts_the_group_from_the_checkpoint(tiny_shards, tmp
 @pytest.mark.slow
 def test_diffusion_trains_with_two_ray_workers(vae_run, tiny_shards, tmp_path):
     run = tmp_path / "run"
-    craft_train("experiment=diffusion_tiny", f"data.train_shards={shards(tiny_shards)}", f"run_dir={run}",
-                f"model.vae_checkpoint={vae_run}", "trainer.max_steps=6", "trainer.log_every=2", "launcher=ray",
-                "launcher.num_workers=2", "data.num_workers=1", "data.batch_size=2")
+    craft_train(
+        "experiment=diffusion_tiny",
+        f"data.train_shards={shards(tiny_shards)}",
+        f"run_dir={run}",
+        f"model.vae_checkpoint={vae_run}",
+        "trainer.max_steps=6",
+        "trainer.log_every=2",
+        "launcher=ray",
+        "launcher.num_workers=2",
+        "data.num_workers=1",
+        "data.batch_size=2",
+    )
     assert [m["step"] for m in metrics(run)] == [2, 4, 6]
     ranks = worker_summaries(run)
     assert [r["step"] for r in ranks] == [6, 6] and ranks[0]["param_checksum"] == ranks[1]["param_checksum"]

@@ -1,4 +1,5 @@
 """Models: shapes, full-size parameter counts, attention backends, checkpointing, conditioners, diffusion."""
+
 from __future__ import annotations
 
 import string
@@ -10,8 +11,14 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
 
 from craftsman_platform.models.build import ModelConfig, build_vae, count_parameters
-from craftsman_platform.models.conditioners import (ConditionerConfig, MultiViewImageEncoder, TextEncoder, WeightsNotFound,
-                                 camera_embedding, drop_conditions)
+from craftsman_platform.models.conditioners import (
+    ConditionerConfig,
+    MultiViewImageEncoder,
+    TextEncoder,
+    WeightsNotFound,
+    camera_embedding,
+    drop_conditions,
+)
 from craftsman_platform.models.denoiser import DenoiserConfig, build_denoiser
 from craftsman_platform.models.shape_vae import ShapeVAE, VAEConfig, VAELossConfig, farthest_point_indices, vae_loss
 from craftsman_platform.models.transformer import set_attention_backend
@@ -80,8 +87,12 @@ def test_full_size_parameter_counts_match_the_reference():
 
 
 def test_summary_command_prints_every_module():
-    out = subprocess.run([sys.executable, "-m", "craftsman_platform.cli", "summary", "experiment=diffusion_craftsman"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "craftsman_platform.cli", "summary", "experiment=diffusion_craftsman"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "denoiser: 104,816,448 parameters (104,816,448 trainable)" in out
     assert "vae (frozen): 184,522,113 parameters (0 trainable)" in out
     # CLIP ViT-L/14 vision tower (303,179,776) + ModLN in 24 layers x 2 norms x Linear(32, 2048)
@@ -126,11 +137,27 @@ def clip_dir(tmp_path_factory):
     """A small random CLIP (vision + text towers, tokenizer) written with save_pretrained."""
     root = tmp_path_factory.mktemp("clip")
     torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                                     patch_size=8, image_size=32)).save_pretrained(root)
+    CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            patch_size=8,
+            image_size=32,
+        )
+    ).save_pretrained(root)
     text_dir = root / "text"
-    CLIPTextModel(CLIPTextConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                                 vocab_size=60, max_position_embeddings=16)).save_pretrained(text_dir)
+    CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=60,
+            max_position_embeddings=16,
+        )
+    ).save_pretrained(text_dir)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in string.ascii_lowercase:
         vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1

@@ -1,4 +1,5 @@
 """`craft generate` and `craft app` on a trained tiny diffusion checkpoint; input handling."""
+
 from __future__ import annotations
 
 import glob
@@ -14,9 +15,9 @@ from pathlib import Path
 import pytest
 import trimesh
 import webdataset as wds
+from helpers import ENV, craft
 from PIL import Image
 
-from helpers import ENV, craft
 from craftsman_platform.inference.frontends import FrontEndWeightsMissing, build_frontend
 from craftsman_platform.inference.images import BackgroundRemovalUnavailable, find_views, remove_background
 
@@ -37,8 +38,15 @@ def view_folder(tiny_shards, tmp_path_factory) -> Path:
 
 
 def test_generate_from_a_folder_of_four_views(diffusion_run, view_folder, tmp_path):
-    proc = craft("generate", f"checkpoint={diffusion_run}", f"images=[{view_folder}]", f"output_dir={tmp_path}",
-                 "depth=6", "steps=5", "seed=3")
+    proc = craft(
+        "generate",
+        f"checkpoint={diffusion_run}",
+        f"images=[{view_folder}]",
+        f"output_dir={tmp_path}",
+        "depth=6",
+        "steps=5",
+        "seed=3",
+    )
     result = json.loads((tmp_path / "mesh.json").read_text())
     assert result["views_given"] == list(VIEWS) and result["checkpoint_step"] == 40
     for ext in (".glb", ".obj"):
@@ -47,22 +55,45 @@ def test_generate_from_a_folder_of_four_views(diffusion_run, view_folder, tmp_pa
     assert "wrote" in proc.stdout
     for stage in ("condition", "sampling", "decode + extraction", "export", "model load"):
         assert stage in proc.stdout  # seconds per stage on the console
-    assert result["device"] == "cpu" and set(result["stages_s"]) == {"condition", "sampling", "decode + extraction", "export"}
+    assert result["device"] == "cpu" and set(result["stages_s"]) == {
+        "condition",
+        "sampling",
+        "decode + extraction",
+        "export",
+    }
 
 
 def test_generate_from_one_front_image_plus_a_right_view(diffusion_run, view_folder, tmp_path):
-    proc = craft("generate", f"checkpoint={diffusion_run}", f"images=[{view_folder / 'front.png'}]",
-                 f"right_view={view_folder / 'right.png'}", f"output_dir={tmp_path}", "name=one", "depth=5", "steps=3")
+    proc = craft(
+        "generate",
+        f"checkpoint={diffusion_run}",
+        f"images=[{view_folder / 'front.png'}]",
+        f"right_view={view_folder / 'right.png'}",
+        f"output_dir={tmp_path}",
+        "name=one",
+        "depth=5",
+        "steps=3",
+    )
     assert json.loads((tmp_path / "one.json").read_text())["views_given"] == ["front", "right"]
     assert "null condition" in proc.stdout + proc.stderr  # the warning (Hydra logs to stdout)
-    missing = craft("generate", f"checkpoint={diffusion_run}", f"images=[{view_folder / 'front.png'}]",
-                    f"output_dir={tmp_path}", "frontend=wonder3d", f"frontend_weights={tmp_path / 'no-weights'}", check=False)
+    missing = craft(
+        "generate",
+        f"checkpoint={diffusion_run}",
+        f"images=[{view_folder / 'front.png'}]",
+        f"output_dir={tmp_path}",
+        "frontend=wonder3d",
+        f"frontend_weights={tmp_path / 'no-weights'}",
+        check=False,
+    )
     assert missing.returncode != 0 and "no-weights lacks model_index.json" in missing.stderr
 
 
 def test_view_discovery_and_background_handling(view_folder, tmp_path):
     assert find_views([str(view_folder)], {}) == {v: view_folder / f"{v}.png" for v in VIEWS}
-    assert list(find_views([str(view_folder / "front.png")], {"left": str(view_folder / "left.png")})) == ["front", "left"]
+    assert list(find_views([str(view_folder / "front.png")], {"left": str(view_folder / "left.png")})) == [
+        "front",
+        "left",
+    ]
     with pytest.raises(ValueError, match="no front view"):
         find_views([], {"right": str(view_folder / "right.png")})
     rgba = Image.open(view_folder / "front.png")
@@ -93,9 +124,21 @@ def test_app_in_headless_chromium(diffusion_run, view_folder, tmp_path):
     from playwright.sync_api import sync_playwright
 
     port = _free_port()
-    app = subprocess.Popen([sys.executable, "-m", "craftsman_platform.cli", "app", f"checkpoint={diffusion_run}", f"port={port}",
-                            f"output_dir={tmp_path}"], env={**ENV, "GRADIO_ANALYTICS_ENABLED": "False"},
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    app = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "craftsman_platform.cli",
+            "app",
+            f"checkpoint={diffusion_run}",
+            f"port={port}",
+            f"output_dir={tmp_path}",
+        ],
+        env={**ENV, "GRADIO_ANALYTICS_ENABLED": "False"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         line = ""

@@ -1,4 +1,5 @@
 """Watertight conversion and signed-distance labels on analytic shapes, edge cases and real meshes."""
+
 from __future__ import annotations
 
 import igl
@@ -6,12 +7,12 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import trimesh
-
 from helpers import write_obj
-from craftsman_platform.config import GeometryConfig, SampleConfig, WatertightConfig
+
+from craftsman_platform.geometry.config import GeometryConfig, SampleConfig, WatertightConfig
 from craftsman_platform.geometry.mesh_io import load_mesh
-from craftsman_platform.geometry.sampling import SignedDistance, sample_object
 from craftsman_platform.geometry.meshops import signed_volume
+from craftsman_platform.geometry.sampling import SignedDistance, sample_object
 from craftsman_platform.geometry.watertight import _spread, make_watertight, surface_lattice
 
 VOXEL = 2.0 / 256
@@ -31,12 +32,18 @@ def volume_labels(mesh: trimesh.Trimesh, n: int = 100_000, seed: int = 0):
 
 # Analytic shapes, in the normalised frame (longest side spans [-0.95, 0.95]).
 SHAPES = {
-    "sphere": (lambda: trimesh.creation.icosphere(subdivisions=5, radius=1.0),
-               lambda p: np.linalg.norm(p, axis=1) - 0.95),
-    "box": (lambda: trimesh.creation.box(extents=(2.0, 1.0, 0.6)),
-            lambda p: np.max(np.abs(p) - np.array([0.95, 0.475, 0.285]), axis=1)),
-    "torus": (lambda: trimesh.creation.torus(major_radius=1.0, minor_radius=0.3, major_sections=128, minor_sections=64),
-              lambda p: np.hypot(np.hypot(p[:, 0], p[:, 1]) - 0.95 / 1.3, p[:, 2]) - 0.3 * 0.95 / 1.3),
+    "sphere": (
+        lambda: trimesh.creation.icosphere(subdivisions=5, radius=1.0),
+        lambda p: np.linalg.norm(p, axis=1) - 0.95,
+    ),
+    "box": (
+        lambda: trimesh.creation.box(extents=(2.0, 1.0, 0.6)),
+        lambda p: np.max(np.abs(p) - np.array([0.95, 0.475, 0.285]), axis=1),
+    ),
+    "torus": (
+        lambda: trimesh.creation.torus(major_radius=1.0, minor_radius=0.3, major_sections=128, minor_sections=64),
+        lambda p: np.hypot(np.hypot(p[:, 0], p[:, 1]) - 0.95 / 1.3, p[:, 2]) - 0.3 * 0.95 / 1.3,
+    ),
 }
 
 
@@ -119,8 +126,15 @@ def test_hidden_inner_part_is_swallowed(tmp_path):
 def test_separate_parts_are_all_kept(tmp_path):
     # a car with four wheels: no largest-component filter may drop them
     body = trimesh.creation.box(extents=(2.0, 1.0, 0.5))
-    wheels = [trimesh.creation.cylinder(radius=0.2, height=0.1, sections=32, transform=trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0], point=[0, 0, 0]))
-              for _ in range(4)]
+    wheels = [
+        trimesh.creation.cylinder(
+            radius=0.2,
+            height=0.1,
+            sections=32,
+            transform=trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0], point=[0, 0, 0]),
+        )
+        for _ in range(4)
+    ]
     for wheel, (x, y) in zip(wheels, [(-0.7, -0.65), (0.7, -0.65), (-0.7, 0.65), (0.7, 0.65)]):
         wheel.apply_translation([x, y, -0.25])
     loaded = load_written(tmp_path, "car.obj", trimesh.util.concatenate([body, *wheels]))
@@ -136,7 +150,9 @@ def test_multi_part_real_mesh_labels_match_winding_number(pybullet_dir):
     assert wt.method == "udf" and wt.parts_in > 1 and wt.parts_lost == 0
     pts, inside = volume_labels(wt.mesh)
     src = loaded.mesh
-    winding = igl.fast_winding_number(np.asarray(src.vertices, dtype=np.float64), np.asarray(src.faces, dtype=np.int64), pts.astype(np.float64))
+    winding = igl.fast_winding_number(
+        np.asarray(src.vertices, dtype=np.float64), np.asarray(src.faces, dtype=np.int64), pts.astype(np.float64)
+    )
     dist = np.abs(SignedDistance(src)(pts))
     far = dist > 2 * VOXEL
     assert np.mean(inside[far] == (winding[far] > 0.5)) >= 0.999
@@ -212,7 +228,12 @@ def test_samples_have_the_documented_shapes_and_properties(pybullet_dir):
 
 def test_geometry_config_defaults_are_the_documented_ones():
     cfg = GeometryConfig()
-    assert (cfg.sample.surface, cfg.sample.sharp_max, cfg.sample.volume, cfg.sample.near) == (100_000, 32_000, 200_000, 100_000)
+    assert (cfg.sample.surface, cfg.sample.sharp_max, cfg.sample.volume, cfg.sample.near) == (
+        100_000,
+        32_000,
+        200_000,
+        100_000,
+    )
     assert cfg.sample.near_sigmas == [0.005, 0.05] and cfg.watertight.resolution == 256 and cfg.load.bound == 0.95
 
 

@@ -3,37 +3,23 @@
 `vae_run` (conftest) is the tiny VAE trained once per session; it is also the frozen VAE of the
 diffusion runs and the checkpoint the evaluation tests score.
 """
+
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ENV, craft_train, losses, metrics, shard_glob
 
 from craftsman_platform.evaluation.metrics import query_iou
-from helpers import ENV, craft, shard_glob
-from craftsman_platform.training.checkpoint import latest_checkpoint, list_checkpoints, load_weights, read_meta
-
-
-def craft_train(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    return craft("train", *overrides, check=check)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    return {m["step"]: m["loss"] for m in metrics(run_dir)}
-
+from craftsman_platform.models.checkpoints import latest_checkpoint, list_checkpoints, load_weights, read_meta
 
 shards = shard_glob
 
@@ -49,15 +35,28 @@ def test_tiny_vae_overfits_real_shapes(vae_run, tiny_shards):
     assert {"loss", "lr", "grad_norm", "samples_per_s", "data_time", "step_time"} <= set(rows[-1])
     # W&B offline run under the run dir, its id kept in the checkpoint
     meta = read_meta(latest_checkpoint(vae_run))
-    assert meta["wandb_run_id"] and glob.glob(str(vae_run / "wandb" / f"offline-run-*-{meta['wandb_run_id']}" / "*.wandb"))
+    assert meta["wandb_run_id"] and glob.glob(
+        str(vae_run / "wandb" / f"offline-run-*-{meta['wandb_run_id']}" / "*.wandb")
+    )
     # keep-N: trainer.keep_checkpoints=3 of the 10 written
-    assert [p.name for p in list_checkpoints(vae_run / "checkpoints")] == ["step-0000800", "step-0000900", "step-0001000"]
+    assert [p.name for p in list_checkpoints(vae_run / "checkpoints")] == [
+        "step-0000800",
+        "step-0000900",
+        "step-0001000",
+    ]
 
 
 def test_diffusion_trains_on_the_frozen_vae(vae_run, tiny_shards, tmp_path):
     run = tmp_path / "diff"
-    craft_train("experiment=diffusion_tiny", f"data.train_shards={shards(tiny_shards)}", f"run_dir={run}",
-                f"model.vae_checkpoint={vae_run}", "trainer.max_steps=6", "trainer.log_every=2", "logger=none")
+    craft_train(
+        "experiment=diffusion_tiny",
+        f"data.train_shards={shards(tiny_shards)}",
+        f"run_dir={run}",
+        f"model.vae_checkpoint={vae_run}",
+        "trainer.max_steps=6",
+        "trainer.log_every=2",
+        "logger=none",
+    )
     rows = metrics(run)
     assert [r["step"] for r in rows] == [2, 4, 6] and all(np.isfinite(r["loss"]) for r in rows)
     state, meta, which = load_weights(run)
@@ -65,19 +64,36 @@ def test_diffusion_trains_on_the_frozen_vae(vae_run, tiny_shards, tmp_path):
     assert float(state["latent_scale"]) == pytest.approx(meta["latent_scale"])
     assert any(k.startswith("denoiser.") for k in state) and any(".modulation." in k for k in state)
     # the VAE must be the one the config describes
-    bad = craft_train("experiment=diffusion_tiny", f"data.train_shards={shards(tiny_shards)}", f"run_dir={tmp_path / 'x'}",
-                      f"model.vae_checkpoint={vae_run}", "model.vae.embed_dim=32", check=False)
+    bad = craft_train(
+        "experiment=diffusion_tiny",
+        f"data.train_shards={shards(tiny_shards)}",
+        f"run_dir={tmp_path / 'x'}",
+        f"model.vae_checkpoint={vae_run}",
+        "model.vae.embed_dim=32",
+        check=False,
+    )
     assert bad.returncode != 0 and "model.vae.embed_dim=32 (checkpoint: 16)" in bad.stderr
 
 
 def test_sigterm_then_resume_gives_the_same_losses(tiny_shards, tmp_path):
-    common = ["experiment=vae_tiny", f"data.train_shards={shards(tiny_shards)}", "trainer.max_steps=16",
-              "trainer.log_every=1", "trainer.ckpt_every=100", "data.num_workers=2"]
+    common = [
+        "experiment=vae_tiny",
+        f"data.train_shards={shards(tiny_shards)}",
+        "trainer.max_steps=16",
+        "trainer.log_every=1",
+        "trainer.ckpt_every=100",
+        "data.num_workers=2",
+    ]
     straight = tmp_path / "straight"
     craft_train(*common, f"run_dir={straight}", "logger=none")
     run = tmp_path / "stopped"
-    proc = subprocess.Popen([sys.executable, "-m", "craftsman_platform.cli", "train", *common, f"run_dir={run}"],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "craftsman_platform.cli", "train", *common, f"run_dir={run}"],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while not ((run / "metrics.jsonl").exists() and len(metrics(run)) >= 5):
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
@@ -105,7 +121,14 @@ def test_corrupt_shard_is_skipped_and_counted(tiny_shards, tmp_path):
     (data / "shard-000009.tar").write_bytes(good[: len(good) // 3] + os.urandom(5000))  # torn mid-member
     (data / "shard-000010.tar").write_bytes(os.urandom(20000))  # not a tar at all
     run = tmp_path / "run"
-    craft_train("experiment=vae_tiny", f"data.train_shards={data}/*.tar", f"run_dir={run}", "trainer.max_steps=30",
-                "trainer.log_every=30", "logger=none", "data.num_workers=1")
+    craft_train(
+        "experiment=vae_tiny",
+        f"data.train_shards={data}/*.tar",
+        f"run_dir={run}",
+        "trainer.max_steps=30",
+        "trainer.log_every=30",
+        "logger=none",
+        "data.num_workers=1",
+    )
     last = metrics(run)[-1]
     assert last["step"] == 30 and last["corrupt_skipped"] > 0 and np.isfinite(last["loss"])

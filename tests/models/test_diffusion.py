@@ -1,11 +1,12 @@
 """Diffusion: diffusers schedules, min-SNR weights, CFG batching, latent scale in the state dict."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from craftsman_platform.models.build import ModelConfig, build_diffusion
-from craftsman_platform.models.conditioners import ConditionerConfig, ClipArchitecture
+from craftsman_platform.models.conditioners import ClipArchitecture, ConditionerConfig
 from craftsman_platform.models.denoiser import DenoiserConfig
 from craftsman_platform.models.diffusion import DiffusionConfig, LatentDiffusion, make_scheduler, snr_weights
 from craftsman_platform.models.shape_vae import VAEConfig
@@ -41,8 +42,9 @@ def test_add_noise_then_sampling_with_the_true_noise_returns_x0(prediction, samp
     cfg = DiffusionConfig(prediction_type=prediction, sampler=sampler, sampling_steps=25, guidance_scale=1.0)
     x0 = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(0))
     model = LatentDiffusion(Oracle(x0, make_scheduler(cfg), prediction), ZeroCondition(), cfg)
-    out = model.sample({"images": torch.zeros(2, 1), "c2w": torch.zeros(2, 1)}, 16, 8,
-                       generator=torch.Generator().manual_seed(1))
+    out = model.sample(
+        {"images": torch.zeros(2, 1), "c2w": torch.zeros(2, 1)}, 16, 8, generator=torch.Generator().manual_seed(1)
+    )
     torch.testing.assert_close(out, x0, atol=2e-3, rtol=1e-3)
 
 
@@ -67,11 +69,25 @@ def test_min_snr_weights_are_explicit():
 
 def tiny_diffusion() -> LatentDiffusion:
     torch.manual_seed(0)
-    cfg = ModelConfig(kind="diffusion", vae=VAEConfig(num_inputs=64, num_latents=16, embed_dim=8, width=32, heads=2,
-                                                     encoder_layers=1, decoder_layers=1),
-                      denoiser=DenoiserConfig(latent_dim=8, num_latents=16, context_dim=32, width=32, heads=2, encoder_layers=1),
-                      conditioner=ConditionerConfig(pretrained=None, num_views=2, architecture=ClipArchitecture(
-                          hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, patch_size=16, image_size=32)))
+    cfg = ModelConfig(
+        kind="diffusion",
+        vae=VAEConfig(
+            num_inputs=64, num_latents=16, embed_dim=8, width=32, heads=2, encoder_layers=1, decoder_layers=1
+        ),
+        denoiser=DenoiserConfig(latent_dim=8, num_latents=16, context_dim=32, width=32, heads=2, encoder_layers=1),
+        conditioner=ConditionerConfig(
+            pretrained=None,
+            num_views=2,
+            architecture=ClipArchitecture(
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+                patch_size=16,
+                image_size=32,
+            ),
+        ),
+    )
     return build_diffusion(cfg)
 
 
