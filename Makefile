@@ -12,15 +12,15 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 	touch $@
 
-# Lint and format check (ruff), then the suite on two workers (pytest-xdist), one test file each at a
-# time: its processes are mostly single-threaded; the expensive fixtures are built once, in the
-# background from the start, and shared (tests/conftest.py, tests/prebuild.py).
+# Lint and format check (ruff), then the suite on two workers (pytest-xdist; tests sharing a module
+# fixture stay together): its processes are mostly single-threaded; the expensive fixtures are built
+# once, in the background from the start, and shared (tests/conftest.py, tests/prebuild.py).
 test: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
-	CRAFT_TEST_PREBUILD=1 $(PY) -m pytest -q -ra -n 2 --dist loadfile
+	CRAFT_TEST_PREBUILD=1 $(PY) -m pytest -q -ra -n 2 --dist loadgroup
 
 test-fast: setup
-	$(PY) -m pytest -q -ra -n 2 --dist loadfile -m "not slow"
+	$(PY) -m pytest -q -ra -n 2 --dist loadgroup -m "not slow"
 
 # End to end on the bundled real meshes: preprocess (local Ray) -> train a tiny VAE and a tiny
 # diffusion model (DeepSpeed on CPU, W&B offline) -> evaluate both (report.html) -> generate a mesh.

@@ -58,18 +58,25 @@ def shared(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
     return Path(done.read_text())
 
 
-# Session fixtures built in the background (tests/prebuild.py), in this order. Test files that need
-# none of them run first, so both workers stay busy while those are made (xdist hands out whole
-# files in collection order with --dist loadfile).
+# Session fixtures built in the background (tests/prebuild.py), in this order. Tests that need none
+# of them run first, so both workers stay busy while those are made; within that order the slow
+# ones go first, so no long test is left to run alone at the end. `make test` runs with
+# --dist loadgroup: tests go to whichever worker is free, one by one, except those sharing a
+# module-scoped fixture, which are grouped on one worker so the fixture is built once.
 PREBUILT_ORDER = {"tiny_shards": 1, "vae_run": 2, "diffusion_run": 3}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(session, config, items):
-    need: dict[Path, int] = {}
     for item in items:
-        level = max((PREBUILT_ORDER.get(f, 0) for f in getattr(item, "fixturenames", ())), default=0)
-        need[item.path] = max(need.get(item.path, 0), level)
-    items.sort(key=lambda item: need[item.path])  # stable: the order within a file is kept
+        info = getattr(item, "_fixtureinfo", None)
+        if info and any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(str(item.path.relative_to(config.rootpath))))
+
+    def level(item) -> int:
+        return max((PREBUILT_ORDER.get(f, 0) for f in getattr(item, "fixturenames", ())), default=0)
+
+    items.sort(key=lambda item: (level(item), "slow" not in item.keywords))  # stable otherwise
 
 
 @pytest.fixture(scope="session", autouse=True)

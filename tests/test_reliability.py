@@ -67,6 +67,7 @@ def meshes(tmp_path, pybullet_dir) -> Path:
 # ----------------------------------------------------------------------------------------------
 # craft preprocess
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_one_writer_per_output_and_a_manifest_that_never_shrinks(meshes, tmp_path):
     out = tmp_path / "out"
     first = start_craft("preprocess", f"source.path={meshes}", f"output_dir={out}", "workers=1", *FAST)
@@ -102,6 +103,7 @@ def test_bad_configs_fail_before_anything_is_written(meshes, tmp_path):
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_runs_that_find_or_make_nothing_do_not_exit_0(tmp_path, assimp_dir):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -133,6 +135,7 @@ class _Server(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_network_failures_are_retried_and_only_not_found_is_final(tmp_path, pybullet_dir):
     _Server.mesh = (pybullet_dir / "random_urdfs/000/000.obj").read_bytes()
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Server)

@@ -168,6 +168,8 @@ def _check_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what:
 def convert(cfg: ConvertConfig) -> dict:
     ckpt = Path(cfg.checkpoint)
     config_path = Path(cfg.config) if cfg.config else ckpt.parent / "config.yaml"
+    if not ckpt.is_file():
+        raise MissingInput(f"checkpoint={ckpt} does not exist (the released model.ckpt)")
     check_writable(cfg.output_dir, "output_dir")
     reference = read_reference_config(config_path)
     state = read_reference_checkpoint(ckpt)

@@ -441,6 +441,7 @@ def released(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_craft_convert_then_generate_and_fine_tune(released, tmp_path, tiny_shards):
     out = tmp_path / "converted"
     craft("convert", f"checkpoint={released / 'model.ckpt'}", f"output_dir={out}")

@@ -166,6 +166,7 @@ def test_timeout_kills_the_work_not_the_job_and_failed_can_be_retried(mesh_folde
     )
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_every_object_exactly_once(tmp_path, pybullet_dir):
     src = tmp_path / "in"
     src.mkdir()

@@ -198,6 +198,7 @@ def test_ray_asks_for_a_gpu_per_worker_when_the_cluster_has_them():
     assert ray_resources(cfg.launcher, cluster_gpus=8) == (False, {"CPU": 1})
 
 
+@pytest.mark.slow
 def test_craft_train_bf16_compiled_follows_fp32(tiny_shards, vae_run, tmp_path):
     """Real engines on the CPU in bf16 with compiled, checkpointed blocks: both models train, the
     weights stay fp32 in the checkpoint, and the VAE's loss follows the fp32 run (stated: 2%)."""

@@ -75,6 +75,7 @@ def test_diffusion_trains_on_the_frozen_vae(vae_run, tiny_shards, tmp_path):
     assert bad.returncode != 0 and "model.vae.embed_dim=32 (checkpoint: 16)" in bad.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_gives_the_same_losses(tiny_shards, tmp_path):
     common = [
         "experiment=vae_tiny",
