@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import scipy.ndimage as ndi
@@ -190,13 +192,14 @@ def test_kill_9_then_resume_gives_every_object_exactly_once(tmp_path, pybullet_d
     deadline = time.time() + 240
     while time.time() < deadline and len(list((out / "shards").glob("*.tar"))) < 3:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-    proc.wait()
-    subprocess.run(
-        ["ray", "stop", "--force"],
-        capture_output=True,
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-    )
+    # kill -9 the driver and every process of its local Ray (raylet, GCS, workers) at once; never
+    # `ray stop`, which would also kill the Ray of any other job on this machine
+    job = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    os.killpg(proc.pid, signal.SIGKILL)
+    for p in job:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(job, timeout=30)
     before = len(list((out / "shards").glob("*.tar")))
     assert 3 <= before < len(picks), "the kill should land mid-run"
     res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
