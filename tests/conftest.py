@@ -82,7 +82,11 @@ def pytest_collection_modifyitems(session, config, items):
 @pytest.fixture(scope="session", autouse=True)
 def prebuild(tmp_path_factory):
     """With CRAFT_TEST_PREBUILD=1 (`make test`), the first worker starts tests/prebuild.py at once."""
-    if os.environ.get("CRAFT_TEST_PREBUILD") != "1" or os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
+    if os.environ.get("CRAFT_TEST_PREBUILD") != "1":
+        yield
+        return
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
+        os.nice(5)  # the background build is on the critical path: it gets the CPU first
         yield
         return
     root = _session_root(tmp_path_factory)
@@ -91,6 +95,7 @@ def prebuild(tmp_path_factory):
         [sys.executable, str(Path(__file__).with_name("prebuild.py")), str(root)], stdout=log, stderr=subprocess.STDOUT
     )
     (root / "prebuild.started").write_text(str(proc.pid))
+    os.nice(5)  # after starting it: the build keeps the normal priority
     yield
     if proc.poll() is None:  # the session ended first (a selection that did not need it)
         proc.kill()
