@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from craftsman_platform.preprocess.tiny_shards import make_tiny_shards  # noqa: F401  (the tests' shard corpus)
 
@@ -84,3 +85,15 @@ def tiny_diffusion_config():
         ),
         diffusion=DiffusionConfig(min_snr_gamma=5.0),
     )
+
+
+def save_tiny_clip_vision(folder: Path) -> Path:
+    """A small random CLIP vision tower (hidden 32, 2 layers, 32 px) written with save_pretrained."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=8, image_size=32
+    )
+    CLIPVisionModel(config).save_pretrained(folder)
+    return folder

@@ -37,6 +37,9 @@ def test_surface_metrics_on_known_shapes():
     assert off["fscore@0.02"] < 0.2 < off["normal_consistency"]
 
 
+SMALL_EVAL = ("data.max_objects=3", "depth=6", "surface_samples=20000")  # 3 objects, coarse: fast
+
+
 @pytest.fixture(scope="module")
 def vae_eval(vae_run, tiny_shards, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("eval") / "vae"
@@ -45,9 +48,7 @@ def vae_eval(vae_run, tiny_shards, tmp_path_factory) -> Path:
         f"checkpoint={vae_run}",
         f"data.eval_shards={shard_glob(tiny_shards)}",
         f"output_dir={out}",
-        "data.max_objects=3",
-        "depth=6",
-        "surface_samples=20000",
+        *SMALL_EVAL,
     )
     return out
 
@@ -75,9 +76,7 @@ def test_objects_scored_together_score_as_one_at_a_time(vae_run, vae_eval, tiny_
         f"checkpoint={vae_run}",
         f"data.eval_shards={shard_glob(tiny_shards)}",
         f"output_dir={out}",
-        "data.max_objects=3",
-        "depth=6",
-        "surface_samples=20000",
+        *SMALL_EVAL,
         "batch_size=1",
         "logger=none",
         "device=cpu",

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
+from helpers import save_tiny_clip_vision
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
 from craftsman_platform.models.build import ModelConfig, build_vae, count_parameters
 from craftsman_platform.models.conditioners import (
@@ -136,17 +137,7 @@ def test_denoiser_shapes(kind):
 def clip_dir(tmp_path_factory):
     """A small random CLIP (vision + text towers, tokenizer) written with save_pretrained."""
     root = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            patch_size=8,
-            image_size=32,
-        )
-    ).save_pretrained(root)
+    save_tiny_clip_vision(root)
     text_dir = root / "text"
     CLIPTextModel(
         CLIPTextConfig(

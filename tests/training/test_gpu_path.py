@@ -11,9 +11,8 @@ import json
 
 import pytest
 import torch
-from helpers import TINY_VAE, craft, shard_glob, tiny_diffusion_config
+from helpers import TINY_VAE, craft, save_tiny_clip_vision, shard_glob, tiny_diffusion_config
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from craftsman_platform.models.build import ModelConfig, build_diffusion, compile_model
 from craftsman_platform.models.checkpoints import latest_checkpoint, load_weights
@@ -123,17 +122,7 @@ def test_ema_values_and_state_round_trip():
 # Memory: activation checkpointing, the frozen VAE
 # ----------------------------------------------------------------------------------------------
 def test_clip_checkpointing_recomputes_and_gives_the_same_gradients(tmp_path):
-    torch.manual_seed(0)
-    CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            patch_size=8,
-            image_size=32,
-        )
-    ).save_pretrained(tmp_path)
+    save_tiny_clip_vision(tmp_path)
     images, c2w = torch.rand(2, 2, 3, 32, 32), torch.randn(2, 2, 4, 4)
     grads, calls = [], []
     for checkpointing in (False, True):
