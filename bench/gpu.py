@@ -58,8 +58,8 @@ def make_bench_shards(out: Path) -> Path:
     (~1.5 MB per object, small enough to carry to a GPU machine); the loader subsamples as usual."""
     from craftsman_platform.corpora import pybullet_data_dir
     from craftsman_platform.geometry.config import SampleConfig
-    from craftsman_platform.preprocess.config import PreprocessConfig
-    from craftsman_platform.preprocess.job import preprocess
+    from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
+    from craftsman_platform.pipelines.preprocess.job import preprocess
 
     out.mkdir(parents=True, exist_ok=True)
     listing = out / "meshes.txt"

@@ -22,9 +22,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from craftsman_platform.corpora import fixed_sample
-from craftsman_platform.preprocess.config import PreprocessConfig
-from craftsman_platform.preprocess.job import preprocess
-from craftsman_platform.preprocess.object_job import STAGES
+from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
+from craftsman_platform.pipelines.preprocess.job import preprocess
+from craftsman_platform.pipelines.preprocess.object_job import STAGES
 
 
 def run(files: list[Path], workers: int, root: Path, name: str) -> tuple[dict, list[dict]]:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from craftsman_platform.preprocess.tiny_shards import make_tiny_shards
+from craftsman_platform.pipelines.preprocess.tiny_shards import make_tiny_shards
 from craftsman_platform.shapedata.sample import expand_urls
 from craftsman_platform.training.config import DataConfig
 from craftsman_platform.training.data import BatchIterator, ShardStream

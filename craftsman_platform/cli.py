@@ -35,10 +35,10 @@ class Subcommand:
 
 SUBCOMMANDS = {
     "preprocess": Subcommand(
-        "craftsman_platform.preprocess.job",
+        "craftsman_platform.pipelines.preprocess.job",
         "preprocess",
         "meshes -> WebDataset shards + manifest (Ray; resumable, exactly-once)",
-        "craftsman_platform.preprocess.config:PreprocessConfig",
+        "craftsman_platform.pipelines.preprocess.config:PreprocessConfig",
         (),
         [
             "craft preprocess source.path=meshes/ output_dir=out/          # a folder, recursively",

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from craftsman_platform.preprocess.tiny_shards import make_tiny_shards  # noqa: F401  (the tests' shard corpus)
+from craftsman_platform.pipelines.preprocess.tiny_shards import make_tiny_shards  # noqa: F401  (the tests' shard corpus)
 
 
 def write_obj(path: Path, vertices, faces) -> Path:

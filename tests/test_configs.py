@@ -23,9 +23,9 @@ from craftsman_platform.inference.runtime import resolve_device
 from craftsman_platform.models.build import module_summary
 from craftsman_platform.models.checkpoints import load_vae
 from craftsman_platform.paths import CONF_DIR
-from craftsman_platform.preprocess.config import PreprocessConfig
-from craftsman_platform.preprocess.job import resolve_sources
-from craftsman_platform.preprocess.job import validate as preprocess_validate
+from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
+from craftsman_platform.pipelines.preprocess.job import resolve_sources
+from craftsman_platform.pipelines.preprocess.job import validate as preprocess_validate
 from craftsman_platform.schemas import SCHEMAS, register
 from craftsman_platform.shapedata.cameras import DEFAULT_DISTANCE
 from craftsman_platform.shapedata.sample import expand_urls

@@ -20,12 +20,12 @@ ALLOWED = {
     "geometry": BASE | {"shapedata"},
     "models": BASE | {"shapedata"},
     "raycluster": BASE,
-    "preprocess": BASE | {"shapedata", "geometry", "raycluster"},
+    "pipelines": BASE | {"shapedata", "geometry", "raycluster"},
     "training": BASE | {"shapedata", "models", "raycluster", "logger"},
     "inference": BASE | {"shapedata", "models"},
     "evaluation": BASE | {"shapedata", "geometry", "models", "inference", "logger"},
     # the command line sees everything
-    "schemas": {"evaluation", "geometry", "inference", "preprocess", "training"},
+    "schemas": {"evaluation", "geometry", "inference", "pipelines", "training"},
     "cli_help": BASE,
     "cli": BASE | {"cli_help", "schemas"},
 }

@@ -23,7 +23,7 @@ import pytest
 import webdataset as wds
 from helpers import ENV, craft, shard_glob
 
-from craftsman_platform.preprocess.sources import list_file_objects
+from craftsman_platform.pipelines.preprocess.sources import list_file_objects
 
 FAST = [
     "geometry.watertight.resolution=64",

@@ -24,9 +24,10 @@ from PIL import Image
 
 from craftsman_platform.errors import ConfigError
 from craftsman_platform.geometry.config import SampleConfig
-from craftsman_platform.preprocess.config import PreprocessConfig
-from craftsman_platform.preprocess.job import preprocess
-from craftsman_platform.preprocess.shards import ShardStore
+from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
+from craftsman_platform.pipelines.preprocess.job import preprocess
+from craftsman_platform.pipelines.preprocess.object_job import manifest_row
+from craftsman_platform.pipelines.shardstore import ShardStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {
@@ -212,7 +213,7 @@ def test_kill_9_then_resume_gives_every_object_exactly_once(tmp_path, pybullet_d
 
 
 def test_store_recovers_from_a_torn_run(tmp_path):
-    store = ShardStore(tmp_path, max_bytes=10**9)
+    store = ShardStore(tmp_path, 10**9, manifest_row)
     row = {
         "uid": "a",
         "source": "/x/a.obj",
@@ -250,7 +251,7 @@ def test_store_recovers_from_a_torn_run(tmp_path):
     with (tmp_path / "journal" / "failed.jsonl").open("a") as fh:
         fh.write('{"uid": "c", "sta')  # killed mid-line
     (tmp_path / "shards" / "shard-000001.tar.tmp").write_bytes(b"partial")
-    ok, failed = ShardStore(tmp_path, max_bytes=10**9).recover()
+    ok, failed = ShardStore(tmp_path, 10**9, manifest_row).recover()
     assert set(ok) == {"a"} and ok["a"]["shard"] == "shard-000000.tar" and set(failed) == {"b"}
     assert not (tmp_path / "shards" / "shard-000001.tar.tmp").exists()
     assert (tmp_path / "journal" / "shard-000000.json").exists()

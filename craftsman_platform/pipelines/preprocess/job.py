@@ -18,17 +18,24 @@ from tqdm import tqdm
 
 from craftsman_platform.errors import ConfigError, MissingInput, NothingDone, check_writable
 from craftsman_platform.paths import CONF_DIR
-from craftsman_platform.preprocess.config import PreprocessConfig, SourceConfig
-from craftsman_platform.preprocess.lock import OutputLock
-from craftsman_platform.preprocess.object_job import PIPELINE_VERSION, RETRIED_ON_RERUN, STAGES, failure, run_object
-from craftsman_platform.preprocess.shards import ShardStore
-from craftsman_platform.preprocess.sources import (
+from craftsman_platform.pipelines.lock import OutputLock
+from craftsman_platform.pipelines.preprocess.config import PreprocessConfig, SourceConfig
+from craftsman_platform.pipelines.preprocess.object_job import (
+    PIPELINE_VERSION,
+    RETRIED_ON_RERUN,
+    STAGES,
+    failure,
+    manifest_row,
+    run_object,
+)
+from craftsman_platform.pipelines.preprocess.sources import (
     ObjectRef,
     TransientError,
     folder_objects,
     list_file_objects,
     objaverse_objects,
 )
+from craftsman_platform.pipelines.shardstore import ShardStore
 from craftsman_platform.raycluster import init_ray
 
 log = logging.getLogger("craft.preprocess")
@@ -308,7 +315,7 @@ def preprocess(cfg: PreprocessConfig) -> dict:
         raise NothingDone(f"no mesh files found in {_describe(cfg.source)}")
     with OutputLock(out, cfg.lock_stale_s):
         claim_output(out, cfg, digest)
-        store = ShardStore(out, cfg.shard_max_bytes)
+        store = ShardStore(out, cfg.shard_max_bytes, manifest_row)
         done_ok, done_failed = store.recover()
         retry = (
             set(done_failed)

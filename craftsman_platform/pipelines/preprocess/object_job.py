@@ -18,8 +18,8 @@ from craftsman_platform.geometry.mesh_io import MeshRejected
 from craftsman_platform.geometry.pipeline import process_mesh
 from craftsman_platform.geometry.render import Renderer
 from craftsman_platform.geometry.sampling import object_rng
-from craftsman_platform.preprocess.config import PreprocessConfig
-from craftsman_platform.preprocess.sources import ObjectRef, TransientError, local_copy
+from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
+from craftsman_platform.pipelines.preprocess.sources import ObjectRef, TransientError, local_copy
 from craftsman_platform.shapedata.cameras import view_cameras
 from craftsman_platform.shapedata.sample import META, encode_sample
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from craftsman_platform.corpora import pybullet_data_dir
 from craftsman_platform.geometry.config import SampleConfig
-from craftsman_platform.preprocess.config import PreprocessConfig
-from craftsman_platform.preprocess.job import preprocess
+from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
+from craftsman_platform.pipelines.preprocess.job import preprocess
 
 TINY_SHARD_MESHES = [
     "duck.obj",

@@ -1,4 +1,4 @@
-"""The output store: WebDataset shards written atomically, journals, manifest and resume state.
+"""The one shard store of every job that writes shards: atomic WebDataset shards, journals, manifest, resume.
 
 Layout of OUT:
   shards/shard-000000.tar      complete shards only (written as .tar.tmp, fsynced, renamed)
@@ -21,11 +21,10 @@ import os
 import tarfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from craftsman_platform.preprocess.object_job import manifest_row
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,10 @@ def _fsync_write(path: Path, data: bytes) -> None:
 
 
 class ShardStore:
-    def __init__(self, out_dir: str | Path, max_bytes: int):
+    def __init__(self, out_dir: str | Path, max_bytes: int, row_from_meta: Callable[[dict], dict]):
+        """`row_from_meta` turns a sample's meta.json into its manifest row (the job's own columns)."""
         self.out = Path(out_dir)
+        self.row_from_meta = row_from_meta
         self.shard_dir = self.out / "shards"
         self.journal_dir = self.out / "journal"
         self.shard_dir.mkdir(parents=True, exist_ok=True)
@@ -85,13 +86,12 @@ class ShardStore:
                 failed[row["uid"]] = row
         return ok, {u: r for u, r in failed.items() if u not in ok}
 
-    @staticmethod
-    def _rows_from_tar(shard: Path) -> list[dict]:
+    def _rows_from_tar(self, shard: Path) -> list[dict]:
         rows = []
         with tarfile.open(shard) as tar:
             for member in tar:
                 if member.name.endswith(".meta.json"):
-                    row = manifest_row(json.load(tar.extractfile(member)))
+                    row = self.row_from_meta(json.load(tar.extractfile(member)))
                     rows.append({**row, "shard": shard.name})
         return rows
 

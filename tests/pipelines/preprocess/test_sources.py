@@ -15,9 +15,9 @@ import trimesh
 import webdataset as wds
 
 from craftsman_platform.geometry.config import SampleConfig
-from craftsman_platform.preprocess.config import PreprocessConfig
-from craftsman_platform.preprocess.job import preprocess
-from craftsman_platform.preprocess.sources import (
+from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
+from craftsman_platform.pipelines.preprocess.job import preprocess
+from craftsman_platform.pipelines.preprocess.sources import (
     folder_objects,
     list_file_objects,
     local_copy,
@@ -141,8 +141,8 @@ def test_preprocess_objaverse_source(tmp_path, pybullet_dir, offline):
 
 
 def test_partitions_are_disjoint_and_cover_everything(tmp_path, pybullet_dir):
-    from craftsman_platform.preprocess.config import SourceConfig
-    from craftsman_platform.preprocess.job import resolve_sources
+    from craftsman_platform.pipelines.preprocess.config import SourceConfig
+    from craftsman_platform.pipelines.preprocess.job import resolve_sources
 
     folder = pybullet_dir / "random_urdfs"
     everything = {r.uid for r in resolve_sources(SourceConfig(path=str(folder)))}
