@@ -36,9 +36,15 @@ def _loopback_node_address():
         services.get_node_ip_address = original
 
 
-def init_ray(cfg: RayConfig, num_cpus: Optional[int] = None, env_vars: Optional[dict[str, str]] = None):
+def init_ray(
+    cfg: RayConfig,
+    num_cpus: Optional[int] = None,
+    env_vars: Optional[dict[str, str]] = None,
+    system_config: Optional[dict] = None,
+):
     """Join the cluster at `ray.address`, or start a local Ray on 127.0.0.1 (dashboard off unless
-    configured, and then bound to `ray.dashboard_host`). Returns the `ray` module."""
+    configured, and then bound to `ray.dashboard_host`; `system_config` applies to a local Ray
+    only, a cluster has its own). Returns the `ray` module."""
     import ray
 
     if ray.is_initialized():
@@ -59,6 +65,7 @@ def init_ray(cfg: RayConfig, num_cpus: Optional[int] = None, env_vars: Optional[
             runtime_env=runtime_env,
             log_to_driver=True,
             _node_ip_address=LOOPBACK,
+            _system_config=system_config,
             **quiet,
         )
     return ray

@@ -1,15 +1,16 @@
-"""The one shard store of every job that writes shards: atomic WebDataset shards, journals, manifest, resume.
+"""The one shard store of every job that writes shards: WebDataset tars, journals, recovery, manifest.
 
-Layout of OUT:
-  shards/shard-000000.tar      complete shards only (written as .tar.tmp, fsynced, renamed)
-  journal/shard-000000.json    manifest rows of that shard (rebuilt from the tar if missing)
-  journal/failed.jsonl         one row per failed object, appended and fsynced as they fail
-  config.json                  the config and its hash; a different config is refused
-  manifest.parquet, summary.json   written at the end of every run
+Layout of OUT (a local folder or any fsspec URL, see storage.py):
+  shards/shard-000000.tar      WebDataset tars (written by `ShardWriter`s, on the workers)
+  journal/shard-000000.json    the commit record of that shard: its size and manifest rows
+  journal/failed-*.jsonl       failed objects, in batches (flushed every few seconds)
+  config.json, manifest.parquet, summary.json   (the job's)
 
-Exactly-once: a good object becomes visible only when its shard is renamed, and the tar is the
-source of truth for what is done; a killed run leaves at most a .tar.tmp, which the next run
-deletes (its objects are redone), and a torn last line in failed.jsonl, which is ignored.
+Exactly-once, without a rename on object stores: a writer uploads a shard under its final key,
+which becomes visible only once complete; the shard becomes part of the dataset only when the
+driver has written its journal. On resume, shards no journal names (a writer or driver killed
+between upload and journal) and journals whose shard is missing or of another size are deleted,
+and their objects redone. A lost batch of failure rows only means those objects are tried again.
 """
 
 from __future__ import annotations
@@ -17,146 +18,159 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
+import re
 import tarfile
 import time
-from pathlib import Path
-from typing import Callable
+import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-log = logging.getLogger(__name__)
+from craftsman_platform.pipelines.storage import Output
+
+log = logging.getLogger("craft.pipelines")
+SHARD = re.compile(r"^shard-(\d{6,})\.tar$")
+FAILED_FLUSH_S, FAILED_FLUSH_ROWS = 10.0, 500
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
-    """Write a file atomically: temporary name, fsync, rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def journal_name(shard: str) -> str:
+    return "journal/" + shard.removesuffix(".tar") + ".json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing one shard (on a worker: inside a writer actor, next to the tasks that made the samples)
+# ---------------------------------------------------------------------------------------------
+
+
+class ShardWriter:
+    """Appends samples to open shards and uploads each whole. Shards are named by the driver."""
+
+    def __init__(self, output: Output):
+        self.output = output
+        self.output.makedirs("shards")
+        self._open: dict[int, tuple] = {}  # index -> (context manager, file, tar, bytes)
+
+    def add(self, index: int, uid: str, members: dict[str, bytes]) -> int:
+        """Append one sample (member names `uid.ext`) to shard `index`; returns the shard's bytes so far."""
+        if index not in self._open:
+            ctx = self.output.open_staged("shards/" + shard_name(index))
+            fh = ctx.__enter__()
+            self._open[index] = (ctx, fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT), 0)
+        ctx, fh, tar, size = self._open[index]
+        now = time.time()
+        for name, data in members.items():
+            info = tarfile.TarInfo(f"{uid}.{name}")  # PAX: names past USTAR's 100 characters
+            info.size, info.mtime, info.mode = len(data), now, 0o444
+            tar.addfile(info, io.BytesIO(data))
+            size += len(data) + 1024
+        self._open[index] = (ctx, fh, tar, size)
+        return size
+
+    def seal(self, index: int) -> dict:
+        """Finish shard `index` and make it visible under its final name: {"shard", "bytes"}."""
+        ctx, fh, tar, _ = self._open.pop(index)
+        tar.close()
+        ctx.__exit__(None, None, None)
+        name = shard_name(index)
+        return {"shard": name, "bytes": self.output.fs.size(self.output.path("shards/" + name))}
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver's side: journals, recovery, failures, manifest
+# ---------------------------------------------------------------------------------------------
 
 
 class ShardStore:
-    def __init__(self, out_dir: str | Path, max_bytes: int, row_from_meta: Callable[[dict], dict]):
-        """`row_from_meta` turns a sample's meta.json into its manifest row (the job's own columns)."""
-        self.out = Path(out_dir)
-        self.row_from_meta = row_from_meta
-        self.shard_dir = self.out / "shards"
-        self.journal_dir = self.out / "journal"
-        self.shard_dir.mkdir(parents=True, exist_ok=True)
-        self.journal_dir.mkdir(parents=True, exist_ok=True)
-        self.max_bytes = max_bytes
-        self._tar: tarfile.TarFile | None = None
-        self._fh = None
-        self._rows: list[dict] = []
-        self._bytes = 0
-        self._index = 0
-        self._failed_fh = None
+    def __init__(self, output: Output):
+        self.output = output
+        self.next_index = 0
+        self._failed: list[dict] = []
+        self._failed_seq = 0
+        self._failed_flushed = time.monotonic()
+        self._run = uuid.uuid4().hex[:8]
+        output.makedirs("shards")
+        output.makedirs("journal")
 
-    # -- resume ----------------------------------------------------------------------------
-
+    # -- resume ----------------------------------------------------------------------------------
     def recover(self) -> tuple[dict[str, dict], dict[str, dict]]:
-        """(ok rows by uid, failed rows by uid) from a previous run; cleans up what it left."""
-        for tmp in self.shard_dir.glob("*.tar.tmp"):
-            log.info("removing incomplete shard %s (its objects will be redone)", tmp.name)
-            tmp.unlink()
+        """(ok rows by uid, failed rows by uid) of earlier runs; deletes what no journal commits."""
+        shards = self.output.sizes("shards")
+        journals = self.output.sizes("journal")
         ok: dict[str, dict] = {}
-        shards = sorted(self.shard_dir.glob("shard-*.tar"))
-        for shard in shards:
-            journal = self.journal_dir / (shard.stem + ".json")
-            if journal.exists():
-                rows = json.loads(journal.read_text())
-            else:
-                rows = self._rows_from_tar(shard)
-                _fsync_write(journal, json.dumps(rows).encode())
+        committed = set()
+        indices = [int(m.group(1)) for m in map(SHARD.match, shards) if m]
+        for name in sorted(journals):
+            if not (name.startswith("shard-") and name.endswith(".json")):
+                continue
+            shard = name.removesuffix(".json") + ".tar"
+            body = self.output.read_json("journal/" + name)
+            rows = body["rows"] if isinstance(body, dict) else body  # journals before sizes were lists
+            expected = body.get("bytes") if isinstance(body, dict) else shards.get(shard)
+            if shards.get(shard) is None or shards[shard] != expected:
+                log.warning(
+                    "journal %s names a missing or resized %s: its %d objects are redone", name, shard, len(rows)
+                )
+                self.output.delete("journal/" + name)
+                continue
+            committed.add(shard)
+            indices.append(int(SHARD.match(shard).group(1)))
             for row in rows:
                 ok[row["uid"]] = row
-        self._index = 1 + max((int(s.stem.split("-")[1]) for s in shards), default=-1)
+        for leftover in sorted(set(shards) - committed):
+            log.info("removing %s, which no journal commits (its objects will be redone)", leftover)
+            self.output.delete("shards/" + leftover)
+        self.next_index = 1 + max(indices, default=-1)
         failed: dict[str, dict] = {}
-        path = self.journal_dir / "failed.jsonl"
-        if path.exists():
-            for line in path.read_text().splitlines():
+        for name in sorted(n for n in journals if n.startswith("failed") and n.endswith(".jsonl")):
+            for line in self.output.read_bytes("journal/" + name).decode().splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
-                    continue  # a torn last line from a killed run
+                    continue  # a torn last line (journals of earlier versions were appended to)
                 failed[row["uid"]] = row
         return ok, {u: r for u, r in failed.items() if u not in ok}
 
-    def _rows_from_tar(self, shard: Path) -> list[dict]:
-        rows = []
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                if member.name.endswith(".meta.json"):
-                    row = self.row_from_meta(json.load(tar.extractfile(member)))
-                    rows.append({**row, "shard": shard.name})
+    # -- committing ------------------------------------------------------------------------------
+    def allocate(self) -> int:
+        """A fresh shard index (shard names are the driver's to give)."""
+        self.next_index += 1
+        return self.next_index - 1
+
+    def commit(self, sealed: dict, rows: list[dict]) -> list[dict]:
+        """Make a sealed shard part of the dataset by writing its journal; returns the rows with `shard`."""
+        rows = [{**r, "shard": sealed["shard"]} for r in rows]
+        self.output.write_json(journal_name(sealed["shard"]), {**sealed, "rows": rows})
+        log.info("shard %s committed: %d objects, %.1f MB", sealed["shard"], len(rows), sealed["bytes"] / 1e6)
         return rows
 
-    # -- writing ---------------------------------------------------------------------------
-
-    def add(self, uid: str, members: dict[str, bytes], row: dict) -> str:
-        """Append one sample (WebDataset: member names `uid.ext`); returns its shard's name."""
-        if self._tar is None:
-            self._open()
-        now = time.time()
-        for name, data in members.items():
-            info = tarfile.TarInfo(f"{uid}.{name}")
-            info.size, info.mtime, info.mode = len(data), now, 0o444
-            self._tar.addfile(info, io.BytesIO(data))
-            self._bytes += len(data) + 1024
-        name = self._name(self._index)
-        self._rows.append({**row, "shard": name})
-        if self._bytes >= self.max_bytes:
-            self.close_shard()
-        return name
+    def discard(self, index: int) -> None:
+        """Delete what a failed writer may have uploaded for shard `index` (its objects are redone)."""
+        self.output.delete("shards/" + shard_name(index))
+        if self.output.local:
+            self.output.delete("shards/" + shard_name(index) + ".tmp")
 
     def add_failed(self, row: dict) -> None:
-        if self._failed_fh is None:
-            self._failed_fh = (self.journal_dir / "failed.jsonl").open("a")
-        self._failed_fh.write(json.dumps(row) + "\n")
-        self._failed_fh.flush()
-        os.fsync(self._failed_fh.fileno())
+        self._failed.append(row)
+        if len(self._failed) >= FAILED_FLUSH_ROWS or time.monotonic() - self._failed_flushed > FAILED_FLUSH_S:
+            self.flush_failed()
 
-    def close_shard(self) -> None:
-        """Finish the current shard: fsync, rename into place, then its journal."""
-        if self._tar is None:
+    def flush_failed(self) -> None:
+        self._failed_flushed = time.monotonic()
+        if not self._failed:
             return
-        self._tar.close()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        final = self.shard_dir / self._name(self._index)
-        os.replace(final.with_name(final.name + ".tmp"), final)
-        _fsync_write(self.journal_dir / (final.stem + ".json"), json.dumps(self._rows).encode())
-        log.info("shard %s complete: %d objects, %.1f MB", final.name, len(self._rows), self._bytes / 1e6)
-        self._tar, self._fh, self._rows, self._bytes = None, None, [], 0
-        self._index += 1
+        name = f"journal/failed-{self._run}-{self._failed_seq:05d}.jsonl"
+        self.output.write_bytes(name, "".join(json.dumps(r) + "\n" for r in self._failed).encode())
+        self._failed, self._failed_seq = [], self._failed_seq + 1
 
-    def close(self) -> None:
-        self.close_shard()
-        if self._failed_fh is not None:
-            self._failed_fh.close()
-            self._failed_fh = None
-
-    def _open(self) -> None:
-        path = self.shard_dir / (self._name(self._index) + ".tmp")
-        self._fh = path.open("wb")
-        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.PAX_FORMAT)  # names > 100 chars
-
-    @staticmethod
-    def _name(index: int) -> str:
-        return f"shard-{index:06d}.tar"
-
-    # -- manifest --------------------------------------------------------------------------
-
-    def write_manifest(self, rows: list[dict]) -> Path:
-        path = self.out / "manifest.parquet"
+    # -- manifest --------------------------------------------------------------------------------
+    def write_manifest(self, rows: list[dict]) -> str:
         columns = list(dict.fromkeys(k for r in rows for k in r))  # ok and failed rows differ
         table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in sorted(rows, key=lambda r: r["uid"])])
-        tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-        return path
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.output.write_bytes("manifest.parquet", buf.getvalue())
+        return self.output.display("manifest.parquet")

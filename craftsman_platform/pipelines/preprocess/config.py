@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import MISSING
 
 from craftsman_platform.geometry.config import GeometryConfig, RenderConfig
+from craftsman_platform.pipelines.preprocess.sources import OBJAVERSE_URL
 from craftsman_platform.raycluster import RayConfig
 
 
@@ -19,7 +20,7 @@ class SourceConfig:
     lvis_categories: list[str] = field(default_factory=list)  # objaverse: LVIS categories
     cache_dir: Optional[str] = None  # objaverse cache (the package's BASE_PATH; default ~/.objaverse)
     annotations: bool = True  # objaverse: copy name/license/tags/categories into meta.json
-    download_processes: int = 1
+    base_url: str = OBJAVERSE_URL  # objaverse: where the tasks fetch GLBs (a mirror, or a bucket URL)
     limit: Optional[int] = None  # first N objects only
     partition: Optional[str] = None  # "i/n": only objects with crc32(uid) % n == i (one of n parallel jobs)
 
@@ -30,8 +31,11 @@ class PreprocessConfig:
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-    output_dir: str = MISSING
-    workers: int = 2  # concurrent objects (CPU cores); on a cluster, its CPUs unless set lower
+    output_dir: str = MISSING  # a local folder or an fsspec URL (s3://bucket/prefix, gs://..., ...)
+    storage_options: dict[str, Any] = field(default_factory=dict)  # passed to fsspec for output_dir
+    # concurrent objects: unset, every task slot of the cluster (this machine's cores for a local
+    # Ray), followed as the autoscaler adds or removes nodes; a number caps it
+    workers: Optional[int] = None
     timeout_s: float = 300.0  # per object; the worker is killed, the job goes on
     memory_per_task_gb: float = 3.0  # Ray schedules tasks by this memory request (measured peak 2.4 GB)
     max_retries: int = 2  # for transient errors (remote fetch, lost worker) only

@@ -1,9 +1,11 @@
 """One object through the whole pipeline: fetch -> geometry core -> render -> encoded sample.
 
-Runs inside a Ray task (or in-process). Returns a plain dict so results travel through Ray's
-object store: {"status": "ok", "uid", "members": {name: bytes}, "row": manifest fields} or
-{"status": "failed", "uid", "reason", "message", "row"}. Only `TransientError` is raised (Ray
-retries it); every other failure is a record, so one bad file never stops the job.
+Runs inside a Ray task with two return values: a small result for the driver ({"status": "ok",
+"uid", "row": manifest fields, "node", "sample_bytes"} or {"status": "failed", "uid", "reason",
+"message", "row"}, a few KB) and the sample's members ({name: bytes}, None on failure), which stay
+in the object store of the node that made them until a shard writer reads them. Only
+`TransientError` is raised (Ray retries it); every other failure is a record, so one bad file
+never stops the job.
 """
 
 from __future__ import annotations
@@ -45,11 +47,11 @@ def _sha256(path) -> str:
     return h.hexdigest()
 
 
-def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str) -> dict:
-    """Process one object; never raises except `TransientError`."""
+def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str) -> tuple[dict, dict | None]:
+    """Process one object: (result for the driver, sample members or None); raises only `TransientError`."""
     base = {"uid": ref.uid, "source": ref.source, "config_hash": config_hash}
     try:
-        with local_copy(ref.source) as path:
+        with local_copy(ref.source, ref.cached) as path:
             source_sha = _sha256(path)
             geo = process_mesh(path, ref.uid, cfg.geometry)
         timings = dict(geo.timings)
@@ -89,21 +91,30 @@ def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str) -> dict:
         }
         members[META] = json.dumps(meta).encode()
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this worker process so far
-        return {
+        result = {
             **base,
             "status": "ok",
-            "members": members,
             "row": {**manifest_row(meta), "worker_peak_rss_mb": peak_mb},
+            "node": _node_id(),
+            "sample_bytes": sum(len(v) + 1024 for v in members.values()),  # as the shard writer counts
         }
+        return result, members
     except TransientError:
         raise
     except MeshRejected as e:
-        return failure(base, e.code, e.message)
+        return failure(base, e.code, e.message), None
     except FileNotFoundError as e:
-        return failure(base, "not_found", f"no such file or object: {e.filename or e}")
+        return failure(base, "not_found", f"no such file or object: {e.filename or e}"), None
     except Exception as e:  # a bug or an unexpected library error: recorded, the job goes on
         tb = traceback.format_exception_only(type(e), e)[-1].strip()
-        return failure(base, "error", tb[:500])
+        return failure(base, "error", tb[:500]), None
+
+
+def _node_id() -> str | None:
+    """The Ray node this runs on (its shard writer is there), or None outside Ray."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def failure(base: dict, reason: str, message: str) -> dict:

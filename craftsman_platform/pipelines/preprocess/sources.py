@@ -15,7 +15,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from craftsman_platform.errors import ConfigError, MissingInput
 from craftsman_platform.geometry.mesh_io import SUPPORTED_SUFFIXES
@@ -34,6 +34,7 @@ class ObjectRef:
     uid: str
     source: str  # absolute local path or URL
     annotations: dict = field(default_factory=dict, compare=False, hash=False)
+    cached: Optional[str] = field(default=None, compare=False)  # a local copy to use where the node has it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,10 +69,14 @@ def list_file_objects(list_path: str | Path) -> list[ObjectRef]:
 
 
 @contextmanager
-def local_copy(source: str) -> Iterator[Path]:
-    """A local path for the object: itself if local, else a temporary download through fsspec."""
+def local_copy(source: str, cached: str | None = None) -> Iterator[Path]:
+    """A local path for the object: itself if local, the node's cached copy where it has one, else a
+    download through fsspec into node-local temporary space, deleted afterwards."""
     if "://" not in source or source.startswith("file://"):
         yield Path(source.removeprefix("file://"))
+        return
+    if cached and os.path.isfile(cached):
+        yield Path(cached)
         return
     import fsspec
 
@@ -129,6 +134,9 @@ def _root_cause(error: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+OBJAVERSE_URL = "https://huggingface.co/datasets/allenai/objaverse/resolve/main"
+
+
 @contextmanager
 def _objaverse_cache(cache_dir: str | None):
     """Point the objaverse package at `cache_dir` (its BASE_PATH) for the duration."""
@@ -150,12 +158,14 @@ def objaverse_objects(
     cache_dir: str | None,
     annotations: bool = True,
     limit: int | None = None,
-    download_processes: int = 1,
+    base_url: str = OBJAVERSE_URL,
 ) -> list[ObjectRef]:
-    """Objaverse 1.0 objects by uid and/or LVIS category; files already in the cache are not fetched.
+    """Objaverse 1.0 objects by uid and/or LVIS category, as download URLs: no GLB is fetched here.
 
-    The package fetches what its cache lacks (object-paths, metadata, LVIS, GLBs) from Hugging
-    Face; with a full cache nothing leaves the machine.
+    Only the small index files (object-paths, LVIS lists, annotations) are read on the driver,
+    from the package's cache or Hugging Face. Each task fetches the GLB it processes (retrying
+    network errors) into node-local temporary space, or uses the file where that node's
+    `cache_dir` already holds it.
     """
     with _objaverse_cache(cache_dir) as objaverse:
         selected = list(uids or [])
@@ -166,21 +176,27 @@ def objaverse_objects(
                 raise ConfigError(f"source.lvis_categories: unknown LVIS categories {unknown}")
             in_cats = [u for c in lvis_categories for u in lvis[c]]
             selected = [u for u in selected if u in set(in_cats)] if uids else in_cats
+        paths = objaverse._load_object_paths()  # uid -> glbs/000-023/UID.glb (the package's own index)
         if not selected:
-            selected = objaverse.load_uids()
+            selected = list(paths)
         bad = [u for u in selected if not _OBJAVERSE_UID.match(u)]
         if bad:
             raise ConfigError(f"source.uids: not Objaverse uids (32 hex digits): {bad[:5]}")
         selected = list(dict.fromkeys(selected))[:limit]
-        paths = objaverse.load_objects(selected, download_processes=download_processes)
         missing = [u for u in selected if u not in paths]
         if missing:
             log.warning("objaverse: %d uids are unknown to object-paths and are skipped: %s", len(missing), missing[:5])
-        meta = objaverse.load_annotations(list(paths)) if annotations and paths else {}
+        selected = [u for u in selected if u in paths]
+        meta = objaverse.load_annotations(selected) if annotations and selected else {}
+        cache = Path(objaverse._VERSIONED_PATH)
     return [
-        ObjectRef(uid, str(Path(paths[uid]).resolve()), _annotation_summary(meta.get(uid)))
+        ObjectRef(
+            uid,
+            f"{base_url.rstrip('/')}/{paths[uid]}",
+            _annotation_summary(meta.get(uid)),
+            str(cache / paths[uid]),
+        )
         for uid in selected
-        if uid in paths
     ]
 
 

@@ -26,8 +26,8 @@ from craftsman_platform.errors import ConfigError
 from craftsman_platform.geometry.config import SampleConfig
 from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
 from craftsman_platform.pipelines.preprocess.job import preprocess
-from craftsman_platform.pipelines.preprocess.object_job import manifest_row
-from craftsman_platform.pipelines.shardstore import ShardStore
+from craftsman_platform.pipelines.shardstore import ShardStore, ShardWriter
+from craftsman_platform.pipelines.storage import Output
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {
@@ -212,49 +212,38 @@ def test_kill_9_then_resume_gives_every_object_exactly_once(tmp_path, pybullet_d
     assert sorted(r["uid"] for r in manifest) == sorted(keys) and {r["status"] for r in manifest} == {"ok"}
 
 
-def test_store_recovers_from_a_torn_run(tmp_path):
-    store = ShardStore(tmp_path, 10**9, manifest_row)
-    row = {
-        "uid": "a",
-        "source": "/x/a.obj",
-        "status": "ok",
-        "reason": None,
-        "message": None,
-        "shard": None,
-        "config_hash": "h",
-        "source_sha256": "0" * 64,
-        "watertight_method": "udf",
-        "chamfer": 0.01,
-        "parts_in": 1,
-        "parts_out": 1,
-        "parts_lost": 0,
-        "sign_agreement": 1.0,
-        "n_sharp": 0,
-        "views": 4,
-        **{f"time_{s}": 0.1 for s in ("load", "watertight", "sample", "render", "write")},
-    }
-    meta = {
-        "uid": "a",
-        "source": "/x/a.obj",
-        "source_sha256": "0" * 64,
-        "config_hash": "h",
-        "views": 4,
-        "sign_agreement": 1.0,
-        "watertight": {"method": "udf", "chamfer": 0.01, "parts_in": 1, "parts_out": 1, "parts_lost": 0},
-        "counts": {"sharp": 0},
-        "timings": {s: 0.1 for s in ("load", "watertight", "sample", "render", "write")},
-    }
-    store.add("a", {"meta.json": json.dumps(meta).encode()}, row)
+def test_store_commits_only_journaled_shards_and_recovers_from_a_torn_run(tmp_path):
+    out = Output(str(tmp_path))
+    store, writer = ShardStore(out), ShardWriter(out)
+    rows = []
+    for index in range(3):  # three shards written by a writer; the driver journals only the first
+        assert store.allocate() == index
+        writer.add(index, f"u{index}", {"meta.json": b"{}", "surface.npy": b"x" * 100})
+        sealed = writer.seal(index)
+        assert sealed == {
+            "shard": f"shard-{index:06d}.tar",
+            "bytes": (tmp_path / "shards" / sealed["shard"]).stat().st_size,
+        }
+        if index == 0:
+            rows = store.commit(sealed, [{"uid": "u0", "status": "ok"}])
+    assert rows == [{"uid": "u0", "status": "ok", "shard": "shard-000000.tar"}]
+    writer.add(3, "u3", {"meta.json": b"{}"})  # a writer killed mid-shard leaves its staging file
     store.add_failed({"uid": "b", "status": "failed", "reason": "no_triangles"})
-    store.close()
-    (tmp_path / "journal" / "shard-000000.json").unlink()  # killed between rename and journal
-    with (tmp_path / "journal" / "failed.jsonl").open("a") as fh:
-        fh.write('{"uid": "c", "sta')  # killed mid-line
-    (tmp_path / "shards" / "shard-000001.tar.tmp").write_bytes(b"partial")
-    ok, failed = ShardStore(tmp_path, 10**9, manifest_row).recover()
-    assert set(ok) == {"a"} and ok["a"]["shard"] == "shard-000000.tar" and set(failed) == {"b"}
-    assert not (tmp_path / "shards" / "shard-000001.tar.tmp").exists()
-    assert (tmp_path / "journal" / "shard-000000.json").exists()
+    store.flush_failed()
+    store.add_failed({"uid": "c", "status": "failed", "reason": "no_triangles"})  # not flushed: lost, redone
+    (tmp_path / "journal" / "failed-old.jsonl").write_text('{"uid": "d", "status": "failed"}\n{"uid": "e", "sta')
+
+    again = ShardStore(out)
+    ok, failed = again.recover()
+    assert set(ok) == {"u0"} and set(failed) == {"b", "d"}
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["shard-000000.tar"]
+    assert again.allocate() == 3  # never a name a leftover had (a listing might still show it)
+    assert [s["__key__"] for s in wds.WebDataset(str(tmp_path / "shards/shard-000000.tar"), shardshuffle=False)] == [
+        "u0"
+    ]
+    (tmp_path / "shards" / "shard-000000.tar").write_bytes(b"truncated")  # a journal whose shard changed size
+    ok, _ = ShardStore(out).recover()
+    assert ok == {} and not (tmp_path / "journal" / "shard-000000.json").exists()
 
 
 def test_unreachable_remote_source_is_retried_then_recorded(tmp_path, pybullet_dir):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import http.server
 import json
 import shutil
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from craftsman_platform.geometry.config import SampleConfig
 from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
 from craftsman_platform.pipelines.preprocess.job import preprocess
 from craftsman_platform.pipelines.preprocess.sources import (
+    OBJAVERSE_URL,
     folder_objects,
     list_file_objects,
     local_copy,
@@ -112,7 +116,9 @@ def test_objaverse_from_cache_by_category_and_uid(tmp_path, pybullet_dir, offlin
     refs = objaverse_objects(None, ["robot"], str(cache))
     assert [r.uid for r in refs] == [UIDS["robot_a"], UIDS["robot_b"]]
     assert refs[0].annotations["name"] == "robot_a" and refs[0].annotations["tags"] == ["test"]
-    assert Path(refs[0].source).is_file()
+    # resolved to download URLs, nothing fetched; the node-local cache path goes along
+    assert refs[0].source == f"{OBJAVERSE_URL}/glbs/000-000/{UIDS['robot_a']}.glb"
+    assert Path(refs[0].cached).is_file()
     refs = objaverse_objects([UIDS["duck"], "f" * 32], None, str(cache), annotations=False)
     assert [r.uid for r in refs] == [UIDS["duck"]] and refs[0].annotations == {}  # unknown uid skipped
     with pytest.raises(ValueError, match="not Objaverse uids"):
@@ -121,17 +127,50 @@ def test_objaverse_from_cache_by_category_and_uid(tmp_path, pybullet_dir, offlin
         objaverse_objects(None, ["spaceship"], str(cache))
 
 
-def test_preprocess_objaverse_source(tmp_path, pybullet_dir, offline):
+@contextlib.contextmanager
+def serve(folder: Path):
+    """A real HTTP server on 127.0.0.1 serving `folder`; yields (base URL, list of requested paths)."""
+    requested: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, *args):
+            if self.command == "GET":  # fsspec may also send a HEAD for the size
+                requested.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requested
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_preprocess_objaverse_fetches_on_the_workers(tmp_path, pybullet_dir, offline):
+    """The driver reads only the index files; each task fetches its own GLB over HTTP, except where
+    the cache already holds it."""
     cache = make_objaverse_cache(tmp_path / "cache", pybullet_dir)
+    remote = tmp_path / "remote"
+    shutil.copytree(cache / "hf-objaverse-v1" / "glbs", remote / "glbs")
+    for name in ("robot_a", "robot_b"):  # only the duck's GLB stays in the cache
+        (cache / "hf-objaverse-v1" / f"glbs/000-000/{UIDS[name]}.glb").unlink()
     cfg = PreprocessConfig(output_dir=str(tmp_path / "out"))
     cfg.source.kind, cfg.source.cache_dir, cfg.source.lvis_categories = "objaverse", str(cache), ["robot", "duck"]
     cfg.geometry.watertight.resolution, cfg.geometry.watertight.quality_samples = 96, 5000
     cfg.geometry.sample = SampleConfig(surface=2000, sharp_max=200, volume=2000, near=500)
     cfg.render.resolution, cfg.render.extra_sets = 48, 0
-    summary = preprocess(cfg)
+    with serve(remote) as (url, requested):
+        cfg.source.base_url = url
+        summary = preprocess(cfg)
     assert summary["ok"] == 3
-    rows = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
-    assert sorted(r["uid"] for r in rows) == sorted(UIDS.values())
+    assert sorted(requested) == sorted(f"/glbs/000-000/{UIDS[n]}.glb" for n in ("robot_a", "robot_b"))
+    assert not list((cache / "hf-objaverse-v1" / "glbs/000-000").glob("a*"))  # fetched copies are not kept
+    rows = {r["uid"]: r for r in pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()}
+    assert sorted(rows) == sorted(UIDS.values()) and rows[UIDS["robot_a"]]["source"].startswith(url)
     samples = list(
         wds.WebDataset(sorted(str(p) for p in (tmp_path / "out" / "shards").glob("*.tar")), shardshuffle=False).decode()
     )

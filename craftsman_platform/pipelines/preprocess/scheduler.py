@@ -1,0 +1,190 @@
+"""Running every object on Ray: one task per object, samples to shard writers on the workers.
+
+The driver only schedules: it submits a task per object, keeps as many running as the cluster
+has task slots (or `workers`, if set), reads each task's small result (manifest row, node,
+sample size: a few KB) and hands the sample's object reference, unread, to the shard writer on
+the node that made it. Per-object timeouts kill that object's worker only. Shards are committed
+(journaled) by the driver as writers finish them.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from collections import Counter, deque
+
+from tqdm import tqdm
+
+from craftsman_platform.pipelines.lock import OutputLock
+from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
+from craftsman_platform.pipelines.preprocess.object_job import failure, run_object
+from craftsman_platform.pipelines.preprocess.sources import ObjectRef, TransientError
+from craftsman_platform.pipelines.shardstore import ShardStore
+from craftsman_platform.pipelines.writers import WriterPool
+from craftsman_platform.raycluster import init_ray
+
+log = logging.getLogger("craft.preprocess")
+REFRESH_S = 5.0  # how often the driver re-reads the cluster's size
+MAX_REQUEST = 10_000  # task slots asked of the autoscaler at most
+
+
+def start_ray(cfg: PreprocessConfig):
+    threads = str(cfg.threads_per_task)
+    # A local Ray returns task results of up to 16 KiB inline to the driver, larger ones through the
+    # object store (Ray's default inlines up to 100 KiB): a small sample never reaches the driver either.
+    return init_ray(
+        cfg.ray,
+        num_cpus=cfg.workers,
+        env_vars={"CRAFT_THREADS": threads, "OMP_NUM_THREADS": threads},
+        system_config={"max_direct_call_object_size": 16 * 1024},
+    )
+
+
+class Slots:
+    """How many objects to keep running: the cluster's task slots (CPUs, and memory at
+    `memory_per_task_gb` each, per node), re-read every few seconds, capped by `workers`. On a
+    cluster it also asks the autoscaler for as many slots as there are objects left."""
+
+    def __init__(self, ray, cfg: PreprocessConfig):
+        self.ray, self.cfg = ray, cfg
+        self.task_memory = int(cfg.memory_per_task_gb * 2**30)
+        self._target, self._read_at, self._requested = 1, -REFRESH_S, None
+
+    def cluster_slots(self) -> int:
+        slots = 0
+        for node in self.ray.nodes():
+            if node.get("Alive"):
+                res = node.get("Resources", {})
+                slots += min(int(res.get("CPU", 0)), int(res.get("memory", 0) // self.task_memory))
+        return slots
+
+    def target(self, remaining: int) -> int:
+        now = time.monotonic()
+        if now - self._read_at >= REFRESH_S:
+            self._read_at = now
+            self._target = max(1, min(self.cluster_slots(), self.cfg.workers or 1 << 30))
+            if self.cfg.ray.address:
+                self._ask_autoscaler(min(remaining, self.cfg.workers or MAX_REQUEST, MAX_REQUEST))
+        return self._target
+
+    def _ask_autoscaler(self, slots: int) -> None:
+        if slots == self._requested:
+            return
+        from ray.autoscaler.sdk import request_resources
+
+        self._requested = slots
+        request_resources(bundles=[{"CPU": 1, "memory": self.task_memory}] * slots)
+
+    def release(self) -> None:
+        if self._requested:
+            self._ask_autoscaler(0)
+
+
+def _crash_reason(error: Exception) -> tuple[str, str]:
+    import ray.exceptions as rex
+
+    cause = getattr(error, "cause", None)  # a RayTaskError carries the task's own exception
+    if isinstance(cause, TransientError):
+        return "fetch_failed", str(cause)[:500]
+    if isinstance(error, (rex.WorkerCrashedError, rex.OutOfMemoryError, rex.NodeDiedError)):
+        return "worker_crashed", f"{type(error).__name__}: {str(error)[:300]}"
+    return "error", f"{type(error).__name__}: {str(error)[:300]}"
+
+
+def process_all(
+    todo: list[ObjectRef], cfg: PreprocessConfig, digest: str, store: ShardStore, lock: OutputLock
+) -> tuple[dict[str, dict], dict]:
+    """Run every object; returns (this run's rows by uid, run facts: Ray start seconds, peak
+    concurrency, writers, bytes the driver received per object)."""
+    t0 = time.monotonic()
+    ray = start_ray(cfg)
+    startup = time.monotonic() - t0
+    task = ray.remote(run_object).options(
+        num_cpus=1,
+        num_returns=2,
+        memory=int(cfg.memory_per_task_gb * 2**30),
+        max_retries=cfg.max_retries,
+        retry_exceptions=[TransientError],
+    )
+    output = store.output
+    pool = WriterPool(ray, store, output.url, cfg.storage_options, cfg.shard_max_bytes)
+    slots = Slots(ray, cfg)
+    cfg_ref = ray.put(cfg)
+    queue = deque(todo)
+    pending: dict = {}  # result ref -> (object, sample ref, submit time)
+    rows: dict[str, dict] = {}
+    redone = Counter()
+    counts = Counter()
+    facts = {"startup_s": startup, "peak": 0, "driver_bytes": 0, "results": 0}
+    bar = tqdm(total=len(todo), desc="objects", unit="obj", smoothing=0.05)
+
+    def record_failure(obj: ObjectRef, result: dict) -> None:
+        store.add_failed(result["row"])
+        rows[obj.uid] = result["row"]
+        counts["failed"] += 1
+
+    shown = None
+
+    def show() -> None:
+        nonlocal shown
+        state = {"ok": counts["ok"], "failed": counts["failed"], "running": len(pending), "writers": pool.writers}
+        if state != shown:
+            bar.set_postfix(state)
+            shown = state
+
+    try:
+        while queue or pending or pool.busy:
+            lock.check()
+            limit = slots.target(len(queue) + len(pending))
+            while queue and len(pending) < limit:
+                obj = queue.popleft()
+                result_ref, sample_ref = task.remote(obj, cfg_ref, digest)
+                pending[result_ref] = (obj, sample_ref, time.monotonic())
+            facts["peak"] = max(facts["peak"], len(pending))
+            ready = ray.wait(list(pending), num_returns=len(pending), timeout=0.2)[0] if pending else []
+            for ref in ready:
+                obj, sample_ref, _ = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                    facts["driver_bytes"] += len(pickle.dumps(result, protocol=5))
+                    facts["results"] += 1
+                except Exception as e:  # the task itself died or gave up retrying
+                    result = failure({"uid": obj.uid, "source": obj.source, "config_hash": digest}, *_crash_reason(e))
+                bar.update(1)
+                if result["status"] == "ok":
+                    pool.add(result["node"], obj, result["row"], sample_ref, result["sample_bytes"])
+                else:
+                    record_failure(obj, result)
+            now = time.monotonic()
+            for ref, (obj, _, started) in list(pending.items()):
+                if now - started > cfg.timeout_s:
+                    ray.cancel(ref, force=True)  # kills the worker process, not the job
+                    pending.pop(ref)
+                    bar.update(1)
+                    base = {"uid": obj.uid, "source": obj.source, "config_hash": digest}
+                    why = f"no result after {cfg.timeout_s:.0f} s (timeout_s); the worker was killed"
+                    record_failure(obj, failure(base, "timeout", why))
+            if not queue and not pending:
+                pool.seal_all()  # the end (or a lull before redone objects): finish the open shards
+            committed, redo = pool.poll(timeout=0.0 if pending else 0.2)
+            for row in committed:
+                rows[row["uid"]] = row
+                counts["ok"] += 1
+            for obj in redo:  # their shard writer died: run them again, a bounded number of times
+                redone[obj.uid] += 1
+                if redone[obj.uid] > cfg.max_retries + 1:
+                    base = {"uid": obj.uid, "source": obj.source, "config_hash": digest}
+                    record_failure(obj, failure(base, "worker_crashed", "its shard writer died every time"))
+                else:
+                    queue.append(obj)
+                    bar.total += 1
+                    bar.refresh()
+            show()
+    finally:
+        bar.close()
+        store.flush_failed()
+        slots.release()
+        ray.shutdown()
+    facts["writers"] = pool.writers
+    return rows, facts
