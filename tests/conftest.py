@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import psutil
 import pytest
@@ -154,3 +154,20 @@ def diffusion_run(tiny_shards, vae_run, tmp_path_factory) -> Path:
         return folder / "run"
 
     return shared(tmp_path_factory, "diffusion_run", build)
+
+
+@pytest.fixture(scope="session")
+def s3_env(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A real S3 server (SeaweedFS) on 127.0.0.1 for this test process; the environment that reaches it."""
+    from s3server import s3_server
+
+    with s3_server(tmp_path_factory.mktemp("s3")) as env:
+        yield env
+
+
+@pytest.fixture()
+def s3(s3_env, monkeypatch) -> dict[str, str]:
+    """s3_env set in this process's environment (Ray workers started by the test inherit it)."""
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    return s3_env

@@ -25,11 +25,11 @@ def write_obj(path: Path, vertices, faces) -> Path:
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
 
 
-def craft(*args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+def craft(*args: str, timeout: float = 900, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `craft ARGS` in a subprocess (as a user would); fail with its stderr when it fails."""
     proc = subprocess.run(
         [sys.executable, "-m", "craftsman_platform.cli", *args],
-        env=ENV,
+        env=env or ENV,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -9,7 +9,16 @@ from typing import Iterator, Optional
 import numpy as np
 import webdataset as wds
 
-from craftsman_platform.shapedata.sample import CAMERAS, NEAR, SURFACE, VOL, expand_urls, read_npy, view_member
+from craftsman_platform.shapedata.sample import (
+    CAMERAS,
+    NEAR,
+    SURFACE,
+    VOL,
+    expand_urls,
+    open_shards,
+    read_npy,
+    view_member,
+)
 from craftsman_platform.shapedata.views import SET_SIZE
 
 log = logging.getLogger("craft.evaluate")
@@ -40,9 +49,9 @@ class ObjectReader:
         return sample
 
     def __iter__(self) -> Iterator[dict]:
-        dataset = wds.WebDataset(self.urls, shardshuffle=False, empty_check=False, handler=self._skip)
+        files = wds.tariterators.tar_file_expander(open_shards(({"url": u} for u in self.urls), self._skip), self._skip)
         count = 0
-        for raw in dataset:
+        for raw in wds.tariterators.group_by_keys(files, handler=self._skip):
             if self.max_objects is not None and count >= self.max_objects:
                 return
             try:

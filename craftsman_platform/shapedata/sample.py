@@ -13,6 +13,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import webdataset as wds
@@ -134,6 +135,18 @@ def read_cameras(sample: dict) -> list[dict]:
     return json.loads(sample[CAMERAS])["views"]
 
 
+def _is_glob(item: str) -> bool:
+    return any(c in item for c in "*?[")
+
+
+def _remote_glob(pattern: str) -> list[str]:
+    import fsspec
+
+    fs, _ = fsspec.core.url_to_fs(pattern)
+    protocol = pattern.split("://", 1)[0]
+    return sorted(f"{protocol}://{p}" for p in fs.glob(pattern))
+
+
 def expand_urls(spec: str | None) -> list[str]:
     """Comma-separated paths, globs, brace patterns or URLs -> sorted shard list (an error if empty)."""
     if not spec:
@@ -141,11 +154,32 @@ def expand_urls(spec: str | None) -> list[str]:
     urls: list[str] = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         for item in wds.shardlists.expand_urls(part):  # brace expansion
-            if item.startswith(REMOTE_PREFIXES):
+            if item.startswith(REMOTE_PREFIXES) and not (_is_glob(item) and "://" in item):
                 urls.append(item)
+            elif item.startswith(REMOTE_PREFIXES):  # s3://bucket/out/shards/*.tar: listed through fsspec
+                found = _remote_glob(item)
+                if not found:
+                    raise MissingInput(f"no shard matches {item!r}")
+                urls.extend(found)
             else:
                 found = sorted(glob.glob(item))
                 if not found:
                     raise MissingInput(f"no shard matches {item!r}")
                 urls.extend(found)
     return urls
+
+
+def open_shards(srcs: Iterator[dict], handler) -> Iterator[dict]:
+    """{'url'} -> {'url', 'stream'}: local paths, pipe: and http(s) through webdataset's gopen,
+    other schemes (s3://, gs://, memory://, ...) through fsspec."""
+    import fsspec
+
+    for src in srcs:
+        url = src["url"]
+        try:
+            fsspec_url = "://" in url and not url.startswith(("http://", "https://"))
+            stream = fsspec.open(url, "rb").open() if fsspec_url else wds.gopen(url, "rb")
+            yield {"url": url, "stream": stream}
+        except Exception as exn:
+            if not handler(exn):
+                raise

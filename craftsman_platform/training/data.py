@@ -23,7 +23,7 @@ from scipy.spatial.transform import Rotation
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from craftsman_platform.errors import ConfigError
-from craftsman_platform.shapedata.sample import CAMERAS, NEAR, SURFACE, VOL, is_view_member, read_npy
+from craftsman_platform.shapedata.sample import CAMERAS, NEAR, SURFACE, VOL, is_view_member, open_shards, read_npy
 from craftsman_platform.shapedata.views import SET_SIZE, shard_views, view_sets
 from craftsman_platform.training.config import DataConfig
 
@@ -35,22 +35,6 @@ class StreamState:
     epoch: int = 0
     batches_done: int = 0  # batches of this epoch already delivered to the trainer
     corrupt_before_epoch: int = 0  # corrupt samples/shards skipped in earlier epochs
-
-
-def open_shards(srcs: Iterator[dict], handler) -> Iterator[dict]:
-    """{'url'} -> {'url', 'stream'}: local paths, pipe: and http(s) through webdataset's gopen,
-    other schemes (s3://, gs://, memory://, ...) through fsspec."""
-    import fsspec
-
-    for src in srcs:
-        url = src["url"]
-        try:
-            fsspec_url = "://" in url and not url.startswith(("http://", "https://"))
-            stream = fsspec.open(url, "rb").open() if fsspec_url else wds.gopen(url, "rb")
-            yield {"url": url, "stream": stream}
-        except Exception as exn:
-            if not handler(exn):
-                raise
 
 
 def member_filter(kind: str):

@@ -1,0 +1,159 @@
+"""Output to object storage, against a real S3 server (SeaweedFS on 127.0.0.1): the store, the lock,
+and `craft preprocess` to s3:// killed with -9 (driver, then a shard writer) and resumed, with
+`craft train` and `craft evaluate` reading the shards from s3://."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+import webdataset as wds
+from helpers import ENV, craft
+from s3server import BUCKET
+
+from craftsman_platform.pipelines.lock import LockHeld, OutputLock
+from craftsman_platform.pipelines.storage import Output
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = [
+    "geometry.watertight.resolution=96",
+    "geometry.watertight.quality_samples=5000",
+    "geometry.sample.surface=3000",
+    "geometry.sample.sharp_max=500",
+    "geometry.sample.volume=4000",
+    "geometry.sample.near=1000",
+    "render.resolution=64",
+    "render.extra_sets=1",
+]
+
+
+def test_store_and_lock_on_s3(s3):
+    out = Output(f"s3://{BUCKET}/unit")
+    out.check_exclusive_create()  # SeaweedFS honours If-None-Match
+    out.create_exclusive("a", b"1")
+    with pytest.raises(FileExistsError):
+        out.create_exclusive("a", b"2")
+    assert out.read_bytes("a") == b"1"
+    with out.open_staged("shards/x.tar") as fh:
+        fh.write(b"abc")
+    assert out.sizes("shards") == {"x.tar": 3}
+    with OutputLock(out, stale_after_s=60):
+        with pytest.raises(LockHeld, match="being written by pid"):
+            OutputLock(out, stale_after_s=60).acquire()
+    assert not out.exists(".lock")
+    # a lock left by a dead job on another host, silent for longer than the stale limit, is taken over
+    out.write_json(".lock", {"host": "elsewhere", "pid": 1, "started": 0, "token": "t", "heartbeat": time.time() - 100})
+    with OutputLock(out, stale_after_s=60, settle_s=0.1) as lock:
+        assert out.read_json(".lock")["token"] == lock.record["token"]
+
+
+def _journals(fs: s3fs.S3FileSystem, prefix: str) -> int:
+    fs.invalidate_cache()
+    try:
+        return len([p for p in fs.ls(f"{prefix}/journal") if p.rsplit("/", 1)[-1].startswith("shard-")])
+    except FileNotFoundError:
+        return 0
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """kill -9 the job and every process of its own local Ray (never `ray stop`)."""
+    job = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    os.killpg(proc.pid, signal.SIGKILL)
+    for p in job:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(job, timeout=30)
+
+
+def _writer_process(proc: subprocess.Popen) -> psutil.Process | None:
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "WriterActor" in " ".join(child.cmdline()):
+                return child
+    return None
+
+
+def _wait(predicate, proc: subprocess.Popen, what: str, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        assert proc.poll() is None, f"the job ended before {what}"
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_preprocess_to_s3_killed_twice_resumes_exactly_once_and_trains_from_it(s3, tmp_path, pybullet_dir):
+    picks = [f"random_urdfs/{i:03d}/{i:03d}.obj" for i in range(0, 200, 5)] + ["duck.obj"]
+    listing = tmp_path / "meshes.txt"
+    listing.write_text("\n".join(str(pybullet_dir / p) for p in picks) + "\n")
+    prefix = f"{BUCKET}/out"
+    env = {**ENV, **s3}
+    args = [sys.executable, "-m", "craftsman_platform.cli", "preprocess", f"source.path={listing}"]
+    args += [f"output_dir=s3://{prefix}", "shard_max_bytes=1", "workers=1", *SMALL]
+    fs = s3fs.S3FileSystem()
+    start = dict(cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    # 1. kill -9 the driver (and its local Ray) after two shards are committed
+    first = subprocess.Popen(args, **start)
+    _wait(lambda: _journals(fs, prefix) >= 2, first, "two committed shards")
+    _kill_tree(first)
+    after_first = _journals(fs, prefix)
+    assert after_first < len(picks), "the kill should land mid-run"
+
+    # 2. rerun: a second job on the same output is refused meanwhile; kill -9 the rerun's shard writer
+    # mid-run: the job redoes that writer's objects and finishes
+    rerun = subprocess.Popen(args, **start)
+    _wait(lambda: _journals(fs, prefix) > after_first, rerun, "the rerun's first shard")
+    second = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.poll() is None, "the rerun should still be running"
+    assert second.returncode == 2 and "is being written by pid" in second.stderr, second.stderr[-2000:]
+    writer = _writer_process(rerun)
+    writer.kill()
+    assert rerun.wait(timeout=600) == 0
+
+    # 3. what is in the bucket: every object exactly once, the manifest describes exactly the shards
+    local = tmp_path / "shards"
+    fs.invalidate_cache()
+    fs.get(f"{prefix}/shards/", str(local), recursive=True)
+    tars = sorted(str(p) for p in local.rglob("*.tar"))
+    keys = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
+    assert len(keys) == len(set(keys)) == len(picks)
+    with fs.open(f"{prefix}/manifest.parquet", "rb") as fh:
+        manifest = pq.read_table(fh).to_pylist()
+    assert sorted(r["uid"] for r in manifest) == sorted(keys) and {r["status"] for r in manifest} == {"ok"}
+    assert {r["shard"] for r in manifest} == {Path(t).name for t in tars}
+    summary = json.loads(fs.cat(f"{prefix}/summary.json"))
+    sample_bytes = sum(os.path.getsize(t) for t in tars) / len(tars)
+    assert summary["this_run"]["driver_bytes_per_object"] <= 4096 < sample_bytes / 10  # rows reach it, samples not
+    assert not [p for p in fs.ls(prefix) if p.endswith(".lock")]
+
+    # 4. training and evaluation read the shards from s3://
+    run = tmp_path / "run"
+    shards = f"data.train_shards=s3://{prefix}/shards/*.tar"
+    craft("train", "experiment=vae_tiny", shards, f"run_dir={run}", "trainer.max_steps=4", "logger=none", env=env)
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()][-1] == 4
+    evaluated = tmp_path / "eval"
+    craft(
+        "evaluate",
+        f"checkpoint={run}",
+        f"data.eval_shards=s3://{prefix}/shards/*.tar",
+        f"output_dir={evaluated}",
+        "data.max_objects=2",
+        "depth=5",
+        "surface_samples=5000",
+        "logger=none",
+        env=env,
+    )
+    assert (evaluated / "report.html").exists()
