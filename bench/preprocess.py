@@ -1,97 +1,197 @@
-"""Benchmark: `craft preprocess` end to end on real meshes at default settings.
+"""Benchmark: where samples go in `craft preprocess`, the previous design beside the current one.
 
-  1. --count real meshes (a fixed seeded sample of pybullet_data: half procedural multi-part
-     objects, half robot parts / scans) with 2 workers: objects/s, objects/s per core, seconds
-     per object per core (sum of the single-threaded stage times), per-stage medians, peak
-     memory per worker process;
-  2. the first --compare-count of them with 1 worker and with 2 workers, side by side.
+1. Ingest stress: Ray tasks that return ready-made 5.4 MB samples (the default sample size), the
+   two designs in one run on the same local Ray:
+     driver-writes  (the previous design) the driver ray.get()s every sample and appends it to
+                    the tar itself;
+     workers-write  (the current design, the job's own WriterPool) the driver reads a few-KB
+                    result and hands the sample's reference to a shard writer actor.
+   Per design: driver CPU ms per object (the driver process's CPU time, Ray's threads in it
+   included), bytes the driver deserialises per object, and the ceiling that implies: objects/s
+   one driver core keeps up with (1000 / ms per object).
+2. Real meshes at default settings, 2 workers: `craft preprocess` of the previous commit (a git
+   worktree of --baseline, the driver-writes design) and of this checkout, same meshes, same
+   venv: objects/s (Ray start excluded), and whether every sample's members are byte for byte the
+   same (meta.json compared without its stage timings).
 
-Throughput excludes Ray's start-up (reported separately by the job's log).
-
-    python bench/preprocess.py --count 200 --compare-count 60
+  python bench/preprocess.py --objects 400 --count 24 --baseline 6ba6eed
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import os
+import pickle
 import shutil
-import statistics
+import subprocess
+import sys
+import tarfile
 import tempfile
+import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
+import numpy as np
+import webdataset as wds
 
 from craftsman_platform.corpora import fixed_sample
-from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
-from craftsman_platform.pipelines.preprocess.job import preprocess
-from craftsman_platform.pipelines.preprocess.object_job import STAGES
+from craftsman_platform.pipelines.shardstore import ShardStore
+from craftsman_platform.pipelines.storage import Output
+from craftsman_platform.pipelines.writers import WriterPool
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_BYTES = 5_370_000
+MEMBERS = 70  # 20 views x (rgb, normal, depth) + arrays + json, as a real sample
 
 
-def run(files: list[Path], workers: int, root: Path, name: str) -> tuple[dict, list[dict]]:
-    listing = root / f"{name}.txt"
+def ready_sample(seed: int, split: bool):
+    """A task standing in for the pipeline: a 5.4 MB sample in MEMBERS members, made instantly."""
+    import ray
+
+    rng = np.random.default_rng(seed)
+    blob = rng.integers(0, 255, SAMPLE_BYTES, dtype=np.uint8).tobytes()
+    step = SAMPLE_BYTES // MEMBERS
+    members = {f"m{i:03d}.bin": blob[i * step : (i + 1) * step] for i in range(MEMBERS)}
+    row = {"uid": f"obj{seed:06d}", "status": "ok", "chamfer": 0.01, "time_sample": 1.5}
+    if not split:
+        return {"status": "ok", "uid": row["uid"], "row": row, "members": members}
+    node = ray.get_runtime_context().get_node_id()
+    small = {"status": "ok", "uid": row["uid"], "row": row, "node": node, "sample_bytes": SAMPLE_BYTES + MEMBERS * 1024}
+    return small, members
+
+
+def stress_driver_writes(ray, n: int, out: Path) -> tuple[float, float]:
+    task = ray.remote(ready_sample).options(num_cpus=1)
+    out.mkdir(parents=True)
+    cpu0, received = time.process_time(), 0
+    refs = [task.remote(i, False) for i in range(n)]
+    tar, size, index = None, 0, 0
+    while refs:
+        ready, refs = ray.wait(refs, num_returns=min(len(refs), 16), timeout=1.0)
+        for result in ray.get(ready):
+            received += len(pickle.dumps(result, protocol=5))
+            if tar is None:
+                tar = tarfile.open(out / f"shard-{index:06d}.tar", "w", format=tarfile.PAX_FORMAT)
+            for name, data in result["members"].items():
+                info = tarfile.TarInfo(f"{result['uid']}.{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+                size += len(data)
+            if size >= 1_000_000_000:
+                tar.close()
+                tar, size, index = None, 0, index + 1
+    if tar is not None:
+        tar.close()
+    return (time.process_time() - cpu0) * 1000 / n, received / n
+
+
+def stress_workers_write(ray, n: int, out: Path) -> tuple[float, float]:
+    task = ray.remote(ready_sample).options(num_cpus=1, num_returns=2)
+    store = ShardStore(Output(str(out)))
+    pool = WriterPool(ray, store, str(out), {}, 1_000_000_000)
+    cpu0, received = time.process_time(), 0
+    pending = dict(task.remote(i, True) for i in range(n))  # result ref -> sample ref
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.2)
+        for ref in ready:
+            result = ray.get(ref)
+            received += len(pickle.dumps(result, protocol=5))
+            pool.add(result["node"], None, result["row"], pending.pop(ref), result["sample_bytes"])
+        pool.poll()
+    pool.seal_all()
+    while pool.busy:
+        pool.poll(timeout=0.5)
+    return (time.process_time() - cpu0) * 1000 / n, received / n
+
+
+def ingest_stress(n: int, work: Path) -> None:
+    from craftsman_platform.raycluster import RayConfig, init_ray
+
+    ray = init_ray(RayConfig(), num_cpus=2, system_config={"max_direct_call_object_size": 16 * 1024})
+    try:
+        ray.get([ray.remote(ready_sample).remote(0, False) for _ in range(2)])  # warm the workers
+        rows = []
+        for name, fn in (
+            ("driver-writes (previous)", stress_driver_writes),
+            ("workers-write (current)", stress_workers_write),
+        ):
+            t0 = time.monotonic()
+            ms, received = fn(ray, n, work / name.split()[0])
+            wall = time.monotonic() - t0
+            rows.append((name, ms, received, 1000 / ms, n / wall))
+            shutil.rmtree(work / name.split()[0], ignore_errors=True)
+    finally:
+        ray.shutdown()
+    print(f"\n1. ingest stress: {n} ready-made samples of {SAMPLE_BYTES / 1e6:.2f} MB, local Ray with 2 CPUs")
+    print(
+        "| design | driver CPU ms / object | bytes to the driver / object | ceiling, objects/s per driver core "
+        "| objects/s here |"
+    )
+    print("|---|---|---|---|---|")
+    for name, ms, received, ceiling, rate in rows:
+        print(f"| {name} | {ms:.2f} | {received:,.0f} | {ceiling:,.0f} | {rate:.1f} |")
+
+
+def run_preprocess(src: Path, files: list[Path], out: Path) -> dict:
+    listing = out.with_suffix(".txt")
     listing.write_text("\n".join(str(f) for f in files) + "\n")
-    cfg = PreprocessConfig(output_dir=str(root / name), workers=workers)
-    cfg.source.path = str(listing)
-    summary = preprocess(cfg)
-    rows = pq.read_table(root / name / "manifest.parquet").to_pylist()
-    return summary, rows
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    cmd = [sys.executable, "-m", "craftsman_platform.cli", "preprocess", f"source.path={listing}"]
+    subprocess.run([*cmd, f"output_dir={out}", "workers=2"], cwd=src, env=env, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((out / "summary.json").read_text())
+
+
+def samples(out: Path) -> dict[str, dict]:
+    found = {}
+    for s in wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")), shardshuffle=False):
+        meta = json.loads(s["meta.json"])
+        meta.pop("timings")
+        found[s["__key__"]] = {k: v for k, v in s.items() if k not in ("__key__", "__url__", "meta.json")} | {
+            "meta": meta
+        }
+    return found
+
+
+def real_meshes(count: int, baseline: str, work: Path) -> None:
+    old_src = work / "baseline-src"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(old_src), baseline], cwd=ROOT, check=True, capture_output=True
+    )
+    try:
+        files = fixed_sample(count)
+        old = run_preprocess(old_src, files, work / "old")
+        new = run_preprocess(ROOT, files, work / "new")
+        same = samples(work / "old") == samples(work / "new")
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(old_src)], cwd=ROOT, check=False)
+    print(f"\n2. {count} real meshes at defaults, 2 workers (Ray start excluded)")
+    print("| code | ok | objects/s | shards | driver bytes / object |")
+    print("|---|---|---|---|---|")
+    for name, s in ((f"previous ({baseline})", old), ("current", new)):
+        shards = len(list((work / ("old" if s is old else "new") / "shards").glob("*.tar")))
+        received = s["this_run"].get("driver_bytes_per_object")
+        print(
+            f"| {name} | {s['ok']} | {s['this_run']['objects_per_second']:.3f} | {shards} | "
+            f"{f'{received:,.0f}' if received is not None else 'every sample (~5.4 MB)'} |"
+        )
+    ratio = new["this_run"]["objects_per_second"] / old["this_run"]["objects_per_second"]
+    print(f"current / previous: {ratio:.3f}; samples byte for byte identical (meta.json without timings): {same}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--count", type=int, default=200)
-    ap.add_argument("--compare-count", type=int, default=60)
-    ap.add_argument("--workdir", default=None, help="where outputs go (default: a temporary folder, removed)")
-    ap.add_argument("--compare-only", action="store_true", help="skip part 1, run only the 1 vs 2 workers comparison")
+    ap.add_argument("--objects", type=int, default=400, help="samples in the ingest stress")
+    ap.add_argument("--count", type=int, default=24, help="real meshes in part 2 (0: skip it)")
+    ap.add_argument("--baseline", default="6ba6eed", help="the commit whose driver writes the shards")
     args = ap.parse_args()
-    root = Path(args.workdir or tempfile.mkdtemp(prefix="craft-bench-"))
-    root.mkdir(parents=True, exist_ok=True)
-    files = fixed_sample(args.count)
+    work = Path(tempfile.mkdtemp(prefix="craft-bench-"))
     try:
-        if not args.compare_only:
-            summary, rows = run(files, 2, root, "all")
-            ok = [r for r in rows if r["status"] == "ok"]
-            per_object = [sum(r[f"time_{s}"] for s in STAGES) for r in ok]
-            run_ = summary["this_run"]
-            print(
-                f"\n{len(files)} real meshes, defaults (R=256, 100k surface / 200k vol / 2x100k near, "
-                "20 views at 256 px), 2 workers"
-            )
-            print(f"ok {summary['ok']}, failed {summary['failed']} {summary['reasons']}")
-            print(
-                f"throughput: {run_['objects_per_second']:.3f} objects/s = "
-                f"{run_['objects_per_second'] / 2:.3f} objects/s per core "
-                f"({run_['processed']} objects in {run_['seconds']:.0f} s)"
-            )
-            print(
-                f"seconds per object per core: median {statistics.median(per_object):.2f}, "
-                f"mean {statistics.fmean(per_object):.2f}, "
-                f"p90 {sorted(per_object)[int(0.9 * len(per_object))]:.2f}"
-            )
-            print(
-                "stage medians (s): "
-                + ", ".join(f"{s} {statistics.median(r[f'time_{s}'] for r in ok):.3f}" for s in STAGES)
-            )
-            peaks = [r["worker_peak_rss_mb"] for r in ok]
-            print(f"peak memory per worker process: max {max(peaks):.0f} MB, median {statistics.median(peaks):.0f} MB")
-            shard_bytes = sum(p.stat().st_size for p in (root / "all" / "shards").glob("*.tar"))
-            print(
-                f"output: {shard_bytes / 1e6:.0f} MB in shards, {shard_bytes / max(1, len(ok)) / 1e6:.2f} MB per object"
-            )
-
-        subset = files[: args.compare_count]
-        print(f"\n1 vs 2 workers on the same {len(subset)} meshes:")
-        print("| workers | objects/s | speed-up |")
-        print("|---|---|---|")
-        base = None
-        for workers in (1, 2):
-            s, _ = run(subset, workers, root, f"w{workers}")
-            ops = s["this_run"]["objects_per_second"]
-            base = base or ops
-            print(f"| {workers} | {ops:.3f} | {ops / base:.2f}x |")
+        ingest_stress(args.objects, work)
+        if args.count:
+            real_meshes(args.count, args.baseline, work)
     finally:
-        if not args.workdir:
-            shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""`craft preprocess` as one job on a real two-node Ray cluster (a head and a second raylet on this
+machine): every task slot of the cluster busy without `workers=`, a shard writer on each node."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from helpers import ENV, craft
+from two_node import two_node_cluster
+
+SMALL = [
+    "geometry.watertight.resolution=96",
+    "geometry.watertight.quality_samples=5000",
+    "geometry.sample.surface=3000",
+    "geometry.sample.sharp_max=500",
+    "geometry.sample.volume=4000",
+    "geometry.sample.near=1000",
+    "render.resolution=64",
+    "render.extra_sets=1",
+]
+
+
+@pytest.mark.slow
+def test_one_job_fills_a_two_node_cluster_with_a_writer_per_node(tmp_path, pybullet_dir):
+    listing = tmp_path / "meshes.txt"
+    picks = [f"random_urdfs/{i:03d}/{i:03d}.obj" for i in range(0, 80, 8)]
+    listing.write_text("\n".join(str(pybullet_dir / p) for p in picks) + "\n")
+    root = Path(tempfile.mkdtemp(prefix="craft-ray-", dir="/tmp"))  # short: Ray's socket paths
+    try:
+        with two_node_cluster(root, head_cpus=1, worker_cpus=1, env=ENV) as (address, env):
+            out = tmp_path / "out"
+            craft(
+                "preprocess", f"source.path={listing}", f"output_dir={out}", f"ray.address={address}", *SMALL, env=env
+            )
+            run = json.loads((out / "summary.json").read_text())["this_run"]
+            assert run["workers"] == 2  # no workers=: both nodes' slots at once
+            assert run["writers"] == 2  # each node's samples went to that node's writer
+            tars = sorted(str(p) for p in (out / "shards").glob("*.tar"))
+            keys = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
+            manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+            assert len(keys) == len(set(keys)) == len(picks) == len(manifest)
+            capped = tmp_path / "capped"
+            res = craft(
+                "preprocess",
+                f"source.path={listing}",
+                f"output_dir={capped}",
+                f"ray.address={address}",
+                "workers=1",
+                "source.limit=3",
+                *SMALL,
+                env=env,
+            )
+            assert json.loads((capped / "summary.json").read_text())["this_run"]["workers"] == 1, res.stdout
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""A real two-node Ray cluster on this machine: a head and a second raylet joined to it, each with
+its own ports and temp dir, bound to 127.0.0.1, torn down by the test (its own processes only)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _node_args(temp: Path, cpus: int) -> list[str]:
+    p = _ports(8)
+    return [
+        "--node-ip-address=127.0.0.1",
+        f"--num-cpus={cpus}",
+        f"--temp-dir={temp}",
+        f"--node-manager-port={p[0]}",
+        f"--object-manager-port={p[1]}",
+        f"--metrics-export-port={p[2]}",
+        f"--dashboard-agent-listen-port={p[3]}",
+        f"--dashboard-agent-grpc-port={p[4]}",
+        f"--runtime-env-agent-port={p[5]}",
+        f"--min-worker-port={20000 + p[6] % 20000}",
+        f"--max-worker-port={20000 + p[6] % 20000 + 200}",
+        "--disable-usage-stats",
+    ]
+
+
+@contextlib.contextmanager
+def two_node_cluster(
+    root: Path, head_cpus: int = 1, worker_cpus: int = 1, env: dict | None = None
+) -> Iterator[tuple[str, dict]]:
+    """Yields (the head's address host:port, the environment a driver needs to join) once both nodes
+    are up. Ray's token authentication stays on, with a token of this cluster's own."""
+    env = {**(env or os.environ), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    (gcs,) = _ports(1)
+    address = f"127.0.0.1:{gcs}"
+    started: list[psutil.Process] = []
+    before = {p.pid for p in psutil.process_iter()}
+    try:
+        subprocess.run(
+            [
+                RAY,
+                "start",
+                "--head",
+                f"--port={gcs}",
+                "--include-dashboard=false",
+                *_node_args(root / "head", head_cpus),
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [RAY, "start", f"--address={address}", *_node_args(root / "worker", worker_cpus)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        started = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in before and _ours(p, root)]
+        _wait_for_nodes(address, 2, env)
+        yield address, env
+    finally:
+        started += [p for p in psutil.process_iter(["cmdline"]) if p.pid not in before and _ours(p, root)]
+        for p in started:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(signal.SIGKILL)
+        psutil.wait_procs(started, timeout=30)
+
+
+def _ours(proc: psutil.Process, root: Path) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return str(root) in " ".join(proc.info["cmdline"] or [])
+    return False
+
+
+def _wait_for_nodes(address: str, count: int, env: dict) -> None:
+    code = (
+        "import ray, time\n"
+        f"ray.init(address='{address}', logging_level='ERROR')\n"
+        "deadline = time.time() + 60\n"
+        f"while len([n for n in ray.nodes() if n['Alive']]) < {count} and time.time() < deadline: time.sleep(0.5)\n"
+        f"assert len([n for n in ray.nodes() if n['Alive']]) >= {count}\n"
+    )
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=120)
+    time.sleep(0.5)
