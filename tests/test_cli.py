@@ -85,7 +85,7 @@ def test_preprocess_config_composes_validates_and_documents(tmp_path):
         cfg = OmegaConf.to_object(
             compose(config_name="preprocess", overrides=[f"output_dir={tmp_path}", "source.path=x"])
         )
-        assert cfg.geometry == GeometryConfig() and cfg.render.extra_sets == 4 and cfg.workers == 2
+        assert cfg.geometry == GeometryConfig() and cfg.render.extra_sets == 4 and cfg.workers is None
         assert cfg.ray.dashboard_host == "127.0.0.1" and cfg.timeout_s == 300
         with pytest.raises(Exception, match="wokers"):
             compose(config_name="preprocess", overrides=["wokers=3"])

@@ -28,8 +28,14 @@ class WriterActor:
     def __init__(self, url: str, storage_options: dict):
         self.writer = ShardWriter(Output(url, storage_options))
 
-    def add(self, index: int, uid: str, members: dict[str, bytes]) -> int:
-        return self.writer.add(index, uid, members)
+    def add_many(self, index: int, uids: list[str], refs: list) -> int:
+        """Append samples to shard `index`, reading them (by reference) from the object store."""
+        import ray
+
+        size = 0
+        for uid, members in zip(uids, ray.get(refs)):
+            size = self.writer.add(index, uid, members)
+        return size
 
     def seal(self, index: int) -> dict:
         return self.writer.seal(index)
@@ -40,6 +46,7 @@ class OpenShard:
     index: int
     bytes: int = 0
     entries: list[tuple] = field(default_factory=list)  # (object to redo, manifest row)
+    unsent: list[tuple] = field(default_factory=list)  # (uid, sample reference) not yet sent to the writer
 
 
 class WriterPool:
@@ -65,21 +72,35 @@ class WriterPool:
         return self._writers[node]
 
     def add(self, node: str, obj, row: dict, members_ref, size: int) -> None:
-        """Send one sample (its reference, unread) to the writer of the node that made it."""
+        """Queue one sample (its reference, unread) for the writer of the node that made it; queued
+        samples go to each writer in one call per shard and poll (one call per object would cost
+        the driver more CPU than the whole rest of its work)."""
         shard = self._open.get(node) or self._open.setdefault(node, OpenShard(self.store.allocate()))
-        self._writer(node).add.remote(shard.index, row["uid"], members_ref)
         shard.bytes += size
         shard.entries.append((obj, row))
+        shard.unsent.append((row["uid"], members_ref))
         if shard.bytes >= self.max_bytes:
             self._seal(node)
 
+    def _send(self, node: str, shard: OpenShard) -> None:
+        if shard.unsent:
+            uids, refs = zip(*shard.unsent)
+            self._writer(node).add_many.remote(shard.index, list(uids), list(refs))
+            shard.unsent = []
+
+    def flush(self) -> None:
+        for node, shard in self._open.items():
+            self._send(node, shard)
+
     def _seal(self, node: str) -> None:
         shard = self._open.pop(node)
+        self._send(node, shard)  # a sync actor runs calls in order: every add before the seal
         actor = self._writers[node]
         self._sealing[actor.seal.remote(shard.index)] = (node, actor, shard)
 
     def poll(self, timeout: float = 0.0) -> tuple[list[dict], list]:
-        """Commit the shards whose upload finished: (committed rows, objects to run again)."""
+        """Send queued samples; commit the shards whose upload finished: (committed rows, objects to run again)."""
+        self.flush()
         if not self._sealing:
             return [], []
         ready, _ = self.ray.wait(list(self._sealing), num_returns=len(self._sealing), timeout=timeout)

@@ -112,18 +112,18 @@ def test_preprocess_to_s3_killed_twice_resumes_exactly_once_and_trains_from_it(s
     after_first = _journals(fs, prefix)
     assert after_first < len(picks), "the kill should land mid-run"
 
-    # 2. rerun: a second job on the same output is refused meanwhile; kill -9 the rerun's shard writer
-    # mid-run: the job redoes that writer's objects and finishes
+    # 2. while a live job holds the output's lock, another job on it is refused (exit 2, naming the holder)
+    with OutputLock(Output(f"s3://{prefix}"), stale_after_s=60):
+        refused = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "is being written by pid" in refused.stderr, refused.stderr[-2000:]
+
+    # 3. rerun, and kill -9 its shard writer as soon as it exists: the job redoes that writer's objects
     rerun = subprocess.Popen(args, **start)
-    _wait(lambda: _journals(fs, prefix) > after_first, rerun, "the rerun's first shard")
-    second = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.poll() is None, "the rerun should still be running"
-    assert second.returncode == 2 and "is being written by pid" in second.stderr, second.stderr[-2000:]
-    writer = _writer_process(rerun)
-    writer.kill()
+    _wait(lambda: _writer_process(rerun) is not None, rerun, "the rerun's shard writer")
+    _writer_process(rerun).kill()
     assert rerun.wait(timeout=600) == 0
 
-    # 3. what is in the bucket: every object exactly once, the manifest describes exactly the shards
+    # 4. what is in the bucket: every object exactly once, the manifest describes exactly the shards
     local = tmp_path / "shards"
     fs.invalidate_cache()
     fs.get(f"{prefix}/shards/", str(local), recursive=True)
@@ -139,7 +139,7 @@ def test_preprocess_to_s3_killed_twice_resumes_exactly_once_and_trains_from_it(s
     assert summary["this_run"]["driver_bytes_per_object"] <= 4096 < sample_bytes / 10  # rows reach it, samples not
     assert not [p for p in fs.ls(prefix) if p.endswith(".lock")]
 
-    # 4. training and evaluation read the shards from s3://
+    # 5. training and evaluation read the shards from s3://
     run = tmp_path / "run"
     shards = f"data.train_shards=s3://{prefix}/shards/*.tar"
     craft("train", "experiment=vae_tiny", shards, f"run_dir={run}", "trainer.max_steps=4", "logger=none", env=env)
