@@ -38,15 +38,16 @@ import webdataset as wds
 from craftsman_platform.corpora import fixed_sample
 from craftsman_platform.pipelines.shardstore import ShardStore
 from craftsman_platform.pipelines.storage import Output
-from craftsman_platform.pipelines.writers import WriterPool
+from craftsman_platform.pipelines.writers import WriterPool, hand_to_writer
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_BYTES = 5_370_000
 MEMBERS = 70  # 20 views x (rgb, normal, depth) + arrays + json, as a real sample
 
 
-def ready_sample(seed: int, split: bool):
-    """A task standing in for the pipeline: a 5.4 MB sample in MEMBERS members, made instantly."""
+def ready_sample(seed: int, group: str | None):
+    """A task standing in for the pipeline: a 5.4 MB sample in MEMBERS members, made instantly;
+    returned to the driver (group None) or handed to the node's writer of `group`."""
     import ray
 
     rng = np.random.default_rng(seed)
@@ -54,18 +55,17 @@ def ready_sample(seed: int, split: bool):
     step = SAMPLE_BYTES // MEMBERS
     members = {f"m{i:03d}.bin": blob[i * step : (i + 1) * step] for i in range(MEMBERS)}
     row = {"uid": f"obj{seed:06d}", "status": "ok", "chamfer": 0.01, "time_sample": 1.5}
-    if not split:
+    if group is None:
         return {"status": "ok", "uid": row["uid"], "row": row, "members": members}
-    node = ray.get_runtime_context().get_node_id()
-    small = {"status": "ok", "uid": row["uid"], "row": row, "node": node, "sample_bytes": SAMPLE_BYTES + MEMBERS * 1024}
-    return small, members
+    ack = hand_to_writer(group, members, row)
+    return {"status": "ok", "uid": row["uid"], "row": row, "node": ray.get_runtime_context().get_node_id(), **ack}
 
 
 def stress_driver_writes(ray, n: int, out: Path) -> tuple[float, float]:
     task = ray.remote(ready_sample).options(num_cpus=1)
     out.mkdir(parents=True)
     cpu0, received = time.process_time(), 0
-    refs = [task.remote(i, False) for i in range(n)]
+    refs = [task.remote(i, None) for i in range(n)]
     tar, size, index = None, 0, 0
     while refs:
         ready, refs = ray.wait(refs, num_returns=min(len(refs), 16), timeout=1.0)
@@ -87,21 +87,18 @@ def stress_driver_writes(ray, n: int, out: Path) -> tuple[float, float]:
 
 
 def stress_workers_write(ray, n: int, out: Path) -> tuple[float, float]:
-    task = ray.remote(ready_sample).options(num_cpus=1, num_returns=2)
+    task = ray.remote(ready_sample).options(num_cpus=1)
     store = ShardStore(Output(str(out)))
     pool = WriterPool(ray, store, str(out), {}, 1_000_000_000)
     cpu0, received = time.process_time(), 0
-    pending = dict(task.remote(i, True) for i in range(n))  # result ref -> sample ref
+    pool.ensure([node["NodeID"] for node in ray.nodes() if node["Alive"]])
+    pending = [task.remote(i, pool.group) for i in range(n)]
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.2)
-        for ref in ready:
-            result = ray.get(ref)
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
+        for result in ray.get(ready):
             received += len(pickle.dumps(result, protocol=5))
-            pool.add(result["node"], None, result["row"], pending.pop(ref), result["sample_bytes"])
-        pool.poll()
-    pool.seal_all()
-    while pool.busy:
-        pool.poll(timeout=0.5)
+            pool.accepted(None, result)
+    pool.close()
     return (time.process_time() - cpu0) * 1000 / n, received / n
 
 
@@ -110,7 +107,7 @@ def ingest_stress(n: int, work: Path) -> None:
 
     ray = init_ray(RayConfig(), num_cpus=2, system_config={"max_direct_call_object_size": 16 * 1024})
     try:
-        ray.get([ray.remote(ready_sample).remote(0, False) for _ in range(2)])  # warm the workers
+        ray.get([ray.remote(ready_sample).remote(0, None) for _ in range(2)])  # warm the workers
         rows = []
         for name, fn in (
             ("driver-writes (previous)", stress_driver_writes),

@@ -1,11 +1,11 @@
 """One object through the whole pipeline: fetch -> geometry core -> render -> encoded sample.
 
-Runs inside a Ray task with two return values: a small result for the driver ({"status": "ok",
-"uid", "row": manifest fields, "node", "sample_bytes"} or {"status": "failed", "uid", "reason",
-"message", "row"}, a few KB) and the sample's members ({name: bytes}, None on failure), which stay
-in the object store of the node that made them until a shard writer reads them. Only
-`TransientError` is raised (Ray retries it); every other failure is a record, so one bad file
-never stops the job.
+Runs inside a Ray task. The sample goes to the shard writer of the task's node (writers.py); the
+driver gets a small result: {"status": "ok", "uid", "row": manifest fields, "node", "shard",
+"sealed": commit records of shards the writer finished} or {"status": "failed", "uid", "reason",
+"message", "row"}, or {"status": "writer_lost", "uid", "node", "message"} when the node's writer
+died. Only `TransientError` is raised (Ray retries it); every other failure is a record, so one
+bad file never stops the job.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from craftsman_platform.geometry.render import Renderer
 from craftsman_platform.geometry.sampling import object_rng
 from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
 from craftsman_platform.pipelines.preprocess.sources import ObjectRef, TransientError, local_copy
+from craftsman_platform.pipelines.writers import WriterLost, hand_to_writer
 from craftsman_platform.shapedata.cameras import view_cameras
 from craftsman_platform.shapedata.sample import META, encode_sample
 
@@ -47,8 +48,9 @@ def _sha256(path) -> str:
     return h.hexdigest()
 
 
-def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str) -> tuple[dict, dict | None]:
-    """Process one object: (result for the driver, sample members or None); raises only `TransientError`."""
+def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str, writers: str) -> dict:
+    """Process one object and hand its sample to this node's writer of group `writers`; the result
+    for the driver. Raises only `TransientError`."""
     base = {"uid": ref.uid, "source": ref.source, "config_hash": config_hash}
     try:
         with local_copy(ref.source, ref.cached) as path:
@@ -91,30 +93,26 @@ def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str) -> tuple
         }
         members[META] = json.dumps(meta).encode()
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this worker process so far
-        result = {
-            **base,
-            "status": "ok",
-            "row": {**manifest_row(meta), "worker_peak_rss_mb": peak_mb},
-            "node": _node_id(),
-            "sample_bytes": sum(len(v) + 1024 for v in members.values()),  # as the shard writer counts
-        }
-        return result, members
+        row = {**manifest_row(meta), "worker_peak_rss_mb": peak_mb}
+        ack = hand_to_writer(writers, members, row)
+        return {**base, "status": "ok", "row": row, "node": _node_id(), **ack}
     except TransientError:
         raise
+    except WriterLost as e:
+        return {**base, "status": "writer_lost", "node": _node_id(), "message": str(e)}
     except MeshRejected as e:
-        return failure(base, e.code, e.message), None
+        return failure(base, e.code, e.message)
     except FileNotFoundError as e:
-        return failure(base, "not_found", f"no such file or object: {e.filename or e}"), None
+        return failure(base, "not_found", f"no such file or object: {e.filename or e}")
     except Exception as e:  # a bug or an unexpected library error: recorded, the job goes on
         tb = traceback.format_exception_only(type(e), e)[-1].strip()
-        return failure(base, "error", tb[:500]), None
+        return failure(base, "error", tb[:500])
 
 
-def _node_id() -> str | None:
-    """The Ray node this runs on (its shard writer is there), or None outside Ray."""
+def _node_id() -> str:
     import ray
 
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    return ray.get_runtime_context().get_node_id()
 
 
 def failure(base: dict, reason: str, message: str) -> dict:

@@ -1,10 +1,10 @@
 """Running every object on Ray: one task per object, samples to shard writers on the workers.
 
 The driver only schedules: it submits a task per object, keeps as many running as the cluster
-has task slots (or `workers`, if set), reads each task's small result (manifest row, node,
-sample size: a few KB) and hands the sample's object reference, unread, to the shard writer on
-the node that made it. Per-object timeouts kill that object's worker only. Shards are committed
-(journaled) by the driver as writers finish them.
+has task slots (or `workers`, if set) and keeps a shard writer on every node. Each task hands its
+sample to its node's writer; the driver reads each task's small result (manifest row, shard:
+a few KB) and journals each shard its writer finished. Per-object timeouts kill that object's
+worker only.
 """
 
 from __future__ import annotations
@@ -51,21 +51,32 @@ class Slots:
         self.task_memory = int(cfg.memory_per_task_gb * 2**30)
         self._target, self._read_at, self._requested = 1, -REFRESH_S, None
 
-    def cluster_slots(self) -> int:
-        slots = 0
+        self.nodes: list[str] = []  # alive nodes with task slots, as of the last look
+
+    def _read_cluster(self) -> int:
+        slots, self.nodes = 0, []
         for node in self.ray.nodes():
             if node.get("Alive"):
                 res = node.get("Resources", {})
-                slots += min(int(res.get("CPU", 0)), int(res.get("memory", 0) // self.task_memory))
+                n = min(int(res.get("CPU", 0)), int(res.get("memory", 0) // self.task_memory))
+                slots += n
+                if n:
+                    self.nodes.append(node["NodeID"])
         return slots
 
-    def target(self, remaining: int) -> int:
+    def refresh(self, remaining: int, force: bool = False) -> bool:
+        """Re-read the cluster every REFRESH_S seconds (or now); True if it did."""
         now = time.monotonic()
-        if now - self._read_at >= REFRESH_S:
-            self._read_at = now
-            self._target = max(1, min(self.cluster_slots(), self.cfg.workers or 1 << 30))
-            if self.cfg.ray.address:
-                self._ask_autoscaler(min(remaining, self.cfg.workers or MAX_REQUEST, MAX_REQUEST))
+        if not force and now - self._read_at < REFRESH_S:
+            return False
+        self._read_at = now
+        self._target = max(1, min(self._read_cluster(), self.cfg.workers or 1 << 30))
+        if self.cfg.ray.address:
+            self._ask_autoscaler(min(remaining, self.cfg.workers or MAX_REQUEST, MAX_REQUEST))
+        return True
+
+    @property
+    def target(self) -> int:
         return self._target
 
     def _ask_autoscaler(self, slots: int) -> None:
@@ -102,7 +113,6 @@ def process_all(
     startup = time.monotonic() - t0
     task = ray.remote(run_object).options(
         num_cpus=1,
-        num_returns=2,
         memory=int(cfg.memory_per_task_gb * 2**30),
         max_retries=cfg.max_retries,
         retry_exceptions=[TransientError],
@@ -112,7 +122,7 @@ def process_all(
     slots = Slots(ray, cfg)
     cfg_ref = ray.put(cfg)
     queue = deque(todo)
-    pending: dict = {}  # result ref -> (object, sample ref, submit time)
+    pending: dict = {}  # result ref -> (object, submit time)
     rows: dict[str, dict] = {}
     redone = Counter()
     counts = Counter()
@@ -133,31 +143,52 @@ def process_all(
             bar.set_postfix(state)
             shown = state
 
+    def give_back(objs: list) -> None:  # their shard writer died: run them again, a bounded number of times
+        for obj in objs:
+            redone[obj.uid] += 1
+            if redone[obj.uid] > cfg.max_retries + 1:
+                base = {"uid": obj.uid, "source": obj.source, "config_hash": digest}
+                record_failure(obj, failure(base, "worker_crashed", "its shard writer died every time"))
+            else:
+                queue.append(obj)
+                bar.total += 1
+                bar.refresh()
+
+    def committed(new_rows: list[dict]) -> None:
+        for row in new_rows:
+            rows[row["uid"]] = row
+            counts["ok"] += 1
+
     try:
-        while queue or pending or pool.busy:
+        while queue or pending:
             lock.check()
-            limit = slots.target(len(queue) + len(pending))
-            while queue and len(pending) < limit:
+            if slots.refresh(len(queue) + len(pending)):
+                give_back(pool.ensure(slots.nodes))
+            while queue and len(pending) < slots.target:
                 obj = queue.popleft()
-                result_ref, sample_ref = task.remote(obj, cfg_ref, digest)
-                pending[result_ref] = (obj, sample_ref, time.monotonic())
+                pending[task.remote(obj, cfg_ref, digest, pool.group)] = (obj, time.monotonic())
             facts["peak"] = max(facts["peak"], len(pending))
             ready = ray.wait(list(pending), num_returns=len(pending), timeout=0.2)[0] if pending else []
             for ref in ready:
-                obj, sample_ref, _ = pending.pop(ref)
+                obj, _ = pending.pop(ref)
                 try:
-                    result = ray.get(ref)  # inlined into the driver: a few KB, no object store trip
+                    result = ray.get(ref)
                     facts["driver_bytes"] += len(pickle.dumps(result, protocol=5))
                     facts["results"] += 1
                 except Exception as e:  # the task itself died or gave up retrying
                     result = failure({"uid": obj.uid, "source": obj.source, "config_hash": digest}, *_crash_reason(e))
-                bar.update(1)
                 if result["status"] == "ok":
-                    pool.add(result["node"], obj, result["row"], sample_ref, result["sample_bytes"])
+                    committed(pool.accepted(obj, result))
+                    bar.update(1)
+                elif result["status"] == "writer_lost":
+                    give_back([obj, *pool.lost(result["node"], result["message"])])
+                    slots.refresh(len(queue), force=True)
+                    give_back(pool.ensure(slots.nodes))
                 else:
                     record_failure(obj, result)
+                    bar.update(1)
             now = time.monotonic()
-            for ref, (obj, _, started) in list(pending.items()):
+            for ref, (obj, started) in list(pending.items()):
                 if now - started > cfg.timeout_s:
                     ray.cancel(ref, force=True)  # kills the worker process, not the job
                     pending.pop(ref)
@@ -165,21 +196,10 @@ def process_all(
                     base = {"uid": obj.uid, "source": obj.source, "config_hash": digest}
                     why = f"no result after {cfg.timeout_s:.0f} s (timeout_s); the worker was killed"
                     record_failure(obj, failure(base, "timeout", why))
-            if not queue and not pending:
-                pool.seal_all()  # the end (or a lull before redone objects): finish the open shards
-            committed, redo = pool.poll(timeout=0.0 if pending else 0.2)
-            for row in committed:
-                rows[row["uid"]] = row
-                counts["ok"] += 1
-            for obj in redo:  # their shard writer died: run them again, a bounded number of times
-                redone[obj.uid] += 1
-                if redone[obj.uid] > cfg.max_retries + 1:
-                    base = {"uid": obj.uid, "source": obj.source, "config_hash": digest}
-                    record_failure(obj, failure(base, "worker_crashed", "its shard writer died every time"))
-                else:
-                    queue.append(obj)
-                    bar.total += 1
-                    bar.refresh()
+            if not queue and not pending:  # the end: finish the open shards (a dead writer's objects come back)
+                new_rows, redo = pool.close()
+                committed(new_rows)
+                give_back(redo)
             show()
     finally:
         bar.close()
