@@ -41,6 +41,8 @@ def _format(node: DictConfig, key: str) -> str:
         return str(value).lower()
     if isinstance(value, (ListConfig, list)):
         return "[" + ",".join(str(v) for v in value) + "]"
+    if isinstance(value, (DictConfig, dict)) and not len(value):
+        return "{}"
     return "null" if value is None else str(value)
 
 
@@ -50,7 +52,8 @@ def key_lines(node: DictConfig, schema: Optional[type] = None, prefix: str = "")
     rows: list[tuple[str, str]] = []
     for key in node.keys():
         child = node._get_node(key)
-        if isinstance(child, DictConfig) and not OmegaConf.is_missing(node, key) and child._value() is not None:
+        nested = isinstance(child, DictConfig) and not OmegaConf.is_missing(node, key) and child._value() is not None
+        if nested and len(child):
             rows += key_lines(child, _child_schema(schema, str(key)), f"{prefix}{key}.")
         else:
             rows.append((f"{prefix}{key}={_format(node, str(key))}", comments.get(str(key), "")))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 
 from craftsman_platform.pipelines.preprocess.tiny_shards import make_tiny_shards  # noqa: F401  (the tests' shard corpus)
@@ -20,6 +24,43 @@ def write_obj(path: Path, vertices, faces) -> Path:
     lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in np.asarray(faces, dtype=int)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# Small preprocessing settings (seconds per object): the keys and values `craft preprocess` takes.
+SMALL_PREPROCESS = {
+    "geometry.watertight.resolution": 96,
+    "geometry.watertight.quality_samples": 5000,
+    "geometry.sample.surface": 3000,
+    "geometry.sample.sharp_max": 500,
+    "geometry.sample.volume": 4000,
+    "geometry.sample.near": 1000,
+    "render.resolution": 64,
+    "render.extra_sets": 1,
+}
+SMALL_ARGS = [f"{k}={v}" for k, v in SMALL_PREPROCESS.items()]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """kill -9 a job started with start_new_session and every process of its own local Ray at once;
+    never `ray stop`, which would also kill the Ray of any other job on this machine."""
+    job = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    os.killpg(proc.pid, signal.SIGKILL)
+    for p in job:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(job, timeout=30)
 
 
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}

@@ -10,12 +10,13 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Iterator
+
+from helpers import free_ports
 
 BUCKET = "craft"
 PORT_FLAGS = (
@@ -34,17 +35,6 @@ PORT_FLAGS = (
 )
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def weed_binary() -> str:
     found = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
     if not Path(found).exists():
@@ -56,7 +46,7 @@ def weed_binary() -> str:
 def s3_server(folder: Path) -> Iterator[dict[str, str]]:
     """Yields the environment that points botocore/s3fs at the server (bucket BUCKET exists)."""
     folder.mkdir(parents=True, exist_ok=True)
-    ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS))))
+    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
     args = [weed_binary(), "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={BUCKET}"]
     args += [f"-{flag}={port}" for flag, port in ports.items()] + ["-webdav=false", "-admin.ui=false"]
     log = open(folder / "weed.log", "w")

@@ -7,7 +7,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,23 +14,13 @@ from pathlib import Path
 from typing import Iterator
 
 import psutil
+from helpers import free_ports
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _node_args(temp: Path, cpus: int) -> list[str]:
-    p = _ports(8)
+    p = free_ports(8)
     return [
         "--node-ip-address=127.0.0.1",
         f"--num-cpus={cpus}",
@@ -55,7 +44,7 @@ def two_node_cluster(
     """Yields (the head's address host:port, the environment a driver needs to join) once both nodes
     are up. Ray's token authentication stays on, with a token of this cluster's own."""
     env = {**(env or os.environ), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    (gcs,) = _ports(1)
+    (gcs,) = free_ports(1)
     address = f"127.0.0.1:{gcs}"
     started: list[psutil.Process] = []
     before = {p.pid for p in psutil.process_iter()}

@@ -11,19 +11,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from helpers import ENV, craft
+from helpers import ENV, SMALL_ARGS, craft
 from two_node import two_node_cluster
 
-SMALL = [
-    "geometry.watertight.resolution=96",
-    "geometry.watertight.quality_samples=5000",
-    "geometry.sample.surface=3000",
-    "geometry.sample.sharp_max=500",
-    "geometry.sample.volume=4000",
-    "geometry.sample.near=1000",
-    "render.resolution=64",
-    "render.extra_sets=1",
-]
+SMALL = SMALL_ARGS
 
 
 @pytest.mark.slow

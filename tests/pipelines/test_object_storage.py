@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,23 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 import webdataset as wds
-from helpers import ENV, craft
+from helpers import ENV, SMALL_ARGS, craft, kill_tree
 from s3server import BUCKET
 
 from craftsman_platform.pipelines.lock import LockHeld, OutputLock
 from craftsman_platform.pipelines.storage import Output
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = [
-    "geometry.watertight.resolution=96",
-    "geometry.watertight.quality_samples=5000",
-    "geometry.sample.surface=3000",
-    "geometry.sample.sharp_max=500",
-    "geometry.sample.volume=4000",
-    "geometry.sample.near=1000",
-    "render.resolution=64",
-    "render.extra_sets=1",
-]
+SMALL = SMALL_ARGS
 
 
 def test_store_and_lock_on_s3(s3):
@@ -63,16 +53,6 @@ def _journals(fs: s3fs.S3FileSystem, prefix: str) -> int:
         return len([p for p in fs.ls(f"{prefix}/journal") if p.rsplit("/", 1)[-1].startswith("shard-")])
     except FileNotFoundError:
         return 0
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """kill -9 the job and every process of its own local Ray (never `ray stop`)."""
-    job = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    os.killpg(proc.pid, signal.SIGKILL)
-    for p in job:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(job, timeout=30)
 
 
 def _writer_process(proc: subprocess.Popen) -> psutil.Process | None:
@@ -108,7 +88,7 @@ def test_preprocess_to_s3_killed_twice_resumes_exactly_once_and_trains_from_it(s
     # 1. kill -9 the driver (and its local Ray) after two shards are committed
     first = subprocess.Popen(args, **start)
     _wait(lambda: _journals(fs, prefix) >= 2, first, "two committed shards")
-    _kill_tree(first)
+    kill_tree(first)
     after_first = _journals(fs, prefix)
     assert after_first < len(picks), "the kill should land mid-run"
 

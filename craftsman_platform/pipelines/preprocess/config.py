@@ -33,9 +33,7 @@ class PreprocessConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     output_dir: str = MISSING  # a local folder or an fsspec URL (s3://bucket/prefix, gs://..., ...)
     storage_options: dict[str, Any] = field(default_factory=dict)  # passed to fsspec for output_dir
-    # concurrent objects: unset, every task slot of the cluster (this machine's cores for a local
-    # Ray), followed as the autoscaler adds or removes nodes; a number caps it
-    workers: Optional[int] = None
+    workers: Optional[int] = None  # objects at once; unset: all the cluster's task slots, a number caps it
     timeout_s: float = 300.0  # per object; the worker is killed, the job goes on
     memory_per_task_gb: float = 3.0  # Ray schedules tasks by this memory request (measured peak 2.4 GB)
     max_retries: int = 2  # for transient errors (remote fetch, lost worker) only

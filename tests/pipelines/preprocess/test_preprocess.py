@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
 import scipy.ndimage as ndi
 import webdataset as wds
+from helpers import SMALL_PREPROCESS, kill_tree
 from PIL import Image
 
 from craftsman_platform.errors import ConfigError
@@ -30,16 +28,7 @@ from craftsman_platform.pipelines.shardstore import ShardStore, ShardWriter
 from craftsman_platform.pipelines.storage import Output
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = {
-    "geometry.watertight.resolution": 96,
-    "geometry.watertight.quality_samples": 5000,
-    "geometry.sample.surface": 3000,
-    "geometry.sample.sharp_max": 500,
-    "geometry.sample.volume": 4000,
-    "geometry.sample.near": 1000,
-    "render.resolution": 64,
-    "render.extra_sets": 1,
-}
+SMALL = SMALL_PREPROCESS
 
 
 def small_cfg(src, out, **overrides) -> PreprocessConfig:
@@ -193,14 +182,7 @@ def test_kill_9_then_resume_gives_every_object_exactly_once(tmp_path, pybullet_d
     deadline = time.time() + 240
     while time.time() < deadline and len(list((out / "shards").glob("*.tar"))) < 3:
         time.sleep(0.2)
-    # kill -9 the driver and every process of its local Ray (raylet, GCS, workers) at once; never
-    # `ray stop`, which would also kill the Ray of any other job on this machine
-    job = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    os.killpg(proc.pid, signal.SIGKILL)
-    for p in job:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(job, timeout=30)
+    kill_tree(proc)  # the driver and its local Ray (raylet, GCS, workers) at once
     before = len(list((out / "shards").glob("*.tar")))
     assert 3 <= before < len(picks), "the kill should land mid-run"
     res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
