@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import signal
 import subprocess
@@ -20,7 +21,8 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def _node_args(temp: Path, cpus: int) -> list[str]:
-    p = free_ports(8)
+    p = free_ports(6)
+    low = random.randrange(10_000, 32_000, 200)  # worker ports below Linux's ephemeral range
     return [
         "--node-ip-address=127.0.0.1",
         f"--num-cpus={cpus}",
@@ -31,8 +33,8 @@ def _node_args(temp: Path, cpus: int) -> list[str]:
         f"--dashboard-agent-listen-port={p[3]}",
         f"--dashboard-agent-grpc-port={p[4]}",
         f"--runtime-env-agent-port={p[5]}",
-        f"--min-worker-port={20000 + p[6] % 20000}",
-        f"--max-worker-port={20000 + p[6] % 20000 + 200}",
+        f"--min-worker-port={low}",
+        f"--max-worker-port={low + 199}",
         "--disable-usage-stats",
     ]
 
@@ -77,6 +79,15 @@ def two_node_cluster(
             with contextlib.suppress(psutil.Error):
                 p.send_signal(signal.SIGKILL)
         psutil.wait_procs(started, timeout=30)
+
+
+def _start(cmd: list[str], temp: Path, cpus: int, env: dict) -> None:
+    """`ray start`, tried again with other ports if one was taken meanwhile."""
+    for attempt in range(3):
+        res = subprocess.run([*cmd, *_node_args(temp, cpus)], env=env, capture_output=True, text=True)
+        if res.returncode == 0:
+            return
+    raise RuntimeError(f"ray start failed 3 times: {res.stderr[-2000:]}")
 
 
 def _ours(proc: psutil.Process, root: Path) -> bool:

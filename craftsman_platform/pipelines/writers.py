@@ -118,7 +118,11 @@ class WriterPool:
         self.group = uuid.uuid4().hex[:8]
         self._actor_cls = ray.remote(WriterActor)
         self._args = (url, storage_options, max_bytes)
-        self._counter = ray.remote(ShardCounter).options(num_cpus=0).remote(store.next_index)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # on the driver's node: a counter on a worker node would die with it and stop every writer
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self._counter = ray.remote(ShardCounter).options(num_cpus=0, scheduling_strategy=here).remote(store.next_index)
         self._writers: dict[str, object] = {}  # node id -> actor
         self._uncommitted: dict[str, tuple[str, list]] = {}  # shard name -> (node id, objects in it)
 

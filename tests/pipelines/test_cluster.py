@@ -1,13 +1,18 @@
 """`craft preprocess` as one job on a real two-node Ray cluster (a head and a second raylet on this
-machine): every task slot of the cluster busy without `workers=`, a shard writer on each node."""
+machine): every task slot of the cluster busy without `workers=`, a shard writer on each node, and
+the worker node killed mid-run."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
@@ -48,5 +53,30 @@ def test_one_job_fills_a_two_node_cluster_with_a_writer_per_node(tmp_path, pybul
                 env=env,
             )
             assert json.loads((capped / "summary.json").read_text())["this_run"]["workers"] == 1, res.stdout
+
+            # kill -9 the worker node (its raylet, store and workers, its shard writer with them) mid-run:
+            # its tasks run again on the head, its uncommitted shard is redone; every object exactly once
+            lost = tmp_path / "lost"
+            args = [sys.executable, "-m", "craftsman_platform.cli", "preprocess", f"source.path={listing}"]
+            args += [f"output_dir={lost}", f"ray.address={address}", "shard_max_bytes=1", *SMALL]
+            job = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            deadline = time.time() + 240
+            while time.time() < deadline and not list((lost / "journal").glob("shard-*.json")):
+                time.sleep(0.2)
+            node = [
+                p for p in psutil.process_iter(["cmdline"]) if str(root / "worker") in " ".join(p.info["cmdline"] or [])
+            ]
+            assert node and job.poll() is None
+            for proc in node:
+                proc.kill()
+            output, _ = job.communicate(timeout=600)
+            assert job.returncode == 0, output[-3000:]
+            tars = sorted(str(p) for p in (lost / "shards").glob("*.tar"))
+            keys = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
+            log = [x for x in output.splitlines() if "objects:" not in x][-40:]
+            assert len(keys) == len(set(keys)) == len(picks), log
+            assert {r["shard"] for r in pq.read_table(lost / "manifest.parquet").to_pylist()} == {
+                Path(t).name for t in tars
+            }
     finally:
         shutil.rmtree(root, ignore_errors=True)
