@@ -157,7 +157,6 @@ def process_all(
     def committed(new_rows: list[dict]) -> None:
         for row in new_rows:
             rows[row["uid"]] = row
-            counts["ok"] += 1
 
     try:
         while queue or pending:
@@ -179,6 +178,7 @@ def process_all(
                     result = failure({"uid": obj.uid, "source": obj.source, "config_hash": digest}, *_crash_reason(e))
                 if result["status"] == "ok":
                     committed(pool.accepted(obj, result))
+                    counts["ok"] += 1  # written by its shard writer; committed with its shard
                     bar.update(1)
                 elif result["status"] == "writer_lost":
                     give_back([obj, *pool.lost(result["node"], result["message"])])
