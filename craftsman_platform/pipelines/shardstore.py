@@ -135,11 +135,6 @@ class ShardStore:
         return ok, {u: r for u, r in failed.items() if u not in ok}
 
     # -- committing ------------------------------------------------------------------------------
-    def allocate(self) -> int:
-        """A fresh shard index (shard names are the driver's to give)."""
-        self.next_index += 1
-        return self.next_index - 1
-
     def commit(self, sealed: dict, rows: list[dict]) -> list[dict]:
         """Make a sealed shard part of the dataset by writing its journal; returns the rows with `shard`."""
         rows = [{**r, "shard": sealed["shard"]} for r in rows]
