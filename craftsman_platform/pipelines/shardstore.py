@@ -148,6 +148,16 @@ class ShardStore:
         if self.output.local:
             self.output.delete("shards/" + shard_name(index) + ".tmp")
 
+    def remove_uncommitted(self) -> int:
+        """At the end of a run: delete shards no journal commits (a writer whose commit record was lost
+        with its task, e.g. on a node that died after the upload; the objects were redone elsewhere)."""
+        journals = {n.removesuffix(".json") + ".tar" for n in self.output.sizes("journal") if n.startswith("shard-")}
+        leftovers = [n for n in self.output.sizes("shards") if n not in journals]
+        for name in leftovers:
+            log.info("removing %s, which no journal commits (its objects were redone)", name)
+            self.output.delete("shards/" + name)
+        return len(leftovers)
+
     def add_failed(self, row: dict) -> None:
         self._failed.append(row)
         if len(self._failed) >= FAILED_FLUSH_ROWS or time.monotonic() - self._failed_flushed > FAILED_FLUSH_S:

@@ -185,6 +185,7 @@ def preprocess(cfg: PreprocessConfig) -> dict:
         t0 = time.monotonic()
         fresh, facts = process_all(todo, cfg, digest, store, lock) if todo else ({}, {"startup_s": 0.0, "peak": 0})
         seconds = time.monotonic() - t0 - facts["startup_s"]
+        store.remove_uncommitted()  # the shards are exactly what the journals, and so the manifest, name
         rows = {**done_failed, **done_ok, **fresh}
         store.write_manifest(list(rows.values()))
         summary = summarize(list(rows.values()), seconds, len(todo), facts["peak"])
