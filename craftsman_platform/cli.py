@@ -49,6 +49,22 @@ SUBCOMMANDS = {
             "Writes OUT/shards/*.tar, OUT/manifest.parquet (every object: status, reason), OUT/summary.json.",
         ],
     ),
+    "pack": Subcommand(
+        "craftsman_platform.pipelines.pack.job",
+        "pack",
+        "archive shards -> a pack for one task: VAE points or pre-encoded latents (Ray; resumable)",
+        "craftsman_platform.pipelines.pack.config:PackConfig",
+        (),
+        [
+            "craft pack kind=vae source=out/ output_dir=packs/vae                       # points per epoch chunk",
+            "craft pack kind=latents source=out/ vae_checkpoint=runs/vae output_dir=packs/latents",
+            "craft pack kind=vae source=s3://bucket/objaverse output_dir=s3://bucket/packs/vae "
+            "select='chamfer < 0.02 and parts_lost == 0'",
+            "craft pack ray.address=auto kind=latents ...   # a cluster: encoder actors on its GPUs",
+            "Writes PACK/pack.json (kind, sources, selection, recipe, VAE), PACK/shards/*.tar, PACK/manifest.parquet;"
+            " train with data.train_shards=PACK.",
+        ],
+    ),
     "inspect": Subcommand(
         "craftsman_platform.geometry.mesh_report",
         "inspect",

@@ -9,11 +9,13 @@ from hydra.core.config_store import ConfigStore
 from craftsman_platform.evaluation.config import EvalConfig
 from craftsman_platform.geometry.config import InspectConfig
 from craftsman_platform.inference.config import AppConfig, GenerateConfig
+from craftsman_platform.pipelines.pack.config import PackConfig
 from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
 from craftsman_platform.training.config import ConvertConfig, TrainConfig
 
 SCHEMAS = {
     "preprocess": PreprocessConfig,
+    "pack": PackConfig,
     "inspect": InspectConfig,
     "train": TrainConfig,
     "evaluate": EvalConfig,

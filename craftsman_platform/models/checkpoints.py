@@ -9,6 +9,7 @@ evaluation, generation and conversion load models from here without the training
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -61,6 +62,28 @@ def load_weights(path: str | Path, prefer_ema: bool = True) -> tuple[dict[str, t
         state.update(load_file(ckpt / "ema.safetensors"))
         which = "ema"
     return state, read_meta(ckpt), which
+
+
+def weights_identity(path: str | Path, prefer_ema: bool = True) -> dict:
+    """What identifies the weights `load_weights(path, prefer_ema)` returns, wherever the run dir is
+    copied: the sha256 of the weight files read, plus where and at which step they were found."""
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise MissingInput(f"no checkpoint in {path} (expected RUN_DIR, RUN_DIR/checkpoints or a step-N dir)")
+    files = ["weights.safetensors"]
+    if prefer_ema and (ckpt / "ema.safetensors").exists():
+        files.append("ema.safetensors")
+    digest = hashlib.sha256()
+    for name in files:
+        with open(ckpt / name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+    return {
+        "checkpoint": str(ckpt),
+        "step": read_meta(ckpt).get("step"),
+        "weights": "ema" if len(files) == 2 else "raw",
+        "sha256": digest.hexdigest(),
+    }
 
 
 def model_config(meta: dict) -> ModelConfig:

@@ -1,4 +1,5 @@
-"""Streamed training data: WebDataset shards from `craft preprocess` -> batches of tensors.
+"""Streamed training data: WebDataset shards (an archive from `craft preprocess`, or a pack from
+`craft pack`) -> batches of tensors.
 
 Every rank and DataLoader worker gets its own deterministic stream, a function of (seed, virtual
 epoch, rank, worker): shards drawn with replacement (resampled) or split explicitly by rank then
@@ -6,6 +7,7 @@ worker; samples shuffled as raw bytes and decoded afterwards; batches made in th
 stream state is (epoch, batches done), so a resumed run replays nothing and skips nothing: it
 rebuilds the epoch's stream and drops the batches already trained on, before decoding them.
 Corrupt samples and shards are skipped and counted (the count travels with each batch).
+A pack gives each epoch its own shard list (one chunk series per part, shapedata/pack.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,17 @@ from scipy.spatial.transform import Rotation
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from craftsman_platform.errors import ConfigError
-from craftsman_platform.shapedata.sample import CAMERAS, NEAR, SURFACE, VOL, is_view_member, open_shards, read_npy
+from craftsman_platform.shapedata.pack import LATENT_MEMBERS, Pack, decode_latent_sample, open_pack, pack_root
+from craftsman_platform.shapedata.sample import (
+    CAMERAS,
+    NEAR,
+    SURFACE,
+    VOL,
+    expand_urls,
+    is_view_member,
+    open_shards,
+    read_npy,
+)
 from craftsman_platform.shapedata.views import SET_SIZE, shard_views, view_sets
 from craftsman_platform.training.config import DataConfig
 
@@ -37,14 +49,76 @@ class StreamState:
     corrupt_before_epoch: int = 0  # corrupt samples/shards skipped in earlier epochs
 
 
+class TrainingData:
+    """What `data.train_shards` names: archive shards (every epoch the same list) or a pack
+    (its folder, URL or pack.json), checked against the task and the data config at start."""
+
+    def __init__(self, spec: str | None, cfg: DataConfig, task_kind: str):
+        root = pack_root(spec)
+        self.pack: Pack | None = open_pack(root) if root else None
+        self.archive = None if self.pack else expand_urls(spec)
+        self.sample_kind = "archive" if self.pack is None else self.pack.kind
+        if self.pack is not None:
+            _check_pack(self.pack, spec, cfg, task_kind)
+        canonical = self.sample_kind == "latents" and cfg.view_set == "canonical"
+        self._canonical_sets = self.pack.recipe["view_sets"] if canonical else None
+
+    @classmethod
+    def of_urls(cls, urls: list[str]) -> "TrainingData":
+        """Archive shards given as a list (tests, benchmarks)."""
+        data = cls.__new__(cls)
+        data.pack, data.archive, data.sample_kind, data._canonical_sets = None, list(urls), "archive", None
+        return data
+
+    def urls(self, epoch: int) -> list[str]:
+        if self.pack is None:
+            return self.archive
+        return self.pack.epoch_urls(epoch, self._is_canonical if self._canonical_sets else None)
+
+    def _is_canonical(self, chunk: int) -> bool:
+        """data.view_set=canonical on a latents pack: the chunks holding the first view set."""
+        return chunk % self._canonical_sets == 0
+
+    @property
+    def shard_count(self) -> int:
+        return len(self.urls(0))
+
+
+def _check_pack(pack: Pack, spec: str, cfg: DataConfig, task_kind: str) -> None:
+    want = "vae" if task_kind == "vae" else "latents"
+    if pack.kind != want:
+        raise ConfigError(
+            f"data.train_shards={spec} is a {pack.kind} pack; model.kind={task_kind} trains from a {want} pack "
+            "or the archive's shards"
+        )
+    recipe = pack.recipe
+    if pack.kind == "vae":
+        for key in ("num_surface", "num_vol", "num_near"):
+            if getattr(cfg, key) > recipe[key]:
+                raise ConfigError(
+                    f"data.{key}={getattr(cfg, key)} but the pack's chunks hold {recipe[key]} points: "
+                    f"repack with {key}={getattr(cfg, key)} or lower data.{key}"
+                )
+        return
+    if cfg.image_size != recipe["image_size"]:
+        raise ConfigError(f"data.image_size={cfg.image_size} but the pack's views are {recipe['image_size']} px")
+    if cfg.views > recipe["views_per_set"]:
+        raise ConfigError(f"data.views={cfg.views} but the pack stores {recipe['views_per_set']} views per sample")
+    if cfg.rotation_augment:
+        raise ConfigError("data.rotation_augment=true cannot rotate pre-encoded latents: train from the archive")
+
+
 def member_filter(kind: str):
     """Tar members a task reads: others (normal and depth maps, sharp points, meta) are skipped while
-    streaming, so they never reach the shuffle buffer."""
+    streaming, so they never reach the shuffle buffer. `kind`: vae or diffusion on an archive, latents
+    for a latents pack (a vae pack's members are the archive's point arrays)."""
     wanted = {SURFACE, VOL, NEAR} | ({CAMERAS} if kind == "diffusion" else set())
+    if kind == "latents":
+        wanted = set(LATENT_MEMBERS)
 
     def select(name: str) -> bool:
         member = name.rsplit("/", 1)[-1].split(".", 1)[-1]
-        return member in wanted or (kind == "diffusion" and is_view_member(member))
+        return member in wanted or (kind in ("diffusion", "latents") and is_view_member(member))
 
     return select
 
@@ -71,7 +145,10 @@ def _rotate(points: np.ndarray, rot: np.ndarray, with_normals: bool) -> np.ndarr
 
 
 def decode_sample(raw: dict, cfg: DataConfig, kind: str, rng: np.random.Generator) -> dict:
-    """Raw tar members -> subsampled float32 arrays (+ uint8 views and c2w for diffusion)."""
+    """Raw tar members -> subsampled float32 arrays (+ uint8 views and c2w for diffusion); a latents
+    pack's sample -> its posterior, views and cameras."""
+    if kind == "latents":
+        return {"uid": raw["__key__"], **decode_latent_sample(raw, cfg.views)}
     surface = _subset(read_npy(raw[SURFACE]), cfg.num_surface, rng)
     vol = _subset(read_npy(raw[VOL]), cfg.num_vol, rng)
     near = _subset(read_npy(raw[NEAR]), cfg.num_near, rng)
@@ -109,7 +186,7 @@ class ShardStream(IterableDataset):
 
     def __init__(
         self,
-        urls: list[str],
+        data: TrainingData | list[str],
         cfg: DataConfig,
         kind: str,
         rank: int = 0,
@@ -117,11 +194,14 @@ class ShardStream(IterableDataset):
         state: StreamState | None = None,
     ):
         super().__init__()
-        self.urls, self.cfg, self.kind, self.rank, self.world_size = urls, cfg, kind, rank, world_size
+        self.data = data if isinstance(data, TrainingData) else TrainingData.of_urls(data)
+        self.kind = "latents" if self.data.sample_kind == "latents" else kind  # how samples decode
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.state = state or StreamState()
-        if not cfg.resampled and len(urls) < world_size * max(cfg.num_workers, 1):
+        shards = self.data.shard_count
+        if not cfg.resampled and shards < world_size * max(cfg.num_workers, 1):
             raise ConfigError(
-                f"{len(urls)} shards cannot be split over {world_size} ranks x {cfg.num_workers} workers "
+                f"{shards} shards cannot be split over {world_size} ranks x {cfg.num_workers} workers "
                 "without resampling: set data.resampled=true or write more shards"
             )
 
@@ -136,10 +216,11 @@ class ShardStream(IterableDataset):
 
     def _shards(self, worker: int, workers: int) -> Iterator[dict]:
         rng = random.Random(_rng_seed(self.cfg.seed, self.state.epoch, self.rank, worker))
+        urls = self.data.urls(self.state.epoch)
         if self.cfg.resampled:
             while True:
-                yield {"url": rng.choice(self.urls)}
-        mine = self.urls[self.rank :: self.world_size][worker::workers]
+                yield {"url": rng.choice(urls)}
+        mine = urls[self.rank :: self.world_size][worker::workers]
         rng.shuffle(mine)
         yield from ({"url": u} for u in mine)
 
@@ -233,7 +314,7 @@ class BatchIterator:
             except StopIteration:
                 if self.state.batches_done == 0 and delivered_before == 0:
                     raise RuntimeError(
-                        f"a whole epoch of {len(self.stream.urls)} shard(s) gave no batch "
+                        f"a whole epoch of {self.stream.data.shard_count} shard(s) gave no batch "
                         f"({self.corrupt_skipped} unreadable samples or shards): are they valid?"
                     )
                 delivered_before = 0
@@ -257,7 +338,7 @@ class SlotBatches:
 
     def __init__(
         self,
-        urls: list[str],
+        data: TrainingData | list[str],
         cfg: DataConfig,
         kind: str,
         rank: int,
@@ -272,7 +353,7 @@ class SlotBatches:
         self.restored = states is not None
         self.iters = [
             BatchIterator(
-                ShardStream(urls, cfg, kind, rank * accum + a, slots, StreamState(**states[a]) if states else None),
+                ShardStream(data, cfg, kind, rank * accum + a, slots, StreamState(**states[a]) if states else None),
                 pin_memory,
             )
             for a in range(accum)

@@ -19,10 +19,9 @@ from omegaconf import OmegaConf
 from craftsman_platform.errors import ConfigError
 from craftsman_platform.models.build import compile_model
 from craftsman_platform.models.checkpoints import latest_checkpoint, load_weights
-from craftsman_platform.shapedata.sample import expand_urls
 from craftsman_platform.training.checkpoint import Checkpointer
 from craftsman_platform.training.config import TrainConfig
-from craftsman_platform.training.data import SlotBatches
+from craftsman_platform.training.data import SlotBatches, TrainingData
 from craftsman_platform.training.engine import EMA, build_engine, collective_device, setup_distributed
 from craftsman_platform.training.metrics import MetricsLogger, ProgressLine, memory_stats
 from craftsman_platform.training.tasks import make_task
@@ -108,7 +107,8 @@ def train_worker(cfg_dict: dict) -> dict:
     (run_dir / "workers").mkdir(parents=True, exist_ok=True)
     (run_dir / "workers" / f"rank-{rank}.pid").write_text(str(os.getpid()))
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    task = make_task(cfg, device)
+    data = TrainingData(cfg.data.train_shards, cfg.data, cfg.model.kind)
+    task = make_task(cfg, device, data)
     resuming = cfg.resume == "auto" and latest_checkpoint(run_dir) is not None
     initialised = bool(cfg.init_from) and not resuming
     if initialised:
@@ -134,7 +134,7 @@ def train_worker(cfg_dict: dict) -> dict:
         extra_meta = {k: meta[k] for k in ("latent_scale",) if k in meta}
         log.info("resumed from %s at step %d", latest, step)
     batches = SlotBatches(
-        expand_urls(cfg.data.train_shards),
+        data,
         cfg.data,
         task.kind,
         rank,
@@ -155,7 +155,7 @@ def train_worker(cfg_dict: dict) -> dict:
     progress = ProgressLine(cfg.trainer.max_steps, step) if rank == 0 else None
     stop = StopFlag()
     global_batch = cfg.data.batch_size * cfg.trainer.grad_accum * world
-    manifest = _manifest_of(cfg.data.train_shards)
+    manifest = _manifest_of(data, cfg.data.train_shards)
 
     def save(at: int) -> Path:
         meta = {"wandb_run_id": logger.run_id, "world_size": world, "config": cfg_dict, "kind": task.kind, **extra_meta}
@@ -234,13 +234,17 @@ def _checksum(module: torch.nn.Module) -> float:
     return float(sum(p.detach().double().sum() for p in module.parameters() if p.requires_grad))
 
 
-def _manifest_of(shards: str | None) -> str | None:
-    """The manifest next to local shards (OUT/shards/*.tar -> OUT/manifest.parquet), for lineage."""
+def _manifest_of(data: TrainingData, shards: str | None) -> str | None:
+    """The local manifest of the training data, for lineage: a pack's own, or the one next to archive
+    shards (OUT/shards/*.tar -> OUT/manifest.parquet)."""
     first = (shards or "").split(",")[0]
-    if "://" in first or first.startswith("pipe:"):
+    if data.pack is not None:
+        candidate = Path(data.pack.root) / "manifest.parquet"
+    elif "://" in first or first.startswith("pipe:"):
         return None
-    candidate = Path(first).parent.parent / "manifest.parquet"
-    return str(candidate) if candidate.exists() else None
+    else:
+        candidate = Path(first).parent.parent / "manifest.parquet"
+    return str(candidate) if "://" not in str(candidate) and candidate.exists() else None
 
 
 def _ray_report(step: int, metrics: dict) -> None:

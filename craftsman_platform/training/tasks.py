@@ -9,8 +9,8 @@ import torch.distributed as dist
 
 from craftsman_platform.errors import ConfigError, MissingInput
 from craftsman_platform.models.build import ModelConfig, build_diffusion, build_vae, pretrained_frozen_keys
-from craftsman_platform.models.checkpoints import latest_checkpoint, load_weights, read_meta
-from craftsman_platform.models.shape_vae import vae_loss
+from craftsman_platform.models.checkpoints import latest_checkpoint, load_weights, read_meta, weights_identity
+from craftsman_platform.models.shape_vae import DiagonalGaussian, vae_loss
 from craftsman_platform.training.config import TrainConfig
 from craftsman_platform.training.engine import collective_device
 
@@ -28,7 +28,7 @@ class VAETask:
     kind = "vae"
     frozen_pretrained_keys: frozenset[str] = frozenset()
 
-    def __init__(self, cfg: TrainConfig, device: torch.device):
+    def __init__(self, cfg: TrainConfig, device: torch.device, data=None):
         self.cfg, self.device = cfg, device
         self.model = build_vae(cfg.model)
 
@@ -67,16 +67,21 @@ def check_vae_checkpoint(model_cfg: ModelConfig) -> Path:
 class DiffusionTask:
     kind = "diffusion"
 
-    def __init__(self, cfg: TrainConfig, device: torch.device):
+    def __init__(self, cfg: TrainConfig, device: torch.device, data=None):
         self.cfg, self.device = cfg, device
         ckpt = check_vae_checkpoint(cfg.model)
-        self.vae = build_vae(cfg.model)
-        state, _, self.vae_weights = load_weights(ckpt, prefer_ema=True)
-        self.vae.load_state_dict(state)
-        # frozen, and only encodes: bf16 weights when training in bf16 (the model casts its inputs)
-        dtype = torch.bfloat16 if cfg.trainer.precision == "bf16" else torch.float32
-        self.vae.requires_grad_(False).eval().to(device, dtype)
         self.vae_source = str(ckpt)
+        self.vae = None  # a latents pack holds the posteriors: no VAE is built, none runs
+        self.from_pack = data is not None and data.sample_kind == "latents"
+        if self.from_pack:
+            check_pack_vae(data.pack, ckpt)
+        else:
+            self.vae = build_vae(cfg.model)
+            state, _, _ = load_weights(ckpt, prefer_ema=True)
+            self.vae.load_state_dict(state)
+            # frozen, and only encodes: bf16 weights when training in bf16 (the model casts its inputs)
+            dtype = torch.bfloat16 if cfg.trainer.precision == "bf16" else torch.float32
+            self.vae.requires_grad_(False).eval().to(device, dtype)
         self.model = build_diffusion(cfg.model)
         size = getattr(self.model.conditioner, "image_size", cfg.data.image_size)
         if size != cfg.data.image_size:
@@ -88,14 +93,18 @@ class DiffusionTask:
         )
 
     @torch.no_grad()
-    def _latents(self, surface: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Posterior samples of the frozen VAE: no graph is built (nothing of it is kept for backward)."""
-        return self.vae.encode(surface, sample=True, generator=generator)
+    def _latents(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Posterior samples: from the pack's stored posterior, or the frozen VAE's (no graph kept)."""
+        if self.from_pack:
+            vae = self.cfg.model.vae
+            moments = torch.cat([batch["mean"], batch["logvar"]], dim=-1).to(self.device)
+            return DiagonalGaussian(moments, vae.logvar_min, vae.logvar_max).sample(generator)
+        return self.vae.encode(batch["surface"].to(self.device), sample=True, generator=generator)
 
     @torch.no_grad()
     def prepare(self, batches, n_batches: int = 4) -> dict:
         """Measure the latent scale (1 / std of VAE latents) on a few batches, averaged over ranks."""
-        lat = torch.cat([self._latents(next(batches)["surface"].to(self.device)) for _ in range(n_batches)])
+        lat = torch.cat([self._latents(next(batches)) for _ in range(n_batches)])
         var = lat.float().var()
         if dist.is_initialized():
             var = var.to(collective_device())
@@ -108,8 +117,22 @@ class DiffusionTask:
         b = _to(batch, self.device)
         gen = _generator(batch, self.device)
         cond = {"images": b["images"], "c2w": b["c2w"]}  # uint8 views: the conditioner scales them
-        return engine(self._latents(b["surface"], gen), cond, gen)
+        return engine(self._latents(b, gen), cond, gen)
 
 
-def make_task(cfg: TrainConfig, device: torch.device):
-    return (VAETask if cfg.model.kind == "vae" else DiffusionTask)(cfg, device)
+def check_pack_vae(pack, ckpt: Path) -> None:
+    """A latents pack is used only with the VAE that encoded it (the same weight files)."""
+    made_with = pack.info["vae"]
+    ours = weights_identity(ckpt, prefer_ema=True)
+    if made_with["sha256"] != ours["sha256"]:
+        raise ConfigError(
+            f"the latents pack {pack.root} was encoded by the VAE {made_with['checkpoint']} (step {made_with['step']}, "
+            f"{made_with['weights']} weights, sha256 {made_with['sha256'][:12]}), but model.vae_checkpoint is "
+            f"{ours['checkpoint']} (step {ours['step']}, {ours['weights']}, sha256 {ours['sha256'][:12]}): "
+            "train with that VAE, or repack with this one"
+        )
+
+
+def make_task(cfg: TrainConfig, device: torch.device, data=None):
+    """The run's task; `data` (training.data.TrainingData) tells a diffusion task whether it reads a latents pack."""
+    return (VAETask if cfg.model.kind == "vae" else DiffusionTask)(cfg, device, data)

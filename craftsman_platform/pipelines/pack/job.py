@@ -1,0 +1,260 @@
+"""`craft pack`: an archive (`craft preprocess` output) -> a pack of compact shards for one task.
+
+One Ray task per archive shard writes that shard's chunk shards itself (tasks own their shards:
+a pack task's output is a pure function of one archive shard, so a retried task rewrites the same
+names); the driver journals each shard in the shared shard store, so a killed job resumes where it
+stopped, exactly once, on a local folder or object storage. For latents, the VAE encoder runs in
+encoder actors, one per GPU of the cluster, fed batches of surface chunks by the tasks, or inside
+each task on a CPU-only cluster. Layout and identity: shapedata/pack.py, docs/data-format.md.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+import hydra
+import pandas as pd
+import pyarrow.parquet as pq
+from omegaconf import DictConfig, OmegaConf
+
+from craftsman_platform.errors import ConfigError, MissingInput, NothingDone
+from craftsman_platform.models.checkpoints import latest_checkpoint, read_meta, weights_identity
+from craftsman_platform.paths import CONF_DIR
+from craftsman_platform.pipelines.lock import OutputLock
+from craftsman_platform.pipelines.pack.config import PackConfig
+from craftsman_platform.pipelines.pack.run import run_parts
+from craftsman_platform.pipelines.pack.select import select_rows
+from craftsman_platform.pipelines.preprocess.job import validate_output
+from craftsman_platform.pipelines.shardstore import ShardStore, shard_name
+from craftsman_platform.pipelines.storage import Output
+from craftsman_platform.shapedata.pack import KINDS, PACK_FILE, PACK_VERSION, pack_shard_index
+from craftsman_platform.shapedata.views import SET_SIZE
+
+log = logging.getLogger("craft.pack")
+VAE_CHUNKS = 16  # default chunk series of a vae pack: 16 epochs of fresh points
+IDENTITY_KEYS = ("kind", "version", "source", "select", "recipe", "vae")
+
+
+# ---------------------------------------------------------------------------------------------
+# The archive and the recipe
+# ---------------------------------------------------------------------------------------------
+
+
+def read_archive(cfg: PackConfig) -> tuple[Output, dict, pd.DataFrame, dict[str, int]]:
+    """(store, config.json, manifest, {committed shard: bytes}) of the archive; errors name `source`."""
+    try:
+        src = Output(cfg.source, cfg.storage_options)
+    except ImportError as err:
+        raise ConfigError(f"source={cfg.source}: {err} (pip install 'craftsman-platform[cloud]')") from None
+    for name in ("config.json", "manifest.parquet"):
+        if not src.exists(name):
+            raise MissingInput(f"source={cfg.source}: no {name} (expected the output_dir of `craft preprocess`)")
+    manifest = pq.read_table(io.BytesIO(src.read_bytes("manifest.parquet"))).to_pandas()
+    sizes = src.sizes("shards")
+    return src, src.read_json("config.json"), manifest, sizes
+
+
+def make_recipe(cfg: PackConfig, archive_config: dict) -> tuple[dict, dict | None]:
+    """(recipe, the VAE's identity for latents): everything that decides a pack's bytes."""
+    if cfg.kind == "vae":
+        recipe = {
+            "chunks": cfg.chunks or VAE_CHUNKS,
+            "num_surface": cfg.num_surface or 4096,
+            "num_vol": cfg.num_vol,
+            "num_near": cfg.num_near,
+            "seed": cfg.seed,
+        }
+        return recipe, None
+    if not cfg.vae_checkpoint:
+        raise ConfigError("vae_checkpoint is required for kind=latents: the run dir or checkpoint of a trained VAE")
+    ckpt = latest_checkpoint(cfg.vae_checkpoint)
+    if ckpt is None:
+        raise MissingInput(f"vae_checkpoint={cfg.vae_checkpoint}: no checkpoint there")
+    model = read_meta(ckpt)["config"]["model"]
+    if model["kind"] != "vae":
+        raise ConfigError(f"vae_checkpoint={ckpt} is a {model['kind']} checkpoint, not a VAE")
+    sets = 1 + int(archive_config["render"]["extra_sets"])
+    if cfg.num_surface is not None and cfg.num_surface != model["vae"]["num_inputs"]:
+        raise ConfigError(
+            f"num_surface={cfg.num_surface}, but the VAE encodes num_inputs={model['vae']['num_inputs']} points"
+        )
+    recipe = {
+        "chunks": cfg.chunks or sets,
+        "num_surface": model["vae"]["num_inputs"],
+        "view_sets": sets,
+        "views_per_set": SET_SIZE,
+        "image_size": cfg.image_size,
+        "latent_dtype": cfg.encode.dtype,
+        "seed": cfg.seed,
+    }
+    vae = {**weights_identity(ckpt, prefer_ema=True), "model": model["vae"]}
+    return recipe, vae
+
+
+def validate(cfg: PackConfig) -> None:
+    if cfg.kind not in KINDS:
+        raise ConfigError(f"kind={cfg.kind!r}: expected one of {', '.join(KINDS)}")
+    for key in ("chunks", "num_surface", "workers"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    for key in ("num_vol", "num_near", "image_size", "encode.batch_size"):
+        value = OmegaConf.select(OmegaConf.structured(cfg), key)
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.encode.dtype not in ("float16", "float32"):
+        raise ConfigError(f"encode.dtype={cfg.encode.dtype!r}: expected float16 or float32")
+    if cfg.encode.device not in ("auto", "cpu", "cuda") and not cfg.encode.device.startswith("cuda:"):
+        raise ConfigError(f"encode.device={cfg.encode.device!r}: expected auto, cpu or cuda[:N]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity: a pack is resumed only by the same command
+# ---------------------------------------------------------------------------------------------
+
+
+def check_identity(out: Output, identity: dict) -> None:
+    if not out.exists(PACK_FILE):
+        return
+    before = out.read_json(PACK_FILE)
+    differ = [k for k in IDENTITY_KEYS if before.get(k) != identity[k]]
+    if differ:
+        raise ConfigError(
+            f"{out.display()} holds a pack made with other {', '.join(differ)} (see {out.display(PACK_FILE)}): "
+            "use a new output_dir, or the same command to resume it"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def pack(cfg: PackConfig) -> dict:
+    """Build (or resume) the pack `cfg` describes; returns its pack.json."""
+    validate(cfg)
+    out = validate_output(cfg.output_dir, cfg.storage_options)
+    src, archive_config, manifest, sizes = read_archive(cfg)
+    ok = manifest[manifest["status"] == "ok"]
+    chosen = ok[select_rows(ok, cfg.select)]
+    if chosen.empty:
+        raise NothingDone(f"no object of {cfg.source} ({len(ok)} ok) matches select={cfg.select!r}")
+    missing = sorted(set(chosen["shard"]) - set(sizes))
+    if missing:
+        raise MissingInput(f"source={cfg.source}: the manifest names shards that are not there: {missing[:3]}")
+    recipe, vae = make_recipe(cfg, archive_config)
+    shards = sorted(set(chosen["shard"]))
+    identity = {
+        "kind": cfg.kind,
+        "version": PACK_VERSION,
+        "source": {
+            "url": src.url,
+            "config_hash": archive_config["config_hash"],
+            "shards": [{"name": s, "bytes": sizes[s]} for s in shards],
+        },
+        "select": cfg.select,
+        "recipe": recipe,
+        "vae": vae,
+    }
+    check_identity(out, identity)
+    with OutputLock(out, cfg.lock_stale_s) as lock:
+        if not out.exists(PACK_FILE):
+            out.write_json(PACK_FILE, {**identity, "complete": False})
+        store = ShardStore(out)
+        done, earlier_failed = store.recover()
+        committed = set(out.sizes("journal"))
+        chunks = recipe["chunks"]
+        todo = []
+        for part, shard in enumerate(shards):
+            left = [c for c in range(chunks) if _journal(part, c, chunks) not in committed]
+            if left:
+                uids = set(chosen.loc[chosen["shard"] == shard, "uid"])
+                todo.append((part, src.display("shards/" + shard), left, uids))
+        log.info("%d archive shards, %d to pack (%d objects) -> %s", len(shards), len(todo), len(chosen), out.url)
+        t0 = time.monotonic()
+        results, errors = run_parts(todo, cfg, recipe, store, lock) if todo else ({}, {})
+        seconds = time.monotonic() - t0
+        store.remove_uncommitted()
+        rows = _manifest_rows(out, shards, chunks)
+        failed = {r["uid"]: r for r in earlier_failed.values()}
+        for res in results.values():
+            failed.update({r["uid"]: r for r in res["failed"]})
+        failed = {u: r for u, r in failed.items() if u not in rows}
+        store.write_manifest(list(rows.values()) + list(failed.values()))
+        parts = _parts(out, shards, chunks)
+        info = {
+            **identity,
+            "complete": not errors and len(parts) == len([s for s in shards if _has_objects(rows, s)]),
+            "parts": parts,
+            "objects": len(rows),
+            "failed": len(failed),
+            "bytes": sum(out.sizes("shards").values()),
+        }
+        info["this_run"] = {
+            "parts": len(todo),
+            "objects": sum(r["objects"] for r in results.values()),
+            "seconds": round(seconds, 2),
+            "errors": errors,
+        }
+        out.write_json(PACK_FILE, info)
+    return info
+
+
+def _journal(part: int, chunk: int, chunks: int) -> str:
+    return shard_name(pack_shard_index(part, chunk, chunks)).removesuffix(".tar") + ".json"
+
+
+def _manifest_rows(out: Output, shards: list[str], chunks: int) -> dict[str, dict]:
+    """One row per packed object, from the journals of its part's chunk-0 shard."""
+    rows = {}
+    for part, shard in enumerate(shards):
+        name = "journal/" + _journal(part, 0, chunks)
+        if out.exists(name):
+            for row in out.read_json(name)["rows"]:
+                rows[row["uid"]] = {"uid": row["uid"], "status": "ok", "source_shard": shard, "part": part}
+    return rows
+
+
+def _has_objects(rows: dict, shard: str) -> bool:
+    return any(r["source_shard"] == shard for r in rows.values())
+
+
+def _parts(out: Output, shards: list[str], chunks: int) -> list[dict]:
+    """Parts whose every chunk is committed: their archive shard and pack shards, by chunk."""
+    committed = set(out.sizes("journal"))
+    parts = []
+    for part, shard in enumerate(shards):
+        names = [shard_name(pack_shard_index(part, c, chunks)) for c in range(chunks)]
+        if all(_journal(part, c, chunks) in committed for c in range(chunks)):
+            parts.append({"part": part, "source_shard": shard, "shards": names})
+    return parts
+
+
+def format_summary(info: dict) -> str:
+    run = info["this_run"]
+    per = info["bytes"] / max(1, info["objects"] * info["recipe"]["chunks"])
+    rate = run["objects"] / run["seconds"] if run["seconds"] else 0.0
+    lines = [
+        f"pack ({info['kind']}): {info['objects']} objects in {len(info['parts'])} parts x "
+        f"{info['recipe']['chunks']} chunks, {info['failed']} failed, {info['bytes'] / 1e6:.1f} MB "
+        f"({per / 1e3:.1f} KB per sample)",
+        f"this run: {run['objects']} objects from {run['parts']} archive shards in {run['seconds']:.1f} s "
+        f"({rate:.2f} objects/s)",
+    ]
+    lines += [f"  not packed: {name}: {why}" for name, why in sorted(run["errors"].items())]
+    return "\n".join(lines)
+
+
+@hydra.main(config_path=CONF_DIR, config_name="pack", version_base="1.3")
+def main(dcfg: DictConfig) -> None:
+    cfg: PackConfig = OmegaConf.to_object(dcfg)
+    info = pack(cfg)
+    print(format_summary(info))
+    out = Output(cfg.output_dir, cfg.storage_options)
+    print(f"pack: {out.display()}  (train with data.train_shards={out.display()})")
+    if not info["complete"]:
+        raise NothingDone(
+            f"the pack is unfinished: {len(info['this_run']['errors'])} archive shards were not packed "
+            "(reasons above); run the same command again to finish it"
+        )

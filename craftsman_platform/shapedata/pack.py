@@ -1,0 +1,138 @@
+"""A pack: compact training data for one task, derived from an archive by `craft pack`
+(docs/data-format.md, "Packs"). Written by pipelines/pack, read by training and evaluation.
+
+    PACK/pack.json           kind, source shards (names, sizes, config hash), selection, recipe,
+                             the VAE's identity (latents), and the shard of every (part, chunk)
+    PACK/shards/shard-N.tar  N = part * chunks + chunk; part = the archive shard it came from
+    PACK/manifest.parquet    one row per object packed
+
+Every object is stored as `chunks` small samples, one per chunk series, so that a sample reads a
+step's worth of bytes and an epoch reads one series: in epoch e, part p is read from chunk
+(e + p) % chunks (see `Pack.epoch_urls`), so every epoch sees fresh points (vae) or another view
+set and surface subset (latents), and neighbouring parts see different chunks in the same epoch.
+
+Sample members of a pack shard:
+  vae:      surface.npy (n, 6), vol.npy (n, 4), near.npy (n, 4): float16, a disjoint slice of the
+            archive's points (the same names and layout as an archive sample's, fewer points)
+  latents:  mean.npy, logvar.npy (num_latents, embed_dim): the VAE posterior of one surface chunk;
+            rgb_000.png .. rgb_003.png: one 4-view set already through shapedata/views.py
+            (RGB, size x size); cameras.json: their c2w
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from craftsman_platform.errors import ConfigError, MissingInput
+from craftsman_platform.shapedata.sample import npy_bytes, read_npy, view_member
+
+PACK_FILE = "pack.json"
+PACK_VERSION = 1
+KINDS = ("vae", "latents")
+MEAN, LOGVAR = "mean.npy", "logvar.npy"
+LATENT_MEMBERS = (MEAN, LOGVAR, "cameras.json")
+
+
+def pack_shard_index(part: int, chunk: int, chunks: int) -> int:
+    return part * chunks + chunk
+
+
+# ---------------------------------------------------------------------------------------------
+# Latents samples
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_latent_sample(mean: np.ndarray, logvar: np.ndarray, images: np.ndarray, c2w: np.ndarray, dtype: str):
+    """Members of one latents sample: posterior (in `dtype`), views (uint8 (V, 3, S, S)) as RGB PNGs."""
+    members = {MEAN: npy_bytes(mean.astype(dtype)), LOGVAR: npy_bytes(logvar.astype(dtype))}
+    for i, img in enumerate(images):
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0))).save(buf, format="PNG", compress_level=6)
+        members[view_member(i)] = buf.getvalue()
+    members["cameras.json"] = json.dumps({"c2w": np.asarray(c2w).tolist()}).encode()
+    return members
+
+
+def _rgb(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).transpose(2, 0, 1)
+
+
+def decode_latent_sample(raw: dict, views: int) -> dict:
+    """A latents sample's raw members -> float32 mean/logvar, uint8 images (views, 3, S, S), c2w."""
+    c2w = np.asarray(json.loads(raw["cameras.json"])["c2w"], dtype=np.float32)
+    if len(c2w) < views:
+        raise ValueError(f"{raw.get('__key__')}: {len(c2w)} views stored, {views} wanted")
+    images = np.stack([_rgb(raw[view_member(i)]) for i in range(views)])
+    return {
+        "mean": read_npy(raw[MEAN]).astype(np.float32),
+        "logvar": read_npy(raw[LOGVAR]).astype(np.float32),
+        "images": images,
+        "c2w": c2w[:views],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a pack
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pack:
+    root: str  # the pack's folder or URL
+    info: dict  # pack.json
+
+    @property
+    def kind(self) -> str:
+        return self.info["kind"]
+
+    @property
+    def chunks(self) -> int:
+        return int(self.info["recipe"]["chunks"])
+
+    @property
+    def recipe(self) -> dict:
+        return self.info["recipe"]
+
+    def series(self) -> list[list[str]]:
+        """Shard URLs per part, one per chunk: [[part 0 chunk 0, chunk 1, ...], ...]."""
+        parts = self.info["parts"]
+        return [[posixpath.join(self.root, "shards", name) for name in p["shards"]] for p in parts]
+
+    def epoch_urls(self, epoch: int, chunk_filter=None) -> list[str]:
+        """The shards epoch `epoch` reads: part p from chunk (epoch + p) % chunks (of the chunks kept
+        by `chunk_filter`, e.g. the canonical view set only)."""
+        kept = [c for c in range(self.chunks) if chunk_filter is None or chunk_filter(c)]
+        return [shards[kept[(epoch + p) % len(kept)]] for p, shards in enumerate(self.series())]
+
+
+def pack_root(spec: str | None) -> str | None:
+    """The pack a data spec names (its folder, URL or pack.json), or None for archive shards."""
+    if not spec or "," in spec or any(c in spec for c in "*?[{"):
+        return None
+    root = spec.removesuffix("/" + PACK_FILE).removesuffix(PACK_FILE).rstrip("/") or "."
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(root)
+    return root if fs.exists(posixpath.join(path, PACK_FILE)) else None
+
+
+def open_pack(root: str) -> Pack:
+    """Read PACK/pack.json; an unfinished or unknown pack is refused."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(root)
+    try:
+        info = json.loads(fs.cat_file(posixpath.join(path, PACK_FILE)))
+    except FileNotFoundError:
+        raise MissingInput(f"{root}: no {PACK_FILE} (not a pack)") from None
+    if info.get("kind") not in KINDS or info.get("version") != PACK_VERSION:
+        raise ConfigError(f"{root}/{PACK_FILE}: kind {info.get('kind')!r}, version {info.get('version')}: not a pack")
+    if not info.get("complete"):
+        raise ConfigError(f"{root} is an unfinished pack: run the same `craft pack` command again to finish it")
+    return Pack(root.rstrip("/"), info)
