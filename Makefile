@@ -22,15 +22,18 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -ra -n 2 --dist loadgroup -m "not slow"
 
-# End to end on the bundled real meshes: preprocess (local Ray) -> train a tiny VAE and a tiny
-# diffusion model (DeepSpeed on CPU, W&B offline) -> evaluate both (report.html) -> generate a mesh.
+# End to end on the bundled real meshes: preprocess (local Ray) -> train a tiny VAE -> pack its
+# latents (craft pack) -> train a tiny diffusion model from the pack (DeepSpeed on CPU, W&B offline)
+# -> evaluate both (report.html) -> generate a mesh.
 # The demo scores the objects it trained on: 9 objects are too few to hold any out.
 demo: setup
 	mkdir -p $(DEMO)
 	$(PY) -m craftsman_platform.corpora demo-list $(DEMO)/meshes
 	$(VENV)/bin/craft preprocess source.path=$(DEMO)/meshes/meshes.txt output_dir=$(DEMO)/data
 	$(VENV)/bin/craft train experiment=vae_tiny 'data.train_shards=$(DEMO)/data/shards/*.tar' run_dir=$(DEMO)/runs/vae
-	$(VENV)/bin/craft train experiment=diffusion_tiny 'data.train_shards=$(DEMO)/data/shards/*.tar' \
+	$(VENV)/bin/craft pack kind=latents source=$(DEMO)/data vae_checkpoint=$(DEMO)/runs/vae image_size=64 \
+	    output_dir=$(DEMO)/packs/latents
+	$(VENV)/bin/craft train experiment=diffusion_tiny data.train_shards=$(DEMO)/packs/latents \
 	    model.vae_checkpoint=$(DEMO)/runs/vae run_dir=$(DEMO)/runs/diffusion trainer.max_steps=300
 	$(VENV)/bin/craft evaluate checkpoint=$(DEMO)/runs/vae 'data.eval_shards=$(DEMO)/data/shards/*.tar' \
 	    output_dir=$(DEMO)/eval/vae
@@ -41,6 +44,7 @@ demo: setup
 	    output_dir=$(DEMO)/generated name=duck depth=7
 	@echo
 	@echo "demo: shards      $(DEMO)/data/shards  (manifest $(DEMO)/data/manifest.parquet)"
+	@echo "      pack        $(DEMO)/packs/latents/pack.json  (VAE latents + 64 px views, for the diffusion run)"
 	@echo "      training    $(DEMO)/runs/vae/metrics.jsonl  $(DEMO)/runs/diffusion/metrics.jsonl  (W&B offline: runs/*/wandb)"
 	@echo "      evaluation  $(DEMO)/eval/vae/report.html  $(DEMO)/eval/diffusion/report.html"
 	@echo "      generated   $(DEMO)/generated/duck.glb  $(DEMO)/generated/duck.obj  (from $(DEMO)/views)"

@@ -5,9 +5,12 @@
    (points + 4 decoded, resized views), and the bytes each sample reads.
 2. Trainer: steps/s and samples/s of the tiny recipes on CPU through `craft train` (DeepSpeed,
    ZeRO-1), 1 local worker versus 2 Ray Train workers at the same global batch.
-3. Capacity plan for 32 GPUs, from the measured loader figures (printed; see docs/benchmarks.md).
+3. Archive vs pack: the same full-size objects packed by `craft pack` (kind=vae at vae_craftsman's
+   step sizes; kind=latents with a full-size, randomly initialised vae_craftsman encoder): bytes
+   read per sample, loader samples/s per core beside the archive's, and pack build objects/s per core.
+4. Capacity plan for 32 GPUs, from the measured loader figures (printed; see docs/benchmarks.md).
 
-    python bench/training.py [--shards 'OUT/shards/*.tar'] [--steps 40]
+    python bench/training.py [--shards 'OUT/shards/*.tar'] [--steps 40] [--skip-trainer]
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 from craftsman_platform.pipelines.preprocess.tiny_shards import make_tiny_shards
 from craftsman_platform.shapedata.sample import expand_urls
 from craftsman_platform.training.config import DataConfig
-from craftsman_platform.training.data import BatchIterator, ShardStream
+from craftsman_platform.training.data import BatchIterator, ShardStream, TrainingData
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,8 +54,9 @@ def make_full_shards(out: Path, n: int) -> str:
     return str(out / "data" / "shards" / "*.tar")
 
 
-def loader_rate(urls: list[str], kind: str, samples: int) -> tuple[float, float]:
-    """(samples/s on one core, MB read per sample)."""
+def loader_rate(urls: list[str], kind: str, samples: int, pack: str | None = None) -> tuple[float, float]:
+    """(samples/s on one core, MB read per sample) of archive shards `urls`, or of the pack `pack`
+    (each sample is read whole: a streamed tar read touches every byte of it)."""
     cfg = DataConfig(
         batch_size=4,
         num_workers=0,
@@ -64,12 +68,15 @@ def loader_rate(urls: list[str], kind: str, samples: int) -> tuple[float, float]
         views=4,
         image_size=224,
     )
-    it = BatchIterator(ShardStream(urls, cfg, kind))
+    data = TrainingData(pack, cfg, kind) if pack else urls
+    it = BatchIterator(ShardStream(data, cfg, kind))
     next(it)  # warm-up (opens a shard, fills the buffer)
     start = time.perf_counter()
     for _ in range(samples // cfg.batch_size):
         next(it)
     rate = samples / (time.perf_counter() - start)
+    if pack:
+        urls = [str(p) for p in Path(pack, "shards").glob("*.tar")]
     total = sum(os.path.getsize(u) for u in urls)
     return rate, total / max(1, _count(urls)) / 1e6
 
@@ -103,12 +110,53 @@ def train_rate(shards: str, experiment: str, steps: int, extra: list[str], vae_r
         return rows[-1]["samples_per_s"]
 
 
+def craft(*args: str) -> None:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    subprocess.run([sys.executable, "-m", "craftsman_platform.cli", *args], check=True, capture_output=True, env=env)
+
+
+def build_pack(archive: Path, out: Path, *args: str) -> dict:
+    """`craft pack` on 2 workers; its pack.json, with objects/s per core (after Ray's start)."""
+    craft("pack", f"source={archive}", f"output_dir={out}", "workers=2", *args)
+    info = json.loads((out / "pack.json").read_text())
+    run = info["this_run"]
+    info["objects_per_s_core"] = run["objects"] / run["seconds"] / 2
+    return info
+
+
+def full_vae(archive: Path, run: Path) -> Path:
+    """vae_craftsman (184.5M), one step at batch 1: full-size weights to encode with (untrained)."""
+    craft("train", "experiment=vae_craftsman", f"data.train_shards={archive / 'shards' / '*.tar'}", f"run_dir={run}",
+          "logger=none", "trainer.max_steps=1", "data.batch_size=1", "data.num_workers=0",
+          "trainer.precision=fp32", "trainer.warmup_steps=1")  # fmt: skip
+    return run
+
+
+def pack_section(archive: Path, work: Path, rates: dict, samples: int) -> dict:
+    """Archive vs pack, side by side: (loader rate, MB per sample) per pack kind."""
+    print("\n## archive vs pack (same objects), loader one core; pack build on 2 workers")
+    vae = build_pack(archive, work / "pack-vae", "kind=vae")
+    vae_rate, vae_mb = loader_rate([], "vae", samples, str(work / "pack-vae"))
+    encoder = full_vae(archive, work / "vae-full")
+    lat = build_pack(archive, work / "pack-latents", "kind=latents", f"vae_checkpoint={encoder}")
+    lat_rate, lat_mb = loader_rate([], "diffusion", samples, str(work / "pack-latents"))
+    rows = [("vae", vae, vae_rate, vae_mb, rates["vae"]), ("latents", lat, lat_rate, lat_mb, rates["diffusion"])]
+    for kind, info, rate, mb, archive_rate in rows:
+        print(
+            f"{kind:<8} pack: {rate:7.1f} samples/s/core ({rate / archive_rate:5.1f}x the archive's {archive_rate:.1f})"
+            f"   {mb * 1e3:6.1f} KB read per sample   build {info['objects_per_s_core']:.3f} objects/s/core"
+            f"   ({info['objects']} objects x {info['recipe']['chunks']} chunks, {info['bytes'] / 1e6:.1f} MB)"
+        )
+    return {"vae": (vae_rate, vae_mb), "latents": (lat_rate, lat_mb)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", help="full-size shards (default: preprocess 24 real meshes first)")
     ap.add_argument("--tiny-shards", help="small shards for the trainer runs (default: the tests' recipe)")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--skip-trainer", action="store_true", help="loader and pack figures only")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-training-"))
     shards = args.shards or make_full_shards(work / "full", 24)
@@ -119,6 +167,9 @@ def main() -> None:
         rates[kind], mb = loader_rate(urls, kind, args.samples)
         print(f"{kind:<10} {rates[kind]:7.1f} samples/s/core   {mb:.2f} MB read per sample")
 
+    pack_section(Path(urls[0]).parent.parent, work, rates, args.samples)
+    if args.skip_trainer:
+        return
     tiny = args.tiny_shards or str(make_tiny_shards(work / "tiny") / "shards" / "*.tar")
     print(f"\n## trainer on CPU, {args.steps} steps, global batch 8, DeepSpeed ZeRO-1, fp32")
     one = train_rate(tiny, "vae_tiny", args.steps, ["data.batch_size=8"], None)

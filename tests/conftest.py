@@ -41,7 +41,7 @@ def shared(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
     When the background prebuild (below) makes it, wait for that instead."""
     root = _session_root(tmp_path_factory)
     folder, done, failed = root / f"shared-{name}", root / f"shared-{name}.done", root / f"shared-{name}.failed"
-    if os.environ.get("CRAFT_TEST_PREBUILD") == "1":  # the first worker starts it: wait for its result
+    if os.environ.get("CRAFT_TEST_PREBUILD") == "1" and name in PREBUILT_ORDER:  # the first worker starts it
         while not (done.exists() or failed.exists()):
             started = root / "prebuild.started"
             if started.exists() and not _running(int(started.read_text())) and not done.exists():
@@ -154,6 +154,32 @@ def diffusion_run(tiny_shards, vae_run, tmp_path_factory) -> Path:
         return folder / "run"
 
     return shared(tmp_path_factory, "diffusion_run", build)
+
+
+# Packs of the tiny archive (`craft pack`), shared by the pack and training tests
+@pytest.fixture(scope="session")
+def vae_pack(tiny_shards, tmp_path_factory) -> Path:
+    """A vae pack: 3 chunk series of 1024 surface / 512 volume / 512 near points per object."""
+    from helpers import PACK_VAE_ARGS, craft
+
+    def build(folder: Path) -> Path:
+        craft("pack", "kind=vae", f"source={tiny_shards}", f"output_dir={folder / 'pack'}", *PACK_VAE_ARGS)
+        return folder / "pack"
+
+    return shared(tmp_path_factory, "vae_pack", build)
+
+
+@pytest.fixture(scope="session")
+def latents_pack(tiny_shards, vae_run, tmp_path_factory) -> Path:
+    """A latents pack encoded by vae_run, views at diffusion_tiny's 64 px (2 chunks: the 2 view sets)."""
+    from helpers import craft
+
+    def build(folder: Path) -> Path:
+        craft("pack", "kind=latents", f"source={tiny_shards}", f"vae_checkpoint={vae_run}", "image_size=64",
+              f"output_dir={folder / 'pack'}", "workers=2")  # fmt: skip
+        return folder / "pack"
+
+    return shared(tmp_path_factory, "latents_pack", build)
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,8 @@ SMALL_PREPROCESS = {
     "render.extra_sets": 1,
 }
 SMALL_ARGS = [f"{k}={v}" for k, v in SMALL_PREPROCESS.items()]
+# `craft pack kind=vae` of the tiny shards: 3 chunk series of vae_tiny's step sizes (tests/conftest.py: vae_pack)
+PACK_VAE_ARGS = ["num_surface=1024", "num_vol=512", "num_near=512", "chunks=3", "workers=2"]
 
 
 def free_ports(n: int) -> list[int]:

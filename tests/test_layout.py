@@ -20,7 +20,7 @@ ALLOWED = {
     "geometry": BASE | {"shapedata"},
     "models": BASE | {"shapedata"},
     "raycluster": BASE,
-    "pipelines": BASE | {"shapedata", "geometry", "raycluster"},
+    "pipelines": BASE | {"shapedata", "geometry", "models", "raycluster"},  # models: the latents pack encodes
     "training": BASE | {"shapedata", "models", "raycluster", "logger"},
     "inference": BASE | {"shapedata", "models"},
     "evaluation": BASE | {"shapedata", "geometry", "models", "inference", "logger"},

@@ -1,5 +1,6 @@
 """Held-out objects from shards, read like training reads them: an unreadable shard or sample is
-skipped, counted and logged, and the evaluation goes on."""
+skipped, counted and logged, and the evaluation goes on. A pack is scored on the whole objects of
+the archive it was made from (its points and views are training data, not ground truth)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Iterator, Optional
 import numpy as np
 import webdataset as wds
 
+from craftsman_platform.shapedata.pack import open_pack, pack_root
 from craftsman_platform.shapedata.sample import (
     CAMERAS,
     NEAR,
@@ -29,7 +31,14 @@ class ObjectReader:
     """Iterates a shard glob's samples in order; `skipped` counts what could not be read."""
 
     def __init__(self, shards: str, max_objects: Optional[int] = None, views: bool = False):
-        self.urls = expand_urls(shards)
+        root = pack_root(shards)
+        self.keep: set[str] | None = None  # a pack: its objects, read whole from the archive it came from
+        if root is None:
+            self.urls = expand_urls(shards)
+        else:
+            pack = open_pack(root)
+            self.urls, self.keep = pack.archive_urls(), pack.uids()
+            log.info("%s is a %s pack: scoring its %d objects on the archive's shards", root, pack.kind, len(self.keep))
         self.max_objects, self.views = max_objects, views
         self.skipped = 0
 
@@ -54,6 +63,8 @@ class ObjectReader:
         for raw in wds.tariterators.group_by_keys(files, handler=self._skip):
             if self.max_objects is not None and count >= self.max_objects:
                 return
+            if self.keep is not None and raw.get("__key__") not in self.keep:
+                continue
             try:
                 sample = self._check(raw)
             except Exception as exn:  # a damaged member: skip the object, count it

@@ -111,6 +111,21 @@ class Pack:
         return [shards[kept[(epoch + p) % len(kept)]] for p, shards in enumerate(self.series())]
 
 
+    def archive_urls(self) -> list[str]:
+        """The archive shards the pack was made from (evaluation scores on the full objects)."""
+        base = self.info["source"]["url"].rstrip("/")
+        return [posixpath.join(base, "shards", s["name"]) for s in self.info["source"]["shards"]]
+
+    def uids(self) -> set[str]:
+        """The objects packed (PACK/manifest.parquet rows with status ok)."""
+        import fsspec
+        import pyarrow.parquet as pq
+
+        with fsspec.open(posixpath.join(self.root, "manifest.parquet"), "rb") as fh:
+            table = pq.read_table(fh, columns=["uid", "status"]).to_pandas()
+        return set(table.loc[table["status"] == "ok", "uid"])
+
+
 def pack_root(spec: str | None) -> str | None:
     """The pack a data spec names (its folder, URL or pack.json), or None for archive shards."""
     if not spec or "," in spec or any(c in spec for c in "*?[{"):

@@ -154,7 +154,7 @@ def test_diffusion_task_encodes_without_a_graph(vae_run, tiny_shards):
     task = DiffusionTask(cfg, torch.device("cpu"))
     assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in task.vae.parameters())
     pts = surface(2, cfg.model.vae.num_inputs)
-    latents = task._latents(pts, torch.Generator().manual_seed(0))
+    latents = task._latents({"surface": pts}, torch.Generator().manual_seed(0))
     assert latents.grad_fn is None and not latents.requires_grad and latents.dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, _ = task.model(latents, {"images": torch.rand(2, 2, 3, 32, 32), "c2w": torch.randn(2, 2, 4, 4)})

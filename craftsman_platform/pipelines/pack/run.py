@@ -37,9 +37,12 @@ def encoder_actors(ray, cfg: PackConfig) -> list:
 
 def run_parts(
     todo: list[tuple], cfg: PackConfig, recipe: dict, store: ShardStore, lock: OutputLock
-) -> tuple[dict, dict]:
-    """Pack every (part, archive url, chunks, uids); returns ({part: task result}, {archive shard: error})."""
+) -> tuple[dict, dict, float]:
+    """Pack every (part, archive url, chunks, uids); returns ({part: task result}, {archive shard: error},
+    seconds Ray took to start)."""
+    t0 = time.monotonic()
     ray = init_ray(cfg.ray, num_cpus=cfg.workers)
+    startup = time.monotonic() - t0
     task = ray.remote(pack_part).options(num_cpus=1, memory=int(cfg.memory_per_task_gb * 2**30), max_retries=1)
     encoders = encoder_actors(ray, cfg)
     slots = Slots(ray, cfg)
@@ -84,4 +87,4 @@ def run_parts(
         store.flush_failed()
         slots.release()
         ray.shutdown()
-    return results, errors
+    return results, errors, startup
