@@ -59,7 +59,7 @@ SUBCOMMANDS = {
             "craft pack kind=vae source=out/ output_dir=packs/vae                       # points per epoch chunk",
             "craft pack kind=latents source=out/ vae_checkpoint=runs/vae output_dir=packs/latents",
             "craft pack kind=vae source=s3://bucket/objaverse output_dir=s3://bucket/packs/vae "
-            "select='chamfer < 0.02 and parts_lost == 0'",
+            "\"select='chamfer < 0.02 and parts_lost == 0'\"",
             "craft pack ray.address=auto kind=latents ...   # a cluster: encoder actors on its GPUs",
             "Writes PACK/pack.json (kind, sources, selection, recipe, VAE), PACK/shards/*.tar, PACK/manifest.parquet;"
             " train with data.train_shards=PACK.",
@@ -157,6 +157,11 @@ def one_line(err: BaseException) -> str:
     """The error's first line, with the first line of its cause when that adds the detail
     (Hydra reports a bad override first, then what is wrong with it)."""
     text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if text.startswith("LexerNoViableAltException") or text.startswith("mismatched input"):
+        text += (
+            " (Hydra could not parse this override; quote a value holding spaces or < > = ( ) inside the "
+            """argument, e.g. "select='chamfer < 0.02 and parts_lost == 0'")"""
+        )
     cause = err.__cause__
     if cause is not None and str(cause).strip():
         detail = str(cause).strip().splitlines()[0]

@@ -110,7 +110,6 @@ class Pack:
         kept = [c for c in range(self.chunks) if chunk_filter is None or chunk_filter(c)]
         return [shards[kept[(epoch + p) % len(kept)]] for p, shards in enumerate(self.series())]
 
-
     def archive_urls(self) -> list[str]:
         """The archive shards the pack was made from (evaluation scores on the full objects)."""
         base = self.info["source"]["url"].rstrip("/")

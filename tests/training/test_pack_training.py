@@ -2,7 +2,7 @@
 
 Stated tolerances: a pack gives the same *kind* of data as the archive but other draws (fixed
 chunks and view sets instead of fresh random subsets per step), so loss curves are compared in
-shape, not value: every logged loss within 25% of the archive run's (diffusion), and the VAE's loss
+shape, not value: every logged loss within 15% of the archive run's (diffusion; measured <= 6%), and the VAE's loss
 falling by the same factor within 0.15. Resume from a pack is exact (1e-6), like from the archive.
 """
 
@@ -29,7 +29,7 @@ def test_diffusion_from_a_latents_pack_follows_the_archive_and_resumes_exactly(
     archive = losses(diffusion_run)  # the same recipe from the archive's shards (tests/prebuild.py)
     assert sorted(straight) == sorted(archive) == [10, 20, 30, 40]
     for step in straight:
-        assert straight[step] == pytest.approx(archive[step], rel=0.25), (step, straight, archive)
+        assert straight[step] == pytest.approx(archive[step], rel=0.15), (step, straight, archive)
     resumed = tmp_path / "resumed"
     train(resumed, *args, "trainer.max_steps=20")
     again = train(resumed, *args, "trainer.max_steps=40")  # resume=auto from step 20

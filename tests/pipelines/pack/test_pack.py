@@ -148,14 +148,18 @@ def test_select_picks_objects_and_names_unknown_columns(tiny_shards, tmp_path):
     threshold = float(rows["chamfer"].median())
     out = tmp_path / "picked"
     craft("pack", "kind=vae", f"source={tiny_shards}", f"output_dir={out}", *VAE_ARGS, "chunks=1",
-          f"select=chamfer < {threshold} and parts_lost == 0")  # fmt: skip
+          f"select='chamfer < {threshold} and parts_lost == 0'")  # fmt: skip
     expected = set(rows[(rows["chamfer"] < threshold) & (rows["parts_lost"] == 0)]["uid"])
     assert set(manifest(out)["uid"]) == expected and 0 < len(expected) < len(rows)
     assert open_pack(str(out)).info["select"] == f"chamfer < {threshold} and parts_lost == 0"
-    bad = craft("pack", "kind=vae", f"source={tiny_shards}", f"output_dir={tmp_path / 'bad'}", "select=chamfr < 1",
+    bad = craft("pack", "kind=vae", f"source={tiny_shards}", f"output_dir={tmp_path / 'bad'}", "select='chamfr < 1'",
                 check=False)  # fmt: skip
     assert bad.returncode == 2 and "unknown column 'chamfr'" in bad.stderr
     assert not (tmp_path / "bad").exists()  # refused before anything was written
+    unquoted = craft(
+        "pack", "kind=vae", f"source={tiny_shards}", f"output_dir={out}", "select=chamfer < 1", check=False
+    )
+    assert unquoted.returncode == 2 and "quote a value holding spaces" in unquoted.stderr
 
 
 # ---------------------------------------------------------------------------------------------
