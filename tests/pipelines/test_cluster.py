@@ -25,7 +25,7 @@ SMALL = SMALL_ARGS
 @pytest.mark.slow
 def test_one_job_fills_a_two_node_cluster_with_a_writer_per_node(tmp_path, pybullet_dir):
     listing = tmp_path / "meshes.txt"
-    picks = [f"random_urdfs/{i:03d}/{i:03d}.obj" for i in range(0, 80, 8)]
+    picks = [f"random_urdfs/{i:03d}/{i:03d}.obj" for i in range(0, 48, 8)]
     listing.write_text("\n".join(str(pybullet_dir / p) for p in picks) + "\n")
     root = Path(tempfile.mkdtemp(prefix="craft-ray-", dir="/tmp"))  # short: Ray's socket paths
     try:
@@ -48,7 +48,7 @@ def test_one_job_fills_a_two_node_cluster_with_a_writer_per_node(tmp_path, pybul
                 f"output_dir={capped}",
                 f"ray.address={address}",
                 "workers=1",
-                "source.limit=3",
+                "source.limit=2",
                 *SMALL,
                 env=env,
             )

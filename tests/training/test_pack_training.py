@@ -10,6 +10,7 @@ Resume from a pack is exact (1e-6), like from the archive.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from helpers import craft, losses, shard_glob
@@ -54,3 +55,19 @@ def test_evaluate_scores_a_pack_on_its_archive_objects(vae_pack, vae_run, tmp_pa
     assert "vae pack: scoring its 8 objects on the archive's shards" in run.stdout + run.stderr
     result = json.loads((out / "metrics.json").read_text())
     assert result["objects"] == 2 and result["metrics"]["iou_vol"] > 0.5  # whole objects: all stored queries
+
+
+def test_a_damaged_pack_shard_is_skipped_and_counted(vae_pack, tmp_path):
+    from craftsman_platform.training.config import DataConfig
+    from craftsman_platform.training.data import BatchIterator, ShardStream, TrainingData
+
+    damaged = tmp_path / "pack"
+    shutil.copytree(vae_pack, damaged)
+    shard = sorted((damaged / "shards").glob("*.tar"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])  # cut inside a sample
+    cfg = DataConfig(batch_size=2, num_workers=0, shuffle_buffer=4, epoch_samples=40, num_surface=1024,
+                     num_vol=512, num_near=512)  # fmt: skip
+    it = BatchIterator(ShardStream(TrainingData(str(damaged), cfg, "vae"), cfg, "vae"))
+    batches = [next(it) for _ in range(40)]  # two virtual epochs: every chunk series of the parts
+    assert all(b["surface"].shape == (2, 1024, 6) for b in batches)
+    assert it.corrupt_skipped > 0

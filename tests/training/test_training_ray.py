@@ -106,11 +106,12 @@ def test_a_killed_worker_restarts_the_group_from_the_checkpoint(tiny_shards, tmp
 
 
 @pytest.mark.slow
-def test_diffusion_trains_with_two_ray_workers(vae_run, tiny_shards, tmp_path):
+def test_diffusion_trains_with_two_ray_workers(vae_run, latents_pack, tmp_path):
+    """From a latents pack (`craft pack`): what a multi-GPU diffusion run reads."""
     run = tmp_path / "run"
     craft_train(
         "experiment=diffusion_tiny",
-        f"data.train_shards={shards(tiny_shards)}",
+        f"data.train_shards={latents_pack}",
         f"run_dir={run}",
         f"model.vae_checkpoint={vae_run}",
         "trainer.max_steps=6",

@@ -149,4 +149,7 @@ def manifest_row(meta: dict) -> dict:
         "sign_agreement": meta["sign_agreement"],
         "n_sharp": meta["counts"]["sharp"],
         "views": meta["views"],
+        # for `craft pack select=...`: Objaverse's LVIS category (when selected by category) and license
+        "lvis_category": (meta.get("annotations") or {}).get("lvis_category"),
+        "license": (meta.get("annotations") or {}).get("license"),
     }

@@ -169,12 +169,14 @@ def objaverse_objects(
     """
     with _objaverse_cache(cache_dir) as objaverse:
         selected = list(uids or [])
+        category: dict[str, str] = {}  # uid -> LVIS category, when categories were asked for
         if lvis_categories:
             lvis = objaverse.load_lvis_annotations()
             unknown = sorted(set(lvis_categories) - set(lvis))
             if unknown:
                 raise ConfigError(f"source.lvis_categories: unknown LVIS categories {unknown}")
             in_cats = [u for c in lvis_categories for u in lvis[c]]
+            category = {u: c for c in lvis_categories for u in lvis[c]}
             selected = [u for u in selected if u in set(in_cats)] if uids else in_cats
         paths = objaverse._load_object_paths()  # uid -> glbs/000-023/UID.glb (the package's own index)
         if not selected:
@@ -193,7 +195,7 @@ def objaverse_objects(
         ObjectRef(
             uid,
             f"{base_url.rstrip('/')}/{paths[uid]}",
-            _annotation_summary(meta.get(uid)),
+            {**_annotation_summary(meta.get(uid)), **({"lvis_category": category[uid]} if uid in category else {})},
             str(cache / paths[uid]),
         )
         for uid in selected

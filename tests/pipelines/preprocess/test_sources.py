@@ -171,6 +171,11 @@ def test_preprocess_objaverse_fetches_on_the_workers(tmp_path, pybullet_dir, off
     assert not list((cache / "hf-objaverse-v1" / "glbs/000-000").glob("a*"))  # fetched copies are not kept
     rows = {r["uid"]: r for r in pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()}
     assert sorted(rows) == sorted(UIDS.values()) and rows[UIDS["robot_a"]]["source"].startswith(url)
+    assert {u: r["lvis_category"] for u, r in rows.items()} == {
+        UIDS["duck"]: "duck",
+        UIDS["robot_a"]: "robot",
+        UIDS["robot_b"]: "robot",
+    }  # a manifest column `craft pack select=` can use
     samples = list(
         wds.WebDataset(sorted(str(p) for p in (tmp_path / "out" / "shards").glob("*.tar")), shardshuffle=False).decode()
     )
