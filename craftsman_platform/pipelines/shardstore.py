@@ -61,7 +61,7 @@ class ShardWriter:
             fh = ctx.__enter__()
             self._open[index] = (ctx, fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT), 0)
         ctx, fh, tar, size = self._open[index]
-        now = time.time()
+        now = int(time.time())  # whole seconds: a fractional mtime costs every member a PAX header
         for name, data in members.items():
             info = tarfile.TarInfo(f"{uid}.{name}")  # PAX: names past USTAR's 100 characters
             info.size, info.mtime, info.mode = len(data), now, 0o444

@@ -133,6 +133,8 @@ def _rng_seed(*parts: int) -> int:
 def _subset(arr: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     if len(arr) == 0:
         raise ValueError("empty point array")
+    if len(arr) == n:  # a pack's chunk: already a random slice of the step's size
+        return arr.astype(np.float32)
     return arr[rng.choice(len(arr), n, replace=len(arr) < n)].astype(np.float32)
 
 

@@ -29,7 +29,8 @@ def encoder_actors(ray, cfg: PackConfig) -> list:
     if count == 0:
         log.info("encoding on the CPU inside each pack task (no GPU in the cluster)")
         return []
-    options = {"num_gpus": cfg.encode.gpus_per_actor, "num_cpus": 1} if gpus else {"num_cpus": 1}
+    # CPU actors reserve no CPU: the pack tasks that feed them wait on them while holding theirs
+    options = {"num_gpus": cfg.encode.gpus_per_actor, "num_cpus": 1} if gpus else {"num_cpus": 0}
     log.info("%d encoder actors (%s)", count, f"{cfg.encode.gpus_per_actor} GPU each" if gpus else "CPU")
     actor = ray.remote(Encoder).options(**options)
     return [actor.remote(cfg.vae_checkpoint, cfg.encode.device) for _ in range(count)]

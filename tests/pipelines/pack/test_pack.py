@@ -241,3 +241,18 @@ def test_a_latents_pack_of_another_vae_is_refused(latents_pack, vae_run, tiny_sh
     made = open_pack(str(latents_pack)).info["vae"]["sha256"][:12]
     assert run.returncode == 2, run.stderr[-2000:]
     assert "was encoded by the VAE" in run.stderr and made in run.stderr and str(other) in run.stderr
+
+
+def test_encoder_actors_give_the_same_pack(latents_pack, tiny_shards, vae_run, tmp_path):
+    """encode.actors=1: the path a GPU cluster takes (one encoder actor per GPU fed by the tasks), here
+    on the CPU; the pack equals the one encoded inside the tasks."""
+    out = tmp_path / "actors"
+    craft("pack", "kind=latents", f"source={tiny_shards}", f"vae_checkpoint={vae_run}", "image_size=64",
+          f"output_dir={out}", "workers=2", "encode.actors=1", "encode.batch_size=3")  # fmt: skip
+    ours, theirs = open_pack(str(out)), open_pack(str(latents_pack))
+    assert ours.info["parts"] == theirs.info["parts"] and ours.info["vae"] == theirs.info["vae"]
+    for a, b in zip(sum(ours.series(), []), sum(theirs.series(), [])):
+        for x, y in zip(samples(a), samples(b)):
+            assert x["__key__"] == y["__key__"] and x["rgb_000.png"] == y["rgb_000.png"]
+            for name in ("mean.npy", "logvar.npy"):
+                np.testing.assert_allclose(read_npy(x[name]), read_npy(y[name]), rtol=1e-3, atol=1e-4)
