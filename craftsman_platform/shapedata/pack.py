@@ -12,8 +12,9 @@ step's worth of bytes and an epoch reads one series: in epoch e, part p is read 
 set and surface subset (latents), and neighbouring parts see different chunks in the same epoch.
 
 Sample members of a pack shard:
-  vae:      surface.npy (n, 6), vol.npy (n, 4), near.npy (n, 4): float16, a disjoint slice of the
-            archive's points (the same names and layout as an archive sample's, fewer points)
+  vae:      points.npy: float16, one flat array = a disjoint slice of the archive's surface (n_surface,
+            6), vol (n_vol, 4) and near (n_near, 4) rows, concatenated (one member, one header to
+            parse: the loader's cost per sample is mostly per member); sizes in pack.json's recipe
   latents:  mean.npy, logvar.npy (num_latents, embed_dim): the VAE posterior of one surface chunk;
             rgb_000.png .. rgb_003.png: one 4-view set already through shapedata/views.py
             (RGB, size x size); cameras.json: their c2w
@@ -35,12 +36,37 @@ from craftsman_platform.shapedata.sample import npy_bytes, read_npy, view_member
 PACK_FILE = "pack.json"
 PACK_VERSION = 1
 KINDS = ("vae", "latents")
-MEAN, LOGVAR = "mean.npy", "logvar.npy"
+MEAN, LOGVAR, POINTS = "mean.npy", "logvar.npy", "points.npy"
+POINT_LAYOUT = (("surface", 6), ("vol", 4), ("near", 4))  # a vae sample's arrays, in points.npy order
 LATENT_MEMBERS = (MEAN, LOGVAR, "cameras.json")
 
 
 def pack_shard_index(part: int, chunk: int, chunks: int) -> int:
     return part * chunks + chunk
+
+
+# ---------------------------------------------------------------------------------------------
+# vae samples
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_vae_sample(arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
+    """{surface, vol, near: float16 (n, 6|4)} -> the one member of a vae pack sample."""
+    flat = np.concatenate([arrays[name].astype(np.float16).ravel() for name, _ in POINT_LAYOUT])
+    return {POINTS: npy_bytes(flat)}
+
+
+def decode_vae_sample(raw: dict, recipe: dict) -> dict[str, np.ndarray]:
+    """A vae pack sample -> {surface, vol, near} float16 arrays, sized by the pack's recipe."""
+    flat = read_npy(raw[POINTS])
+    out, start = {}, 0
+    for name, width in POINT_LAYOUT:
+        n = recipe[f"num_{name}"] * width
+        out[name] = flat[start : start + n].reshape(-1, width)
+        start += n
+    if start != len(flat):
+        raise ValueError(f"{raw.get('__key__')}: points.npy holds {len(flat)} values, the recipe {start}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,15 @@ from scipy.spatial.transform import Rotation
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from craftsman_platform.errors import ConfigError
-from craftsman_platform.shapedata.pack import LATENT_MEMBERS, Pack, decode_latent_sample, open_pack, pack_root
+from craftsman_platform.shapedata.pack import (
+    LATENT_MEMBERS,
+    POINTS,
+    Pack,
+    decode_latent_sample,
+    decode_vae_sample,
+    open_pack,
+    pack_root,
+)
 from craftsman_platform.shapedata.sample import (
     CAMERAS,
     NEAR,
@@ -110,11 +118,11 @@ def _check_pack(pack: Pack, spec: str, cfg: DataConfig, task_kind: str) -> None:
 
 def member_filter(kind: str):
     """Tar members a task reads: others (normal and depth maps, sharp points, meta) are skipped while
-    streaming, so they never reach the shuffle buffer. `kind`: vae or diffusion on an archive, latents
-    for a latents pack (a vae pack's members are the archive's point arrays)."""
+    streaming, so they never reach the shuffle buffer. `kind`: vae or diffusion on an archive,
+    vae_pack or latents on a pack."""
     wanted = {SURFACE, VOL, NEAR} | ({CAMERAS} if kind == "diffusion" else set())
-    if kind == "latents":
-        wanted = set(LATENT_MEMBERS)
+    if kind in ("latents", "vae_pack"):
+        wanted = set(LATENT_MEMBERS) if kind == "latents" else {POINTS}
 
     def select(name: str) -> bool:
         member = name.rsplit("/", 1)[-1].split(".", 1)[-1]
@@ -146,14 +154,19 @@ def _rotate(points: np.ndarray, rot: np.ndarray, with_normals: bool) -> np.ndarr
     return out
 
 
-def decode_sample(raw: dict, cfg: DataConfig, kind: str, rng: np.random.Generator) -> dict:
-    """Raw tar members -> subsampled float32 arrays (+ uint8 views and c2w for diffusion); a latents
-    pack's sample -> its posterior, views and cameras."""
+def decode_sample(raw: dict, cfg: DataConfig, kind: str, rng: np.random.Generator, recipe: dict | None = None) -> dict:
+    """Raw tar members -> subsampled float32 arrays (+ uint8 views and c2w for diffusion); a vae pack's
+    sample the same way (its arrays sized by the pack's `recipe`); a latents pack's sample -> its
+    posterior, views and cameras."""
     if kind == "latents":
         return {"uid": raw["__key__"], **decode_latent_sample(raw, cfg.views)}
-    surface = _subset(read_npy(raw[SURFACE]), cfg.num_surface, rng)
-    vol = _subset(read_npy(raw[VOL]), cfg.num_vol, rng)
-    near = _subset(read_npy(raw[NEAR]), cfg.num_near, rng)
+    if kind == "vae_pack":
+        arrays = decode_vae_sample(raw, recipe)
+    else:
+        arrays = {name: read_npy(raw[member]) for name, member in (("surface", SURFACE), ("vol", VOL), ("near", NEAR))}
+    surface = _subset(arrays["surface"], cfg.num_surface, rng)
+    vol = _subset(arrays["vol"], cfg.num_vol, rng)
+    near = _subset(arrays["near"], cfg.num_near, rng)
     rot = Rotation.random(random_state=rng).as_matrix().astype(np.float32) if cfg.rotation_augment else None
     if rot is not None:
         surface, vol, near = _rotate(surface, rot, True), _rotate(vol, rot, False), _rotate(near, rot, False)
@@ -197,7 +210,9 @@ class ShardStream(IterableDataset):
     ):
         super().__init__()
         self.data = data if isinstance(data, TrainingData) else TrainingData.of_urls(data)
-        self.kind = "latents" if self.data.sample_kind == "latents" else kind  # how samples decode
+        # how samples decode: latents / vae_pack for packs, the task's kind for the archive
+        self.kind = {"latents": "latents", "vae": "vae_pack"}.get(self.data.sample_kind, kind)
+        self.recipe = self.data.pack.recipe if self.data.pack else None
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.state = state or StreamState()
         shards = self.data.shard_count
@@ -257,7 +272,9 @@ class ShardStream(IterableDataset):
             else:
                 try:
                     batch.append(
-                        decode_sample(sample, self.cfg, self.kind, np.random.default_rng([seed, made, len(batch)]))
+                        decode_sample(
+                            sample, self.cfg, self.kind, np.random.default_rng([seed, made, len(batch)]), self.recipe
+                        )
                     )
                 except Exception as exn:  # a damaged member: skip the sample, count it
                     count_and_continue(exn)

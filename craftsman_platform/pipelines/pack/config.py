@@ -27,7 +27,7 @@ class PackConfig:
     source: str = MISSING  # the archive: output_dir of `craft preprocess` (a folder or an fsspec URL)
     output_dir: str = MISSING  # where the pack goes (a folder or an fsspec URL)
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for source and output_dir
-    select: Optional[str] = None  # which objects, over manifest columns, e.g. "chamfer < 0.02 and parts_lost == 0"
+    select: Optional[str] = None  # objects to keep, by manifest columns: "select='chamfer < 0.02 and parts_lost == 0'"
     chunks: Optional[int] = None  # chunk series per object; unset: 16 (vae), the archive's view sets (latents)
     num_surface: Optional[int] = None  # surface points per chunk; unset: 4096 (vae), the VAE's num_inputs (latents)
     num_vol: int = 2048  # vae: volume queries per chunk

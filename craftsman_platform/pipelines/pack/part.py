@@ -17,11 +17,10 @@ from craftsman_platform.pipelines.pack.recipes import (
     cached_encoder,
     chunk_views,
     point_chunks,
-    vae_members,
 )
 from craftsman_platform.pipelines.shardstore import ShardWriter
 from craftsman_platform.pipelines.storage import Output
-from craftsman_platform.shapedata.pack import encode_latent_sample, pack_shard_index
+from craftsman_platform.shapedata.pack import encode_latent_sample, encode_vae_sample, pack_shard_index
 from craftsman_platform.shapedata.sample import CAMERAS, NEAR, SURFACE, VOL, is_view_member, open_shards
 
 
@@ -111,7 +110,7 @@ def pack_part(part: int, url: str, chunks: list[int], uids: set, cfg: PackConfig
             if latents is None:
                 sizes = {name: recipe[f"num_{name}"] for name in POINT_MEMBERS}
                 all_chunks = point_chunks(raw, sizes, total, cfg.seed)
-                write(uid, [vae_members(all_chunks[c]) for c in chunks])
+                write(uid, [encode_vae_sample(all_chunks[c]) for c in chunks])
             else:
                 latents.add(raw, chunks)
         except Exception as exn:  # one damaged object: a failure row, the shard goes on

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from craftsman_platform.geometry.sampling import object_rng
-from craftsman_platform.shapedata.sample import NEAR, SURFACE, VOL, npy_bytes, read_npy
+from craftsman_platform.shapedata.sample import NEAR, SURFACE, VOL, read_npy
 from craftsman_platform.shapedata.views import SET_SIZE, shard_views
 
 POINT_MEMBERS = {"surface": SURFACE, "vol": VOL, "near": NEAR}
@@ -38,10 +38,6 @@ def point_chunks(raw: dict, sizes: dict[str, int], chunks: int, seed: int) -> li
         for c, idx in enumerate(chunk_indices(len(arr), size, chunks, rng)):
             out[c][name] = arr[idx]
     return out
-
-
-def vae_members(chunk: dict[str, np.ndarray]) -> dict[str, bytes]:
-    return {POINT_MEMBERS[name]: npy_bytes(arr) for name, arr in chunk.items()}
 
 
 def chunk_views(raw: dict, chunk: int, sets: int, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ from craftsman_platform.models.build import build_vae
 from craftsman_platform.models.checkpoints import latest_checkpoint, load_weights, model_config, read_meta
 from craftsman_platform.pipelines.pack.recipes import point_chunks
 from craftsman_platform.pipelines.pack.select import select_rows
-from craftsman_platform.shapedata.pack import open_pack
+from craftsman_platform.shapedata.pack import decode_vae_sample, open_pack
 from craftsman_platform.shapedata.sample import read_npy
 from craftsman_platform.shapedata.views import shard_views
 
@@ -98,14 +98,14 @@ def test_vae_pack_holds_disjoint_slices_of_every_object(vae_pack, tiny_shards):
     for part, shards in enumerate(pack.series()):
         for chunk, url in enumerate(shards):
             for s in samples(url):
-                assert set(k for k in s if not k.startswith("__")) == {"surface.npy", "vol.npy", "near.npy"}
-                seen[s["__key__"]].append((part, chunk, s))
+                assert set(k for k in s if not k.startswith("__")) == {"points.npy"}
+                seen[s["__key__"]].append((part, chunk, decode_vae_sample(s, pack.recipe)))
     for uid, got in seen.items():
         assert sorted(c for _, c, _ in got) == [0, 1, 2], uid  # every object once in every chunk series
         for name, n in (("surface", 1024), ("vol", 512), ("near", 512)):
             full = read_npy(source[uid][f"{name}.npy"])
             rows = {r.tobytes() for r in full}
-            chunks = [read_npy(s[f"{name}.npy"]) for _, _, s in got]
+            chunks = [arrays[name] for _, _, arrays in got]
             assert all(c.shape == (n, full.shape[1]) and c.dtype == np.float16 for c in chunks)
             assert all(r.tobytes() in rows for c in chunks for r in c)  # the archive's own points
             assert len({r.tobytes() for c in chunks for r in c}) == 3 * n  # disjoint slices
