@@ -95,9 +95,12 @@ def decode_latent_sample(raw: dict, views: int) -> dict:
     if len(c2w) < views:
         raise ValueError(f"{raw.get('__key__')}: {len(c2w)} views stored, {views} wanted")
     images = np.stack([_rgb(raw[view_member(i)]) for i in range(views)])
+    mean, logvar = read_npy(raw[MEAN]).astype(np.float32), read_npy(raw[LOGVAR]).astype(np.float32)
+    if not (np.isfinite(mean).all() and np.isfinite(logvar).all()):
+        raise ValueError(f"{raw.get('__key__')}: non-finite values in the stored posterior")
     return {
-        "mean": read_npy(raw[MEAN]).astype(np.float32),
-        "logvar": read_npy(raw[LOGVAR]).astype(np.float32),
+        "mean": mean,
+        "logvar": logvar,
         "images": images,
         "c2w": c2w[:views],
     }

@@ -142,8 +142,12 @@ def _subset(arr: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     if len(arr) == 0:
         raise ValueError("empty point array")
     if len(arr) == n:  # a pack's chunk: already a random slice of the step's size
-        return arr.astype(np.float32)
-    return arr[rng.choice(len(arr), n, replace=len(arr) < n)].astype(np.float32)
+        out = arr.astype(np.float32)
+    else:
+        out = arr[rng.choice(len(arr), n, replace=len(arr) < n)].astype(np.float32)
+    if not np.isfinite(out).all():  # a damaged member can still parse as an array: skip, count it
+        raise ValueError("non-finite values in a point array")
+    return out
 
 
 def _rotate(points: np.ndarray, rot: np.ndarray, with_normals: bool) -> np.ndarray:

@@ -137,3 +137,27 @@ def test_preprocess_to_s3_killed_twice_resumes_exactly_once_and_trains_from_it(s
         env=env,
     )
     assert (evaluated / "report.html").exists()
+
+
+def test_pack_from_and_to_s3_then_train_from_it(s3, tiny_shards, tmp_path):
+    """`craft pack` reads an archive in a bucket and writes the pack there (journals, lock, pack.json);
+    a resume finds it done; `craft train` streams it from s3://."""
+    env = {**ENV, **s3}
+    fs = s3fs.S3FileSystem()
+    fs.put(str(tiny_shards), f"{BUCKET}/archive", recursive=True)
+    pack = f"s3://{BUCKET}/packs/vae"
+    args = ["kind=vae", f"source=s3://{BUCKET}/archive", f"output_dir={pack}", "num_surface=1024", "num_vol=512",
+            "num_near=512", "chunks=2", "workers=2"]  # fmt: skip
+    craft("pack", *args, env=env)
+    fs.invalidate_cache()
+    info = json.loads(fs.cat_file(f"{BUCKET}/packs/vae/pack.json"))
+    assert info["complete"] and info["objects"] == 8 and info["source"]["url"] == f"s3://{BUCKET}/archive"
+    shards = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/packs/vae/shards"))
+    assert shards == sorted(name for part in info["parts"] for name in part["shards"])
+    assert not fs.exists(f"{BUCKET}/packs/vae/.lock")
+    again = craft("pack", *args, env=env)
+    assert "this run: 0 objects from 0 archive shards" in again.stdout
+    run = tmp_path / "run"
+    craft("train", "experiment=vae_tiny", f"data.train_shards={pack}", f"run_dir={run}", "trainer.max_steps=4",
+          "logger=none", env=env)  # fmt: skip
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()][-1] == 4

@@ -157,7 +157,7 @@ def test_select_picks_objects_and_names_unknown_columns(tiny_shards, tmp_path):
     assert bad.returncode == 2 and "unknown column 'chamfr'" in bad.stderr
     assert not (tmp_path / "bad").exists()  # refused before anything was written
     unquoted = craft(
-        "pack", "kind=vae", f"source={tiny_shards}", f"output_dir={out}", "select=chamfer < 1", check=False
+        "pack", "kind=vae", f"source={tiny_shards}", f"output_dir={out}", "select=parts_lost == 0", check=False
     )
     assert unquoted.returncode == 2 and "quote a value holding spaces" in unquoted.stderr
 
