@@ -28,9 +28,12 @@ def check_writable(path: str, key: str) -> None:
         raise ConfigError(f"{key}={path}: {target} is not a folder")
     if not os.access(target, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}={path}: {target} is not writable")
-    if folder.exists():
-        try:
+    try:  # a real probe (root passes os.access everywhere, /proc included); nothing is left behind
+        if folder.exists():
             with tempfile.TemporaryFile(dir=folder):
                 pass
-        except OSError as err:
-            raise ConfigError(f"{key}={path}: cannot write there ({err.strerror})") from None
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=target))
+    except OSError as err:
+        where = "there" if folder.exists() else f"in {target}"
+        raise ConfigError(f"{key}={path}: cannot write {where} ({err.strerror})") from None

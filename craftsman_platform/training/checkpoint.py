@@ -64,6 +64,9 @@ class Checkpointer:
         self.rank, self.keep = rank, keep
         if rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
+            for torn in self.root.glob(f".tmp-{PREFIX}*"):  # a save that failed (full disk, a kill) left it
+                log.warning("removing %s, left by a checkpoint save that did not finish", torn)
+                shutil.rmtree(torn, ignore_errors=True)
         barrier()
 
     def save(
