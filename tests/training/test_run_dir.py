@@ -46,3 +46,24 @@ def test_unwritable_output_and_run_dirs_are_refused_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"output_dir=.*/shards is a file, where the job keeps a folder"):
         validate_output(str(out), {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the probes left nothing behind
+
+
+def test_a_full_disk_during_a_checkpoint_says_so_and_leaves_no_torn_dir(tiny_shards, tmp_path):
+    import subprocess
+
+    import pytest
+    from helpers import craft, shard_glob
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:  # vae_tiny's checkpoint (weights, EMA, optimizer) is ~20 MB: the first save fills the 4 MB disk
+        run = small / "run"
+        res = craft("train", "experiment=vae_tiny", f"data.train_shards={shard_glob(tiny_shards)}", f"run_dir={run}",
+                    "trainer.max_steps=2", "logger=none", check=False)  # fmt: skip
+        assert res.returncode == 1, res.stderr[-2000:]
+        assert f"no space left on the device holding {run / 'checkpoints'}" in res.stderr, res.stderr[-2000:]
+        assert not list((run / "checkpoints").glob(".tmp-*"))
+    finally:
+        subprocess.run(["umount", str(small)])
