@@ -100,9 +100,11 @@ def read_reference_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         with torch.serialization.safe_globals(allowed):
             payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    except Exception as err:  # torch's own message advises unpickling it: we say what we do instead
         raise ConfigError(
-            f"checkpoint={path}: not a readable weights-only torch file ({str(err).splitlines()[0][:200]})"
+            f"checkpoint={path}: not a torch file that loads as weights only ({type(err).__name__}; a legacy "
+            "or pickled format would have to be unpickled, which craft convert never does): re-save its "
+            "state_dict with torch.save on a machine you trust"
         ) from None
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
@@ -168,6 +170,12 @@ def _check_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what:
 def convert(cfg: ConvertConfig) -> dict:
     ckpt = Path(cfg.checkpoint)
     config_path = Path(cfg.config) if cfg.config else ckpt.parent / "config.yaml"
+    if ckpt.is_dir():
+        found = sorted(p.name for p in ckpt.glob("*.ckpt"))
+        raise MissingInput(
+            f"checkpoint={ckpt} is a folder: give the checkpoint file itself"
+            + (f" (it holds {', '.join(found[:3])})" if found else " (it holds no .ckpt file)")
+        )
     if not ckpt.is_file():
         raise MissingInput(f"checkpoint={ckpt} does not exist (the released model.ckpt)")
     check_writable(cfg.output_dir, "output_dir")
