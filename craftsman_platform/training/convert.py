@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import hydra
@@ -28,7 +29,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from craftsman_platform.errors import ConfigError, MissingInput, check_writable
-from craftsman_platform.models.build import ModelConfig, build_diffusion, build_vae
+from craftsman_platform.models.build import ModelConfig, build_diffusion, build_vae, pretrained_frozen_keys
 from craftsman_platform.models.checkpoints import model_config
 from craftsman_platform.models.reference import convert_conditioner, convert_denoiser, convert_vae, model_overrides
 from craftsman_platform.paths import CONF_DIR
@@ -211,25 +212,45 @@ def convert(cfg: ConvertConfig) -> dict:
             f"checkpoint={ckpt}: keys the converter does not know: {sorted(unknown)[:8]}"
             f"{' ...' if len(unknown) > 8 else ''} ({len(unknown)} in all)"
         )
+    # everything is converted and checked first; only then is anything written
     vae_dir = out / "vae"
     vae_cfg = compose_ours("vae_craftsman", {"kind": "vae", "vae": model["vae"]}, [f"run_dir={vae_dir}"])
     vae = build_vae(_model_config(vae_cfg))
     _check_strict(vae, vae_state, "shape_model")
     meta = {"kind": "vae", "config": vae_cfg, "converted_from": report["checkpoint"], "source_sha256": report["sha256"]}
-    report["written"]["vae"] = str(write_weights_checkpoint(vae_dir, 0, vae_state, meta, vae_cfg))
+    writes = [("vae", vae_dir, vae_state, meta, vae_cfg)]
     if model["kind"] == "diffusion":
-        report["written"]["diffusion"] = str(_write_diffusion(cfg, state, model, den_state, out, vae_dir, report))
+        writes.append(_prepare_diffusion(cfg, state, model, den_state, out, vae_dir, report))
+    _clear_output(out, cfg.replace)
+    for name, folder, weights, meta, run_cfg in writes:
+        report["written"][name] = str(write_weights_checkpoint(folder, 0, weights, meta, run_cfg))
     (out / "conversion.json").write_text(json.dumps(report, indent=1, default=str))
     return report
+
+
+def _clear_output(out: Path, replace: bool) -> None:
+    """An output folder holding a conversion is refused, or with `replace=true` emptied of it whole
+    (a new VAE beside an old diffusion model would load that model with the wrong VAE)."""
+    held = [n for n in ("vae", "diffusion", "conversion.json") if (out / n).exists()]
+    if not held:
+        return
+    if not replace:
+        raise ConfigError(
+            f"output_dir={out} holds another conversion ({', '.join(held)}): use a new output_dir, or "
+            "replace=true to replace it whole"
+        )
+    for name in held:
+        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
 
 
 def _model_config(cfg_dict: dict) -> ModelConfig:
     return model_config({"config": cfg_dict})
 
 
-def _write_diffusion(
+def _prepare_diffusion(
     cfg: ConvertConfig, state: dict, model: dict, den_state: dict, out: Path, vae_dir: Path, report: dict
-) -> Path:
+) -> tuple:
+    """The diffusion checkpoint to write, converted and checked: (name, folder, weights, meta, config)."""
     from craftsman_platform.models.conditioners import MultiViewImageEncoder
 
     diff_dir = out / "diffusion"
@@ -259,7 +280,10 @@ def _write_diffusion(
         "latent_scale": torch.tensor(latent_scale),
     }
     diffusion = build_diffusion(_model_config(diff_cfg), load_weights=not has_clip)
-    _check_strict(diffusion, weights, "denoiser_model / condition", () if has_clip else ("conditioner.clip.",))
+    # without CLIP weights in the checkpoint only the frozen pretrained tower may be missing (it is
+    # loaded from model.conditioner.pretrained); the ModLN modulation must come from the checkpoint
+    frozen = () if has_clip else tuple(pretrained_frozen_keys(diffusion))
+    _check_strict(diffusion, weights, "denoiser_model / condition", frozen)
     meta = {
         "kind": "diffusion",
         "config": diff_cfg,
@@ -268,7 +292,7 @@ def _write_diffusion(
         "converted_from": report["checkpoint"],
         "source_sha256": report["sha256"],
     }
-    return write_weights_checkpoint(diff_dir, 0, weights, meta, diff_cfg)
+    return "diffusion", diff_dir, weights, meta, diff_cfg
 
 
 @hydra.main(config_path=CONF_DIR, config_name="convert", version_base="1.3")

@@ -472,6 +472,12 @@ def test_craft_convert_then_generate_and_fine_tune(released, tmp_path, tiny_shar
         "depth=5",
     )
     assert (tmp_path / "mesh" / "mesh.glb").exists()
+    # the folder holds a conversion: a second one is refused before anything is written, or replaces it whole
+    again = craft("convert", f"checkpoint={released / 'model.ckpt'}", f"output_dir={out}", check=False)
+    assert again.returncode == 2 and "holds another conversion (vae, diffusion, conversion.json)" in again.stderr
+    (out / "diffusion" / "stale").write_text("from the old conversion")
+    craft("convert", f"checkpoint={released / 'model.ckpt'}", f"output_dir={out}", "replace=true")
+    assert not (out / "diffusion" / "stale").exists() and json.loads((out / "conversion.json").read_text())["written"]
     tune = craft(
         "train",
         "experiment=vae_tiny",
