@@ -15,6 +15,29 @@ class NothingDone(RuntimeError):
     """The job ran but produced nothing (no inputs, or every object failed): exit 1 with its reason."""
 
 
+class DiskFull(OSError):
+    """No space left where a job writes; the message names the path (exit 1)."""
+
+
+def raise_if_disk_full(err: BaseException, path) -> None:
+    """Raise DiskFull naming `path` when `err` came from a full disk: ENOSPC anywhere in its chain, or
+    a library's own wording of it (torch's "unexpected pos") with the device's space used up."""
+    import errno
+    import shutil
+
+    chain, seen = err, False
+    while chain is not None:
+        seen |= getattr(chain, "errno", None) == errno.ENOSPC
+        chain = chain.__cause__ or chain.__context__
+    if not seen and "unexpected pos" in str(err):
+        try:
+            seen = shutil.disk_usage(path).free < 16 * 2**20
+        except OSError:
+            pass
+    if seen:
+        raise DiskFull(errno.ENOSPC, f"no space left on the device holding {path}") from err
+
+
 def check_writable(path: str, key: str) -> None:
     """Refuse, naming the key, a folder that cannot be created or written (read-only mounts, no rights)."""
     import os
@@ -28,9 +51,12 @@ def check_writable(path: str, key: str) -> None:
         raise ConfigError(f"{key}={path}: {target} is not a folder")
     if not os.access(target, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}={path}: {target} is not writable")
-    if folder.exists():
-        try:
+    try:  # a real probe (root passes os.access everywhere, /proc included); nothing is left behind
+        if folder.exists():
             with tempfile.TemporaryFile(dir=folder):
                 pass
-        except OSError as err:
-            raise ConfigError(f"{key}={path}: cannot write there ({err.strerror})") from None
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=target))
+    except OSError as err:
+        where = "there" if folder.exists() else f"in {target}"
+        raise ConfigError(f"{key}={path}: cannot write {where} ({err.strerror})") from None

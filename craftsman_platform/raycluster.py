@@ -41,16 +41,21 @@ def init_ray(
     num_cpus: Optional[int] = None,
     env_vars: Optional[dict[str, str]] = None,
     system_config: Optional[dict] = None,
+    worker_setup=None,
 ):
     """Join the cluster at `ray.address`, or start a local Ray on 127.0.0.1 (dashboard off unless
     configured, and then bound to `ray.dashboard_host`; `system_config` applies to a local Ray
-    only, a cluster has its own). Returns the `ray` module."""
+    only, a cluster has its own). `worker_setup` runs in every worker process of the job (Ray's
+    `worker_process_setup_hook`). Returns the `ray` module."""
     import ray
 
     if ray.is_initialized():
         return ray
     verbose = os.environ.get("CRAFT_VERBOSE") == "1"
-    runtime_env = {"env_vars": env_vars} if env_vars else None
+    runtime_env = {"env_vars": env_vars} if env_vars else {}
+    if worker_setup is not None:
+        runtime_env["worker_process_setup_hook"] = worker_setup
+    runtime_env = runtime_env or None
     quiet = {} if verbose else {"logging_level": logging.WARNING}
     if not verbose:  # the notice that token authentication is on (it stays on) is not news for a user
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)

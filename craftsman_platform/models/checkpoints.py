@@ -64,6 +64,19 @@ def load_weights(path: str | Path, prefer_ema: bool = True) -> tuple[dict[str, t
     return state, read_meta(ckpt), which
 
 
+def find_vae_checkpoint(path: str | Path | None, key: str, needed_for: str) -> tuple[Path, dict]:
+    """(checkpoint, its model config) of the trained VAE that config key `key` names; errors name the key."""
+    if not path:
+        raise ConfigError(f"{key} is required for {needed_for}: the run dir or checkpoint of a trained VAE")
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise MissingInput(f"{key}={path}: no checkpoint there")
+    model = read_meta(ckpt)["config"]["model"]
+    if model["kind"] != "vae":
+        raise ConfigError(f"{key}={ckpt} is a {model['kind']} checkpoint, not a VAE")
+    return ckpt, model
+
+
 def weights_identity(path: str | Path, prefer_ema: bool = True) -> dict:
     """What identifies the weights `load_weights(path, prefer_ema)` returns, wherever the run dir is
     copied: the sha256 of the weight files read, plus where and at which step they were found."""

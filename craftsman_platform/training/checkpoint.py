@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from craftsman_platform.errors import MissingInput
+from craftsman_platform.errors import MissingInput, raise_if_disk_full
 from craftsman_platform.models.checkpoints import PREFIX, list_checkpoints, read_meta
 from craftsman_platform.training.engine import barrier, collective_device
 
@@ -64,13 +64,25 @@ class Checkpointer:
         self.rank, self.keep = rank, keep
         if rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
+            for torn in self.root.glob(f".tmp-{PREFIX}*"):  # a save that failed (full disk, a kill) left it
+                log.warning("removing %s, left by a checkpoint save that did not finish", torn)
+                shutil.rmtree(torn, ignore_errors=True)
         barrier()
 
     def save(
         self, engine, step: int, rank_state: dict, meta: dict, ema=None, skip: frozenset[str] = frozenset()
     ) -> Path:
-        """Collective: every rank calls it at the same step."""
+        """Collective: every rank calls it at the same step. A full disk is reported as such, naming the
+        folder; the partial `.tmp-step-N` is removed (and would be on the next start)."""
         name = f"{PREFIX}{step:07d}"
+        try:
+            return self._save(engine, name, step, rank_state, meta, ema, skip)
+        except (OSError, RuntimeError) as err:
+            shutil.rmtree(self.root / f".tmp-{name}", ignore_errors=True)
+            raise_if_disk_full(err, self.root)
+            raise
+
+    def _save(self, engine, name: str, step: int, rank_state: dict, meta: dict, ema, skip) -> Path:
         tmp, final = self.root / f".tmp-{name}", self.root / name
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -100,3 +100,4 @@ class ConvertConfig:
     config: Optional[str] = None  # its config.yaml (default: next to the checkpoint)
     output_dir: str = MISSING
     clip: Optional[str] = None  # CLIP ViT-L/14 weights (a directory or a cached id) when the checkpoint holds none
+    replace: bool = False  # an output_dir holding another conversion: replace it whole (else refused)

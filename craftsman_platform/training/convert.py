@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import hydra
@@ -28,7 +29,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from craftsman_platform.errors import ConfigError, MissingInput, check_writable
-from craftsman_platform.models.build import ModelConfig, build_diffusion, build_vae
+from craftsman_platform.models.build import ModelConfig, build_diffusion, build_vae, pretrained_frozen_keys
 from craftsman_platform.models.checkpoints import model_config
 from craftsman_platform.models.reference import convert_conditioner, convert_denoiser, convert_vae, model_overrides
 from craftsman_platform.paths import CONF_DIR
@@ -100,9 +101,11 @@ def read_reference_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         with torch.serialization.safe_globals(allowed):
             payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    except Exception as err:  # torch's own message advises unpickling it: we say what we do instead
         raise ConfigError(
-            f"checkpoint={path}: not a readable weights-only torch file ({str(err).splitlines()[0][:200]})"
+            f"checkpoint={path}: not a torch file that loads as weights only ({type(err).__name__}; a legacy "
+            "or pickled format would have to be unpickled, which craft convert never does): re-save its "
+            "state_dict with torch.save on a machine you trust"
         ) from None
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
@@ -168,6 +171,12 @@ def _check_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what:
 def convert(cfg: ConvertConfig) -> dict:
     ckpt = Path(cfg.checkpoint)
     config_path = Path(cfg.config) if cfg.config else ckpt.parent / "config.yaml"
+    if ckpt.is_dir():
+        found = sorted(p.name for p in ckpt.glob("*.ckpt"))
+        raise MissingInput(
+            f"checkpoint={ckpt} is a folder: give the checkpoint file itself"
+            + (f" (it holds {', '.join(found[:3])})" if found else " (it holds no .ckpt file)")
+        )
     if not ckpt.is_file():
         raise MissingInput(f"checkpoint={ckpt} does not exist (the released model.ckpt)")
     check_writable(cfg.output_dir, "output_dir")
@@ -203,25 +212,45 @@ def convert(cfg: ConvertConfig) -> dict:
             f"checkpoint={ckpt}: keys the converter does not know: {sorted(unknown)[:8]}"
             f"{' ...' if len(unknown) > 8 else ''} ({len(unknown)} in all)"
         )
+    # everything is converted and checked first; only then is anything written
     vae_dir = out / "vae"
     vae_cfg = compose_ours("vae_craftsman", {"kind": "vae", "vae": model["vae"]}, [f"run_dir={vae_dir}"])
     vae = build_vae(_model_config(vae_cfg))
     _check_strict(vae, vae_state, "shape_model")
     meta = {"kind": "vae", "config": vae_cfg, "converted_from": report["checkpoint"], "source_sha256": report["sha256"]}
-    report["written"]["vae"] = str(write_weights_checkpoint(vae_dir, 0, vae_state, meta, vae_cfg))
+    writes = [("vae", vae_dir, vae_state, meta, vae_cfg)]
     if model["kind"] == "diffusion":
-        report["written"]["diffusion"] = str(_write_diffusion(cfg, state, model, den_state, out, vae_dir, report))
+        writes.append(_prepare_diffusion(cfg, state, model, den_state, out, vae_dir, report))
+    _clear_output(out, cfg.replace)
+    for name, folder, weights, meta, run_cfg in writes:
+        report["written"][name] = str(write_weights_checkpoint(folder, 0, weights, meta, run_cfg))
     (out / "conversion.json").write_text(json.dumps(report, indent=1, default=str))
     return report
+
+
+def _clear_output(out: Path, replace: bool) -> None:
+    """An output folder holding a conversion is refused, or with `replace=true` emptied of it whole
+    (a new VAE beside an old diffusion model would load that model with the wrong VAE)."""
+    held = [n for n in ("vae", "diffusion", "conversion.json") if (out / n).exists()]
+    if not held:
+        return
+    if not replace:
+        raise ConfigError(
+            f"output_dir={out} holds another conversion ({', '.join(held)}): use a new output_dir, or "
+            "replace=true to replace it whole"
+        )
+    for name in held:
+        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
 
 
 def _model_config(cfg_dict: dict) -> ModelConfig:
     return model_config({"config": cfg_dict})
 
 
-def _write_diffusion(
+def _prepare_diffusion(
     cfg: ConvertConfig, state: dict, model: dict, den_state: dict, out: Path, vae_dir: Path, report: dict
-) -> Path:
+) -> tuple:
+    """The diffusion checkpoint to write, converted and checked: (name, folder, weights, meta, config)."""
     from craftsman_platform.models.conditioners import MultiViewImageEncoder
 
     diff_dir = out / "diffusion"
@@ -251,7 +280,10 @@ def _write_diffusion(
         "latent_scale": torch.tensor(latent_scale),
     }
     diffusion = build_diffusion(_model_config(diff_cfg), load_weights=not has_clip)
-    _check_strict(diffusion, weights, "denoiser_model / condition", () if has_clip else ("conditioner.clip.",))
+    # without CLIP weights in the checkpoint only the frozen pretrained tower may be missing (it is
+    # loaded from model.conditioner.pretrained); the ModLN modulation must come from the checkpoint
+    frozen = () if has_clip else tuple(pretrained_frozen_keys(diffusion))
+    _check_strict(diffusion, weights, "denoiser_model / condition", frozen)
     meta = {
         "kind": "diffusion",
         "config": diff_cfg,
@@ -260,7 +292,7 @@ def _write_diffusion(
         "converted_from": report["checkpoint"],
         "source_sha256": report["sha256"],
     }
-    return write_weights_checkpoint(diff_dir, 0, weights, meta, diff_cfg)
+    return "diffusion", diff_dir, weights, meta, diff_cfg
 
 
 @hydra.main(config_path=CONF_DIR, config_name="convert", version_base="1.3")

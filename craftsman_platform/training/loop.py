@@ -151,7 +151,7 @@ def train_worker(cfg_dict: dict) -> dict:
         extra_meta["latent_scale"] = float(task.model.latent_scale)
     if task.kind == "diffusion":
         extra_meta["vae_checkpoint"] = task.vae_source
-    logger = MetricsLogger(run_dir, rank, cfg.logger.wandb, cfg_dict, run_id)
+    logger = MetricsLogger(run_dir, rank, cfg.logger.wandb, cfg_dict, run_id, start_step=step)
     progress = ProgressLine(cfg.trainer.max_steps, step) if rank == 0 else None
     stop = StopFlag()
     global_batch = cfg.data.batch_size * cfg.trainer.grad_accum * world

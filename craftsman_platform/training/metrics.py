@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 from pathlib import Path
 from typing import Optional
@@ -53,16 +54,41 @@ class ProgressLine:
         self.log.info(self.format(step, metrics))
 
 
+def _step_of(line: str) -> Optional[int]:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a torn last line
+
+
 class MetricsLogger:
+    """`start_step`: where this run starts (0, or the step it resumed from). Rows of metrics.jsonl past
+    it were logged by a run that stopped before its next checkpoint; they are dropped, so the file
+    holds one row per logged step after any resume."""
+
     def __init__(
-        self, run_dir: str | Path, rank: int, wandb_cfg: WandbConfig, config: dict, run_id: Optional[str] = None
+        self,
+        run_dir: str | Path,
+        rank: int,
+        wandb_cfg: WandbConfig,
+        config: dict,
+        run_id: Optional[str] = None,
+        start_step: int = 0,
     ):
         self.rank, self.run_dir = rank, Path(run_dir)
         self.run = None
         self.run_id = run_id
         if rank != 0:
             return
-        self.file = open(self.run_dir / "metrics.jsonl", "a")
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            rows = path.read_text().splitlines()
+            kept = [r for r in rows if _step_of(r) is not None and _step_of(r) <= start_step]
+            if len(kept) != len(rows):
+                tmp = path.with_suffix(".jsonl.tmp")
+                tmp.write_text("".join(r + "\n" for r in kept))
+                os.replace(tmp, path)
+        self.file = open(path, "a")
         self.run = wandb_init(wandb_cfg, self.run_dir, config.get("name", "train"), run_id, config=config)
         if self.run is not None:
             self.run_id = self.run.id

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from craftsman_platform.errors import ConfigError, MissingInput
+from craftsman_platform.errors import ConfigError
 from craftsman_platform.models.build import ModelConfig, build_diffusion, build_vae, pretrained_frozen_keys
-from craftsman_platform.models.checkpoints import latest_checkpoint, load_weights, read_meta, weights_identity
+from craftsman_platform.models.checkpoints import find_vae_checkpoint, load_weights, weights_identity
 from craftsman_platform.models.shape_vae import DiagonalGaussian, vae_loss
 from craftsman_platform.training.config import TrainConfig
 from craftsman_platform.training.engine import collective_device
@@ -44,16 +44,7 @@ class VAETask:
 
 def check_vae_checkpoint(model_cfg: ModelConfig) -> Path:
     """The VAE checkpoint a diffusion run needs: present, complete, and shaped like model.vae."""
-    if not model_cfg.vae_checkpoint:
-        raise ConfigError(
-            "model.vae_checkpoint is required for model.kind=diffusion: the run dir or checkpoint of a trained VAE"
-        )
-    ckpt = latest_checkpoint(model_cfg.vae_checkpoint)
-    if ckpt is None:
-        raise MissingInput(f"model.vae_checkpoint={model_cfg.vae_checkpoint}: no checkpoint there")
-    trained = read_meta(ckpt)["config"]["model"]
-    if trained["kind"] != "vae":
-        raise ConfigError(f"model.vae_checkpoint={ckpt} is a {trained['kind']} checkpoint, not a VAE")
+    ckpt, trained = find_vae_checkpoint(model_cfg.vae_checkpoint, "model.vae_checkpoint", "model.kind=diffusion")
     ours = {k: v for k, v in vars(model_cfg.vae).items() if k not in ("checkpointing", "logvar_init")}
     wrong = {k: (v, trained["vae"].get(k)) for k, v in ours.items() if trained["vae"].get(k) != v}
     if wrong:

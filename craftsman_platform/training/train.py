@@ -146,7 +146,8 @@ def launch_ray(cfg: TrainConfig, cfg_dict: dict) -> dict:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    ray = init_ray(cfg.ray)
+    verbose = os.environ.get("CRAFT_VERBOSE") == "1"
+    ray = init_ray(cfg.ray, worker_setup=None if verbose else quiet_ray_train)
     storage = cfg.launcher.storage_path or str(Path(cfg.run_dir).resolve() / "ray")
     use_gpu, resources = ray_resources(cfg.launcher, ray.cluster_resources().get("GPU", 0))
     log.info("Ray Train: %d workers, %s per worker", cfg.launcher.num_workers, resources)
@@ -165,6 +166,17 @@ def launch_ray(cfg: TrainConfig, cfg_dict: dict) -> dict:
         raise result.error
     ranks = sorted(Path(cfg.run_dir, "workers").glob("rank-*.json"))
     return {"workers": [json.loads(p.read_text()) for p in ranks]}
+
+
+def quiet_ray_train() -> None:
+    """In every Ray worker of a training job (unless --verbose): Ray Train's per-report INFO line
+    ("Reporting training result N: TrainingReport(...)") and the placement-group cleaner's State API
+    warnings are library chatter; the project's own progress line says what happened."""
+    import ray
+
+    train_v2 = os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal")
+    logging.getLogger(os.path.join(train_v2, "execution", "context.py")).setLevel(logging.WARNING)  # named by path
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def _ray_entry(cfg_dict: dict) -> None:

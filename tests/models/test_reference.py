@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 
 import pytest
 import torch
@@ -471,6 +472,12 @@ def test_craft_convert_then_generate_and_fine_tune(released, tmp_path, tiny_shar
         "depth=5",
     )
     assert (tmp_path / "mesh" / "mesh.glb").exists()
+    # the folder holds a conversion: a second one is refused before anything is written, or replaces it whole
+    again = craft("convert", f"checkpoint={released / 'model.ckpt'}", f"output_dir={out}", check=False)
+    assert again.returncode == 2 and "holds another conversion (vae, diffusion, conversion.json)" in again.stderr
+    (out / "diffusion" / "stale").write_text("from the old conversion")
+    craft("convert", f"checkpoint={released / 'model.ckpt'}", f"output_dir={out}", "replace=true")
+    assert not (out / "diffusion" / "stale").exists() and json.loads((out / "conversion.json").read_text())["written"]
     tune = craft(
         "train",
         "experiment=vae_tiny",
@@ -510,3 +517,17 @@ def test_released_shapes_are_ours_at_full_size():
         den = build_denoiser(DenoiserConfig(time_embedding="sin_cos", time_activation="gelu"))
     assert sum(p.numel() for p in vae.parameters()) == 184_522_113
     assert sum(p.numel() for p in den.parameters()) == 104_816_448
+
+
+def test_convert_names_a_folder_and_a_legacy_file_in_its_own_words(released, tmp_path):
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    (folder / "model.ckpt").write_bytes(b"")
+    res = craft("convert", f"checkpoint={folder}", f"output_dir={tmp_path / 'out'}", check=False)
+    assert res.returncode == 2 and "is a folder: give the checkpoint file itself (it holds model.ckpt)" in res.stderr
+    legacy = tmp_path / "legacy.ckpt"  # a bare pickle (no torch zip container) holding a non-weight object
+    legacy.write_bytes(pickle.dumps({"state_dict": {"shape_model.pre_kl.weight": complex(1, 2)}}))
+    (tmp_path / "config.yaml").write_text((released / "config.yaml").read_text())
+    res = craft("convert", f"checkpoint={legacy}", f"output_dir={tmp_path / 'out'}", check=False)
+    assert res.returncode == 2 and "which craft convert never does" in res.stderr, res.stderr[-1000:]
+    assert "weights_only` set to `False" not in res.stderr and not (tmp_path / "out").exists()

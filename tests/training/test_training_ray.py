@@ -109,7 +109,7 @@ def test_a_killed_worker_restarts_the_group_from_the_checkpoint(tiny_shards, tmp
 def test_diffusion_trains_with_two_ray_workers(vae_run, latents_pack, tmp_path):
     """From a latents pack (`craft pack`): what a multi-GPU diffusion run reads."""
     run = tmp_path / "run"
-    craft_train(
+    proc = craft_train(
         "experiment=diffusion_tiny",
         f"data.train_shards={latents_pack}",
         f"run_dir={run}",
@@ -122,6 +122,8 @@ def test_diffusion_trains_with_two_ray_workers(vae_run, latents_pack, tmp_path):
         "data.batch_size=2",
     )
     assert [m["step"] for m in metrics(run)] == [2, 4, 6]
+    console = proc.stdout + proc.stderr
+    assert "Reporting training result" not in console and "State API" not in console  # behind --verbose
     ranks = worker_summaries(run)
     assert [r["step"] for r in ranks] == [6, 6] and ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
     # the latent scale was measured over both ranks' batches and stored once

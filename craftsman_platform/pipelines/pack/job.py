@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from craftsman_platform.errors import ConfigError, MissingInput, NothingDone
-from craftsman_platform.models.checkpoints import latest_checkpoint, read_meta, weights_identity
+from craftsman_platform.models.checkpoints import find_vae_checkpoint, weights_identity
 from craftsman_platform.paths import CONF_DIR
 from craftsman_platform.pipelines.lock import OutputLock
 from craftsman_platform.pipelines.pack.config import PackConfig
@@ -67,14 +67,7 @@ def make_recipe(cfg: PackConfig, archive_config: dict) -> tuple[dict, dict | Non
             "seed": cfg.seed,
         }
         return recipe, None
-    if not cfg.vae_checkpoint:
-        raise ConfigError("vae_checkpoint is required for kind=latents: the run dir or checkpoint of a trained VAE")
-    ckpt = latest_checkpoint(cfg.vae_checkpoint)
-    if ckpt is None:
-        raise MissingInput(f"vae_checkpoint={cfg.vae_checkpoint}: no checkpoint there")
-    model = read_meta(ckpt)["config"]["model"]
-    if model["kind"] != "vae":
-        raise ConfigError(f"vae_checkpoint={ckpt} is a {model['kind']} checkpoint, not a VAE")
+    ckpt, model = find_vae_checkpoint(cfg.vae_checkpoint, "vae_checkpoint", "kind=latents")
     sets = 1 + int(archive_config["render"]["extra_sets"])
     if cfg.num_surface is not None and cfg.num_surface != model["vae"]["num_inputs"]:
         raise ConfigError(

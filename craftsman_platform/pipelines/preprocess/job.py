@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 import zlib
 from pathlib import Path
@@ -69,7 +70,13 @@ def validate(cfg: PreprocessConfig) -> None:
 def validate_output(url: str, storage_options: dict) -> Output:
     """The output as a store, or a ConfigError naming `output_dir` (unknown scheme, missing extra)."""
     if "://" not in url or url.startswith("file://"):
-        check_writable(url.removeprefix("file://"), "output_dir")
+        local = url.removeprefix("file://")
+        check_writable(local, "output_dir")
+        for sub in ("shards", "journal"):
+            if os.path.exists(os.path.join(local, sub)) and not os.path.isdir(os.path.join(local, sub)):
+                raise ConfigError(
+                    f"output_dir={url}: {os.path.join(local, sub)} is a file, where the job keeps a folder"
+                )
     try:
         return Output(url, storage_options)
     except ImportError as err:
