@@ -25,14 +25,20 @@ SMALL = SMALL_ARGS
 @pytest.mark.slow
 def test_one_job_fills_a_two_node_cluster_with_a_writer_per_node(tmp_path, pybullet_dir):
     listing = tmp_path / "meshes.txt"
-    picks = [f"random_urdfs/{i:03d}/{i:03d}.obj" for i in range(0, 48, 8)]
+    picks = [f"random_urdfs/{i:03d}/{i:03d}.obj" for i in range(0, 80, 8)]  # 10; the first job takes 6
     listing.write_text("\n".join(str(pybullet_dir / p) for p in picks) + "\n")
     root = Path(tempfile.mkdtemp(prefix="craft-ray-", dir="/tmp"))  # short: Ray's socket paths
     try:
         with two_node_cluster(root, head_cpus=1, worker_cpus=1, env=ENV) as (address, env):
             out = tmp_path / "out"
             craft(
-                "preprocess", f"source.path={listing}", f"output_dir={out}", f"ray.address={address}", *SMALL, env=env
+                "preprocess",
+                f"source.path={listing}",
+                f"output_dir={out}",
+                f"ray.address={address}",
+                "source.limit=6",
+                *SMALL,
+                env=env,
             )
             run = json.loads((out / "summary.json").read_text())["this_run"]
             assert run["workers"] == 2  # no workers=: both nodes' slots at once
@@ -40,7 +46,7 @@ def test_one_job_fills_a_two_node_cluster_with_a_writer_per_node(tmp_path, pybul
             tars = sorted(str(p) for p in (out / "shards").glob("*.tar"))
             keys = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
             manifest = pq.read_table(out / "manifest.parquet").to_pylist()
-            assert len(keys) == len(set(keys)) == len(picks) == len(manifest)
+            assert len(keys) == len(set(keys)) == 6 == len(manifest)
             capped = tmp_path / "capped"
             res = craft(
                 "preprocess",
