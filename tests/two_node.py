@@ -46,30 +46,11 @@ def two_node_cluster(
     """Yields (the head's address host:port, the environment a driver needs to join) once both nodes
     are up. Ray's token authentication stays on, with a token of this cluster's own."""
     env = {**(env or os.environ), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    (gcs,) = free_ports(1)
-    address = f"127.0.0.1:{gcs}"
     started: list[psutil.Process] = []
     before = {p.pid for p in psutil.process_iter()}
     try:
-        subprocess.run(
-            [
-                RAY,
-                "start",
-                "--head",
-                f"--port={gcs}",
-                "--include-dashboard=false",
-                *_node_args(root / "head", head_cpus),
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [RAY, "start", f"--address={address}", *_node_args(root / "worker", worker_cpus)],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
+        address = _start_head(root / "head", head_cpus, env)
+        _start([RAY, "start", f"--address={address}"], root / "worker", worker_cpus, env)
         started = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in before and _ours(p, root)]
         _wait_for_nodes(address, 2, env)
         yield address, env
@@ -82,12 +63,25 @@ def two_node_cluster(
 
 
 def _start(cmd: list[str], temp: Path, cpus: int, env: dict) -> None:
-    """`ray start`, tried again with other ports if one was taken meanwhile."""
-    for attempt in range(3):
+    """`ray start`, tried again with other ports if one was taken meanwhile (a loaded machine)."""
+    for _ in range(3):
         res = subprocess.run([*cmd, *_node_args(temp, cpus)], env=env, capture_output=True, text=True)
         if res.returncode == 0:
             return
+        time.sleep(2)
     raise RuntimeError(f"ray start failed 3 times: {res.stderr[-2000:]}")
+
+
+def _start_head(temp: Path, cpus: int, env: dict) -> str:
+    """The head on a fresh GCS port each try; its address."""
+    for _ in range(3):
+        (gcs,) = free_ports(1)
+        cmd = [RAY, "start", "--head", f"--port={gcs}", "--include-dashboard=false"]
+        res = subprocess.run([*cmd, *_node_args(temp, cpus)], env=env, capture_output=True, text=True)
+        if res.returncode == 0:
+            return f"127.0.0.1:{gcs}"
+        time.sleep(2)
+    raise RuntimeError(f"ray start --head failed 3 times: {res.stderr[-2000:]}")
 
 
 def _ours(proc: psutil.Process, root: Path) -> bool:
