@@ -178,7 +178,8 @@ def pack(cfg: PackConfig) -> dict:
         parts = _parts(out, shards, chunks)
         info = {
             **identity,
-            "complete": not errors and len(parts) == len([s for s in shards if _has_objects(rows, s)]),
+            # every archive shard with a packed object has all its chunks (one pass over the rows)
+            "complete": not errors and len(parts) == len({r["source_shard"] for r in rows.values()}),
             "parts": parts,
             "objects": len(rows),
             "failed": len(failed),
@@ -208,10 +209,6 @@ def _manifest_rows(out: Output, shards: list[str], chunks: int) -> dict[str, dic
             for row in out.read_json(name)["rows"]:
                 rows[row["uid"]] = {"uid": row["uid"], "status": "ok", "source_shard": shard, "part": part}
     return rows
-
-
-def _has_objects(rows: dict, shard: str) -> bool:
-    return any(r["source_shard"] == shard for r in rows.values())
 
 
 def _parts(out: Output, shards: list[str], chunks: int) -> list[dict]:
