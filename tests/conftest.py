@@ -38,7 +38,11 @@ def _running(pid: int) -> bool:
 
 def shared(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
     """`build(folder)` once per session, whichever worker asks first; its result path for all.
-    When the background prebuild (below) makes it, wait for that instead."""
+    When the background prebuild (below) makes it, wait for that instead. CRAFT_TEST_REUSE=DIR
+    reuses what an earlier session built in DIR (its basetemp), for quick reruns while developing."""
+    reuse = os.environ.get("CRAFT_TEST_REUSE")  # a developer's folder of fixtures from an earlier session
+    if reuse and (Path(reuse) / f"shared-{name}.done").exists():
+        return Path((Path(reuse) / f"shared-{name}.done").read_text())
     root = _session_root(tmp_path_factory)
     folder, done, failed = root / f"shared-{name}", root / f"shared-{name}.done", root / f"shared-{name}.failed"
     if os.environ.get("CRAFT_TEST_PREBUILD") == "1" and name in PREBUILT_ORDER:  # the first worker starts it

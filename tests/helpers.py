@@ -9,10 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import psutil
+import pytest
 import torch
 
 from craftsman_platform.pipelines.preprocess.tiny_shards import make_tiny_shards  # noqa: F401  (the tests' shard corpus)
@@ -140,3 +142,39 @@ def save_tiny_clip_vision(folder: Path) -> Path:
     )
     CLIPVisionModel(config).save_pretrained(folder)
     return folder
+
+
+def train_in_background(*overrides: str, command: list[str] | None = None) -> subprocess.Popen:
+    """`craft train OVERRIDES` (or `command`) running in its own session; stdout and stderr piped."""
+    return subprocess.Popen(
+        command or [sys.executable, "-m", "craftsman_platform.cli", "train", *overrides],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_rows(proc: subprocess.Popen, run_dir: Path, rows: int, timeout: float = 400) -> None:
+    """Until metrics.jsonl holds `rows` rows; fails if the run ends or stalls first."""
+    deadline = time.time() + timeout
+    while not ((run_dir / "metrics.jsonl").exists() and len(metrics(run_dir)) >= rows):
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before {rows} steps:\n{proc.stdout.read()[-3000:]}")
+        assert time.time() < deadline, f"fewer than {rows} steps in {timeout} s"
+        time.sleep(0.2)
+
+
+# 1 rank x 2 micro-batches of 4 and 2 ranks x 1 micro-batch of 4 see the same 8 samples per step
+# (data slots), so the loss curves agree up to float summation order: stated tolerance 1e-4 relative.
+TOLERANCE = 1e-4
+CURVE_STEPS = 20
+# two loader workers per rank: the stream depends on their number, and the signal tests need them
+TWO_RANK_ARGS = ["experiment=vae_tiny", "logger=none", "trainer.log_every=1", "data.batch_size=4", "data.num_workers=2"]
+
+
+def assert_follows(curve: dict[int, float], reference: dict[int, float], steps: int) -> None:
+    assert sorted(curve) == list(range(1, steps + 1)), sorted(curve)
+    for step in range(1, steps + 1):
+        assert curve[step] == pytest.approx(reference[step], rel=TOLERANCE), (step, curve[step], reference[step])

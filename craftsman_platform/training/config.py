@@ -52,6 +52,7 @@ class TrainerConfig:
     log_every: int = 10
     ckpt_every: int = 500
     keep_checkpoints: int = 3
+    stop_grace_s: float = 90.0  # after SIGTERM/SIGINT/RUN_DIR/STOP: checkpoint within this or exit at once
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import zlib
 from dataclasses import dataclass
 from typing import Iterator
@@ -308,7 +309,16 @@ def epoch_loader(stream: ShardStream, pin_memory: bool = False) -> DataLoader:
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=2 if stream.cfg.num_workers else None,
+        worker_init_fn=ignore_stop_signals,
     )
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave stopping to their rank: torchrun and Slurm signal a rank's whole process
+    group, and a worker dying of it would fail the rank before it checkpoints. (Workers still exit
+    with their rank: the DataLoader's watchdog ends them when it goes.)"""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class BatchIterator:

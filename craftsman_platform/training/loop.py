@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from omegaconf import OmegaConf
 from craftsman_platform.errors import ConfigError
 from craftsman_platform.models.build import compile_model
 from craftsman_platform.models.checkpoints import latest_checkpoint, load_weights
+from craftsman_platform.training import stop
 from craftsman_platform.training.checkpoint import Checkpointer
 from craftsman_platform.training.config import TrainConfig
 from craftsman_platform.training.data import SlotBatches, TrainingData
@@ -39,24 +39,22 @@ def _distributed() -> bool:
 
 
 class StopFlag:
-    """Set by SIGTERM (preemption, scancel, Ray shutdown): checkpoint and leave."""
+    """Whether this rank, or any rank, was asked to stop (see training/stop.py): checkpoint and leave."""
 
-    def __init__(self):
-        self.set = False
-        try:
-            signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread (some launchers): preemption then ends the process
-            pass
+    def __init__(self, run_dir: Path, rank: int, grace_s: float):
+        stop.install(grace_s)  # off the main thread (Ray Train) the worker setup hook installed it
+        self.stop_file = stop.stop_file(run_dir) if rank == 0 else None  # one reader; the agreement tells the rest
 
-    def _handler(self, signum, frame) -> None:
-        log.warning("SIGTERM: checkpointing at the next agreement point")
-        self.set = True
+    def local(self) -> bool:
+        if not stop.requested() and self.stop_file is not None and self.stop_file.exists():
+            stop.request(f"{self.stop_file} ({self.stop_file.read_text().strip() or 'no reason given'})")
+        return stop.requested()
 
     def agreed(self) -> bool:
         """Any rank stopping stops all (a collective when distributed: call it on the same steps everywhere)."""
         if not _distributed():
-            return self.set
-        flag = torch.tensor([int(self.set)], device=collective_device())
+            return self.local()
+        flag = torch.tensor([int(self.local())], device=collective_device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -153,7 +151,7 @@ def train_worker(cfg_dict: dict) -> dict:
         extra_meta["vae_checkpoint"] = task.vae_source
     logger = MetricsLogger(run_dir, rank, cfg.logger.wandb, cfg_dict, run_id, start_step=step)
     progress = ProgressLine(cfg.trainer.max_steps, step) if rank == 0 else None
-    stop = StopFlag()
+    stop_flag = StopFlag(run_dir, rank, cfg.trainer.stop_grace_s)
     global_batch = cfg.data.batch_size * cfg.trainer.grad_accum * world
     manifest = _manifest_of(data, cfg.data.train_shards)
 
@@ -165,7 +163,7 @@ def train_worker(cfg_dict: dict) -> dict:
 
     engine.train()
     window = Window()
-    status = "finished"
+    status, path = "finished", None
     while step < cfg.trainer.max_steps:
         t0 = time.perf_counter()
         for _ in range(cfg.trainer.grad_accum):
@@ -200,15 +198,23 @@ def train_worker(cfg_dict: dict) -> dict:
             _ray_report(step, metrics)
             window = Window()
         # ranks agree on a stop where they already synchronise (one process: every step, for free)
-        stopping = stop.agreed() if (at_log or at_ckpt or not _distributed()) else False
+        stopping = stop_flag.agreed() if (at_log or at_ckpt or not _distributed()) else False
         if at_ckpt or stopping:
             path = save(step)
             log.info("step %d: checkpoint %s", step, path)
         if stopping:
             status = "preempted"
+            log.warning("preempted at step %d (%s): checkpoint %s", step, stop.reason() or "another rank", path)
             break
     logger.close()
-    return {"status": status, "step": step, "rank": rank, "param_checksum": _checksum(engine.module)}
+    stop.finish()
+    return {
+        "status": status,
+        "step": step,
+        "rank": rank,
+        "checkpoint": str(path) if path else None,
+        "param_checksum": _checksum(engine.module),
+    }
 
 
 def initialise(task, path: str) -> None:

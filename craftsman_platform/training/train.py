@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 
 import hydra
@@ -22,6 +23,7 @@ from craftsman_platform.models.checkpoints import latest_checkpoint, read_meta
 from craftsman_platform.paths import CONF_DIR
 from craftsman_platform.raycluster import init_ray
 from craftsman_platform.shapedata.sample import expand_urls
+from craftsman_platform.training import stop
 from craftsman_platform.training.config import LauncherConfig, TrainConfig, to_train_config
 from craftsman_platform.training.loop import train_worker
 from craftsman_platform.training.tasks import check_vae_checkpoint
@@ -147,7 +149,7 @@ def launch_ray(cfg: TrainConfig, cfg_dict: dict) -> dict:
     from ray.train.torch import TorchTrainer
 
     verbose = os.environ.get("CRAFT_VERBOSE") == "1"
-    ray = init_ray(cfg.ray, worker_setup=None if verbose else quiet_ray_train)
+    ray = init_ray(cfg.ray, worker_setup=ray_worker_setup_verbose if verbose else ray_worker_setup)
     storage = cfg.launcher.storage_path or str(Path(cfg.run_dir).resolve() / "ray")
     use_gpu, resources = ray_resources(cfg.launcher, ray.cluster_resources().get("GPU", 0))
     log.info("Ray Train: %d workers, %s per worker", cfg.launcher.num_workers, resources)
@@ -161,11 +163,45 @@ def launch_ray(cfg: TrainConfig, cfg_dict: dict) -> dict:
             name=cfg.name, storage_path=storage, failure_config=FailureConfig(max_failures=cfg.launcher.max_failures)
         ),
     )
-    result = trainer.fit()
+    result = fit_interruptibly(trainer, cfg)
     if result.error:
         raise result.error
     ranks = sorted(Path(cfg.run_dir, "workers").glob("rank-*.json"))
     return {"workers": [json.loads(p.read_text()) for p in ranks]}
+
+
+def fit_interruptibly(trainer, cfg: TrainConfig):
+    """`trainer.fit()` in a thread, so that this (main) thread keeps our SIGTERM/SIGINT handlers:
+    a signal writes RUN_DIR/STOP and the ranks checkpoint and end as "preempted". (Ray Train's own
+    SIGINT handler, installed only when fit runs in the main thread, aborts without a checkpoint.)"""
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+            outcome["error"] = err
+
+    stop.install(cfg.trainer.stop_grace_s + 30, stop.ask_workers(cfg.run_dir))  # the ranks' grace, then teardown
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)  # short waits: signal handlers run between them
+    stop.finish()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def ray_worker_setup_verbose() -> None:
+    """Runs in every Ray worker process of a training job: the stop handlers (training/stop.py)."""
+    stop.ray_worker_setup()
+
+
+def ray_worker_setup() -> None:
+    """The same, with Ray Train's chatter quieted (without --verbose)."""
+    stop.ray_worker_setup()
+    quiet_ray_train()
 
 
 def quiet_ray_train() -> None:
@@ -222,6 +258,7 @@ def run(dcfg: DictConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank composes; one writes
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg_dict)))
+        stop.stop_file(run_dir).unlink(missing_ok=True)  # a stop asked of an earlier attempt
     os.environ.setdefault("WANDB_SILENT", "true")
     log.info("run %s: %s (%s launcher) -> %s", cfg.name, cfg.model.kind, cfg.launcher.kind, run_dir)
     if cfg.launcher.kind == "ray":
@@ -236,10 +273,9 @@ def main(dcfg: DictConfig) -> None:
     summary = run(dcfg)
     workers = summary.get("workers", [summary])
     states = sorted({(w["status"], w["step"]) for w in workers})
+    checkpoint = next((w["checkpoint"] for w in workers if w.get("checkpoint")), None)
     for status, step in states:
-        print(
-            f"train: {status} at step {step} ({len(workers)} rank(s)); "
-            f"checkpoints in {Path(dcfg.run_dir) / 'checkpoints'}"
-        )
+        where = f"checkpoint {checkpoint}" if checkpoint else f"checkpoints in {Path(dcfg.run_dir) / 'checkpoints'}"
+        print(f"train: {status} at step {step} ({len(workers)} rank(s)); {where}")
     if any(s == "preempted" for s, _ in states):
-        print("train: stopped by SIGTERM after a checkpoint; the same command resumes it")
+        print("train: stopped on request after a checkpoint; the same command (resume=auto) continues it")
