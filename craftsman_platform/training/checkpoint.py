@@ -3,7 +3,7 @@
     RUN_DIR/checkpoints/step-000500/
         ds/                    DeepSpeed engine state (module, optimizer partitions, lr scheduler)
         rank-00000.safetensors that rank's RNG state
-        rank-00000.json        that rank's data-stream state and corrupt-sample count
+        rank-00000.json        that rank's data-stream state and what it could not read
         weights.safetensors    the trained module's weights (fp32; frozen pretrained CLIP left out)
         ema.safetensors        EMA of the trainable weights (when trainer.ema_decay is set)
         meta.json              step, W&B run id, latent scale, world size, the resolved config, and

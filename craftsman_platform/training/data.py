@@ -47,15 +47,13 @@ from craftsman_platform.shapedata.sample import (
 )
 from craftsman_platform.shapedata.views import SET_SIZE, shard_views, view_sets
 from craftsman_platform.training.config import DataConfig
-
-MAX_CONSECUTIVE_FAILURES = 1000
+from craftsman_platform.training.damage import Damage, Tracker
 
 
 @dataclass
 class StreamState:
     epoch: int = 0
     batches_done: int = 0  # batches of this epoch already delivered to the trainer
-    corrupt_before_epoch: int = 0  # corrupt samples/shards skipped in earlier epochs
 
 
 class TrainingData:
@@ -251,24 +249,13 @@ class ShardStream(IterableDataset):
         seed = _rng_seed(self.cfg.seed, self.state.epoch, self.rank, worker)
         per_worker = self.cfg.epoch_samples // self.cfg.batch_size // workers
         skip = len(range(worker, self.state.batches_done, workers)) if self.state.batches_done else 0
-        corrupt = [0]
-        consecutive = [0]
-
-        def count_and_continue(exn: Exception) -> bool:
-            corrupt[0] += 1
-            consecutive[0] += 1
-            if consecutive[0] > MAX_CONSECUTIVE_FAILURES:
-                raise RuntimeError(
-                    f"{consecutive[0]} unreadable samples in a row (last: {exn}); are the shards valid?"
-                ) from exn
-            return True
-
+        tracker = Tracker()
         files = wds.tariterators.tar_file_expander(
-            open_shards(self._shards(worker, workers), count_and_continue),
-            handler=count_and_continue,
+            open_shards(tracker.sources(self._shards(worker, workers)), tracker.on_unopened),
+            handler=tracker.on_read_error,
             select_files=member_filter(self.kind),
         )
-        raw = wds.tariterators.group_by_keys(files, handler=count_and_continue)
+        raw = wds.tariterators.group_by_keys(tracker.members(files), handler=tracker.on_read_error)
         raw = wds.filters._shuffle(raw, self.cfg.shuffle_buffer, min(self.cfg.shuffle_buffer, 32), random.Random(seed))
         batch, made = [], 0
         for sample in raw:
@@ -282,13 +269,13 @@ class ShardStream(IterableDataset):
                         )
                     )
                 except Exception as exn:  # a damaged member: skip the sample, count it
-                    count_and_continue(exn)
+                    tracker.on_lost_sample(sample, exn)
                     continue
-            consecutive[0] = 0
+            tracker.on_sample()
             if len(batch) == self.cfg.batch_size:
                 if made >= skip:
                     out = collate(batch)
-                    out["corrupt_skipped"] = torch.tensor(corrupt[0])
+                    out["damage"] = tracker.report()
                     # the batch's own random stream (noise, timesteps, dropout): training randomness is a
                     # function of the data slot, so resumes and rank layouts reproduce it exactly
                     out["seed"] = torch.tensor(_rng_seed(seed, made))
@@ -296,7 +283,9 @@ class ShardStream(IterableDataset):
                     yield out
                 made, batch = made + 1, []
                 if made >= per_worker:
-                    return
+                    break
+        if tracker.pending():  # what the epoch's tail lost, in an item without data
+            yield {"damage": tracker.report(), "worker": torch.tensor(worker)}
 
 
 def epoch_loader(stream: ShardStream, pin_memory: bool = False) -> DataLoader:
@@ -324,18 +313,14 @@ def ignore_stop_signals(worker_id: int) -> None:
 class BatchIterator:
     """Endless batches across virtual epochs; `state` says where the stream is (checkpointed)."""
 
-    def __init__(self, stream: ShardStream, pin_memory: bool = False):
+    def __init__(self, stream: ShardStream, pin_memory: bool = False, damage: Damage | None = None):
         self.stream, self.pin_memory = stream, pin_memory
         self._it: Iterator | None = None
-        self.corrupt_by_worker: dict[int, int] = {}  # this epoch's running count per worker
+        self.damage = damage or Damage()
 
     @property
     def state(self) -> StreamState:
         return self.stream.state
-
-    @property
-    def corrupt_skipped(self) -> int:
-        return self.state.corrupt_before_epoch + sum(self.corrupt_by_worker.values())
 
     def __next__(self) -> dict:
         delivered_before = self.state.batches_done
@@ -348,15 +333,17 @@ class BatchIterator:
                 if self.state.batches_done == 0 and delivered_before == 0:
                     raise RuntimeError(
                         f"a whole epoch of {self.stream.data.shard_count} shard(s) gave no batch "
-                        f"({self.corrupt_skipped} unreadable samples or shards): are they valid?"
+                        f"({self.damage.describe()}): are they valid?"
                     )
                 delivered_before = 0
                 self._it = None
-                self.stream.state = StreamState(self.state.epoch + 1, 0, self.corrupt_skipped)
-                self.corrupt_by_worker = {}
+                self.stream.state = StreamState(self.state.epoch + 1, 0)
+                continue
+            self.damage.add(batch.pop("damage"))
+            if "seed" not in batch:  # a worker's last report, no data
                 continue
             self.state.batches_done += 1
-            self.corrupt_by_worker[int(batch.pop("worker"))] = int(batch.pop("corrupt_skipped"))
+            batch.pop("worker")
             batch["seed"] = int(batch["seed"])
             return batch
 
@@ -386,8 +373,9 @@ class SlotBatches:
         self.restored = states is not None
         self.iters = [
             BatchIterator(
-                ShardStream(data, cfg, kind, rank * accum + a, slots, StreamState(**states[a]) if states else None),
+                ShardStream(data, cfg, kind, rank * accum + a, slots, _stream_state(states[a]) if states else None),
                 pin_memory,
+                Damage.of_state(states[a].get("damage")) if states else None,
             )
             for a in range(accum)
         ]
@@ -400,14 +388,15 @@ class SlotBatches:
 
     def state_dict(self) -> list[dict]:
         return [
-            {
-                "epoch": it.state.epoch,
-                "batches_done": it.state.batches_done,
-                "corrupt_before_epoch": it.state.corrupt_before_epoch,
-            }
+            {"epoch": it.state.epoch, "batches_done": it.state.batches_done, "damage": it.damage.state()}
             for it in self.iters
         ]
 
-    @property
-    def corrupt_skipped(self) -> int:
-        return sum(it.corrupt_skipped for it in self.iters)
+    def damage_counts(self) -> tuple[int, int, int]:
+        """(lost samples, damaged shards, unreadable shards) this rank met, each counted once."""
+        counts = [it.damage.counts() for it in self.iters]
+        return tuple(sum(c[i] for c in counts) for i in range(3))
+
+
+def _stream_state(saved: dict) -> StreamState:
+    return StreamState(saved["epoch"], saved["batches_done"])

@@ -27,6 +27,7 @@ from craftsman_platform.training.metrics import MetricsLogger, ProgressLine, mem
 from craftsman_platform.training.tasks import make_task
 
 log = logging.getLogger("craft.train")
+DAMAGE_KEYS = ("corrupt_skipped", "shards_damaged", "shards_unreadable")
 
 
 def config_from_dict(cfg_dict: dict) -> TrainConfig:
@@ -76,21 +77,21 @@ class Window:
             self.losses += values
         self.micro_steps += 1
 
-    def means(self, corrupt_skipped: int) -> dict[str, float]:
-        """Means over the window's steps and over ranks (one transfer and one all-reduce)."""
+    def means(self, damage: tuple[int, int, int]) -> dict[str, float]:
+        """Means over the window's steps and over ranks (one transfer and one all-reduce); the damage
+        counts (lost samples, damaged and unreadable shards) are sums over ranks."""
         device = self.losses.device if self.losses is not None else collective_device()
-        host = torch.tensor(
-            [self.data_time / self.steps, self.step_time / self.steps, float(corrupt_skipped)], device=device
-        )
+        times = [self.data_time / self.steps, self.step_time / self.steps]
+        host = torch.tensor([*times, *map(float, damage)], device=device)
         packed = torch.cat([self.losses / self.micro_steps, host]) if self.losses is not None else host
         if _distributed():
             packed = packed.to(collective_device())
             dist.all_reduce(packed)
             packed /= dist.get_world_size()
         values = packed.tolist()
-        out = dict(zip([*self.keys, "data_time", "step_time", "corrupt_skipped"], values))
-        if _distributed():
-            out["corrupt_skipped"] *= dist.get_world_size()  # a sum over ranks, not a mean
+        out = dict(zip([*self.keys, "data_time", "step_time", *DAMAGE_KEYS], values))
+        for key in DAMAGE_KEYS:  # a sum over ranks, not a mean
+            out[key] = round(out[key] * (dist.get_world_size() if _distributed() else 1))
         return out
 
 
@@ -182,7 +183,7 @@ def train_worker(cfg_dict: dict) -> dict:
         at_log = step % cfg.trainer.log_every == 0 or step == cfg.trainer.max_steps
         at_ckpt = step % cfg.trainer.ckpt_every == 0 or step == cfg.trainer.max_steps
         if at_log:
-            metrics = window.means(batches.corrupt_skipped)  # the step's only host sync
+            metrics = window.means(batches.damage_counts())  # the step's only host sync
             grad_norm = engine.get_global_grad_norm()
             metrics.update(
                 {

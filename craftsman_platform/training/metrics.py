@@ -46,8 +46,11 @@ class ProgressLine:
             f"step {step:>{self.width}}/{self.max_steps} | loss {m['loss']:.4f} | lr {m['lr']:.2e} | "
             f"{m['samples_per_s']:.1f} samples/s | data {m['data_time'] / m['step_time']:.0%} | ETA {_duration(eta)}"
         )
-        if m.get("corrupt_skipped"):
-            line += f" | skipped {int(m['corrupt_skipped'])} unreadable samples"
+        if m.get("corrupt_skipped") or m.get("shards_damaged") or m.get("shards_unreadable"):
+            line += (
+                f" | skipped {int(m.get('corrupt_skipped', 0))} unreadable samples"
+                f" ({int(m.get('shards_damaged', 0))} damaged, {int(m.get('shards_unreadable', 0))} unreadable shards)"
+            )
         return line
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
