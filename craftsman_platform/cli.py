@@ -153,9 +153,17 @@ USAGE = (
 USAGE_ERRORS = (ConfigError, HydraException, OmegaConfBaseException)
 
 
+def unwrap_remote(err: BaseException) -> BaseException:
+    """What failed inside a Ray task or actor (Ray wraps it with the remote traceback)."""
+    while isinstance(getattr(err, "cause", None), BaseException) and type(err).__module__.startswith("ray"):
+        err = err.cause
+    return err
+
+
 def one_line(err: BaseException) -> str:
     """The error's first line, with the first line of its cause when that adds the detail
     (Hydra reports a bad override first, then what is wrong with it)."""
+    err = unwrap_remote(err)
     text = (str(err).strip().splitlines() or [type(err).__name__])[0]
     if text.startswith("LexerNoViableAltException") or text.startswith("mismatched input"):
         text += (
@@ -231,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         logging.shutdown()
         print(f"craft {name}: error: {one_line(err)}", file=sys.stderr)
-        raise SystemExit(2 if isinstance(err, USAGE_ERRORS) else 1)
+        raise SystemExit(2 if isinstance(unwrap_remote(err), USAGE_ERRORS) else 1)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ class NothingDone(RuntimeError):
 class DiskFull(OSError):
     """No space left where a job writes; the message names the path (exit 1)."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
 
 def raise_if_disk_full(err: BaseException, path) -> None:
     """Raise DiskFull naming `path` when `err` came from a full disk: ENOSPC anywhere in its chain, or

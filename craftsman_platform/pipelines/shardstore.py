@@ -62,18 +62,31 @@ class ShardWriter:
             self._open[index] = (ctx, fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT), 0)
         ctx, fh, tar, size = self._open[index]
         now = int(time.time())  # whole seconds: a fractional mtime costs every member a PAX header
-        for name, data in members.items():
-            info = tarfile.TarInfo(f"{uid}.{name}")  # PAX: names past USTAR's 100 characters
-            info.size, info.mtime, info.mode = len(data), now, 0o444
-            tar.addfile(info, io.BytesIO(data))
-            size += len(data) + 1024
+        try:
+            for name, data in members.items():
+                info = tarfile.TarInfo(f"{uid}.{name}")  # PAX: names past USTAR's 100 characters
+                info.size, info.mtime, info.mode = len(data), now, 0o444
+                tar.addfile(info, io.BytesIO(data))
+                size += len(data) + 1024
+        except OSError as err:
+            self._abort(index, err)
         self._open[index] = (ctx, fh, tar, size)
         return size
 
+    def _abort(self, index: int, err: OSError) -> None:
+        """A write failed: the staged shard is dropped (and a full disk named as such by the store)."""
+        ctx = self._open.pop(index)[0]
+        ctx.__exit__(type(err), err, err.__traceback__)
+        raise err
+
     def seal(self, index: int) -> dict:
         """Finish shard `index` and make it visible under its final name: {"shard", "bytes"}."""
-        ctx, fh, tar, _ = self._open.pop(index)
-        tar.close()
+        ctx, fh, tar, _ = self._open[index]
+        try:
+            tar.close()
+        except OSError as err:
+            self._abort(index, err)
+        del self._open[index]
         ctx.__exit__(None, None, None)
         name = shard_name(index)
         return {"shard": name, "bytes": self.output.fs.size(self.output.path("shards/" + name))}

@@ -26,6 +26,8 @@ from typing import IO, Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from craftsman_platform.errors import DiskFull
+
 
 class StoreError(OSError):
     """The output store refused or failed an operation; the message names the path."""
@@ -33,7 +35,7 @@ class StoreError(OSError):
 
 def _disk_full(err: OSError, path: str) -> OSError:
     if getattr(err, "errno", None) == errno.ENOSPC:
-        return StoreError(errno.ENOSPC, f"no space left on the device holding {path}")
+        return DiskFull(errno.ENOSPC, f"no space left on the device holding {path}")
     return err
 
 

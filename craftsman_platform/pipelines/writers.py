@@ -61,7 +61,11 @@ class WriterActor:
 
         if self.index is None:
             self.index = ray.get(self.counter.take.remote())
-        size = self.writer.add(self.index, row["uid"], members)
+        try:
+            size = self.writer.add(self.index, row["uid"], members)
+        except OSError:  # the shard was dropped (its objects are redone by the next run): start anew
+            self.index, self.rows = None, []
+            raise
         self.rows.append(row)
         ack = {"shard": shard_name(self.index), "sealed": []}
         if size >= self.max_bytes:

@@ -16,6 +16,7 @@ import resource
 import time
 import traceback
 
+from craftsman_platform.errors import DiskFull
 from craftsman_platform.geometry.mesh_io import MeshRejected
 from craftsman_platform.geometry.pipeline import process_mesh
 from craftsman_platform.geometry.render import Renderer
@@ -96,7 +97,7 @@ def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str, writers:
         row = {**manifest_row(meta), "worker_peak_rss_mb": peak_mb}
         ack = hand_to_writer(writers, members, row)
         return {**base, "status": "ok", "row": row, "node": _node_id(), **ack}
-    except TransientError:
+    except (TransientError, DiskFull):  # retried; or the end of the job (no object is to blame)
         raise
     except WriterLost as e:
         return {**base, "status": "writer_lost", "node": _node_id(), "message": str(e)}

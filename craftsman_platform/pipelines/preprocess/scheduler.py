@@ -16,6 +16,7 @@ from collections import Counter, deque
 
 from tqdm import tqdm
 
+from craftsman_platform.errors import DiskFull
 from craftsman_platform.pipelines.lock import OutputLock
 from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
 from craftsman_platform.pipelines.preprocess.object_job import failure, run_object
@@ -123,6 +124,8 @@ def process_all(
                     facts["driver_bytes"] += len(pickle.dumps(result, protocol=5))
                     facts["results"] += 1
                 except Exception as e:  # the task itself died or gave up retrying
+                    if isinstance(getattr(e, "cause", e), DiskFull):
+                        raise  # the output is full: stop here (what is journaled stays; the rest is redone)
                     result = failure({"uid": obj.uid, "source": obj.source, "config_hash": digest}, *_crash_reason(e))
                 if result["status"] == "ok":
                     committed(pool.accepted(obj, result))

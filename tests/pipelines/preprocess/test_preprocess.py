@@ -236,3 +236,31 @@ def test_unreachable_remote_source_is_retried_then_recorded(tmp_path, pybullet_d
     rows = {r["source"]: r for r in pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()}
     assert summary["ok"] == 1 and rows["http://127.0.0.1:9/objects/chair.obj"]["reason"] == "fetch_failed"
     assert "127.0.0.1:9" in rows["http://127.0.0.1:9/objects/chair.obj"]["message"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_says_so_with_the_path_and_the_resume_completes(tmp_path, pybullet_dir):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in (0, 6, 12):
+        shutil.copy(pybullet_dir / f"random_urdfs/{i:03d}/{i:03d}.obj", src / f"{i:03d}.obj")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    out = disk / "out"
+    args = [sys.executable, "-m", "craftsman_platform.cli", "preprocess", f"source.path={src}", f"output_dir={out}"]
+    args += [f"{k}={v}" for k, v in SMALL.items()]
+    try:  # three objects' samples (~0.5 MB) do not fit in 400 KB
+        full = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert full.returncode == 1, full.stderr[-2000:]
+        last = full.stderr.strip().splitlines()[-1]
+        assert last.startswith("craft preprocess: error: no space left on the device holding " + str(out / "shards"))
+        assert not list((out / "shards").glob("*.tmp"))  # the partial shard was removed
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        keys = [s["__key__"] for s in read_shards(out)]
+        assert sorted(keys) == sorted(set(keys)) and len(keys) == 3
+    finally:
+        subprocess.run(["umount", str(disk)])
