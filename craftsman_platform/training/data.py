@@ -12,9 +12,9 @@ A pack gives each epoch its own shard list (one chunk series per part, shapedata
 
 from __future__ import annotations
 
+import functools
 import json
 import random
-import signal
 import zlib
 from dataclasses import dataclass
 from typing import Iterator
@@ -46,6 +46,7 @@ from craftsman_platform.shapedata.sample import (
     read_npy,
 )
 from craftsman_platform.shapedata.views import SET_SIZE, shard_views, view_sets
+from craftsman_platform.training import stop
 from craftsman_platform.training.config import DataConfig
 from craftsman_platform.training.damage import Damage, Tracker
 
@@ -288,7 +289,7 @@ class ShardStream(IterableDataset):
             yield {"damage": tracker.report(), "worker": torch.tensor(worker)}
 
 
-def epoch_loader(stream: ShardStream, pin_memory: bool = False) -> DataLoader:
+def epoch_loader(stream: ShardStream, pin_memory: bool = False, stop_delay_s: float = 10.0) -> DataLoader:
     """A DataLoader over the stream's current epoch (batches come ready-made from the workers);
     `pin_memory` for CUDA, so host-to-device copies run asynchronously."""
     return DataLoader(
@@ -298,23 +299,17 @@ def epoch_loader(stream: ShardStream, pin_memory: bool = False) -> DataLoader:
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=2 if stream.cfg.num_workers else None,
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=functools.partial(stop.loader_worker_setup, stop_delay_s),
     )
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """Loader workers leave stopping to their rank: torchrun and Slurm signal a rank's whole process
-    group, and a worker dying of it would fail the rank before it checkpoints. (Workers still exit
-    with their rank: the DataLoader's watchdog ends them when it goes.)"""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class BatchIterator:
     """Endless batches across virtual epochs; `state` says where the stream is (checkpointed)."""
 
-    def __init__(self, stream: ShardStream, pin_memory: bool = False, damage: Damage | None = None):
-        self.stream, self.pin_memory = stream, pin_memory
+    def __init__(
+        self, stream: ShardStream, pin_memory: bool = False, damage: Damage | None = None, stop_delay_s: float = 10.0
+    ):
+        self.stream, self.pin_memory, self.stop_delay_s = stream, pin_memory, stop_delay_s
         self._it: Iterator | None = None
         self.damage = damage or Damage()
 
@@ -326,7 +321,7 @@ class BatchIterator:
         delivered_before = self.state.batches_done
         while True:
             if self._it is None:
-                self._it = iter(epoch_loader(self.stream, self.pin_memory))
+                self._it = iter(epoch_loader(self.stream, self.pin_memory, self.stop_delay_s))
             try:
                 batch = next(self._it)
             except StopIteration:
@@ -366,6 +361,7 @@ class SlotBatches:
         accum: int,
         states: list[dict] | None = None,
         pin_memory: bool = False,
+        stop_delay_s: float = 10.0,
     ):
         slots = world_size * accum
         if states is not None and len(states) != accum:
@@ -376,6 +372,7 @@ class SlotBatches:
                 ShardStream(data, cfg, kind, rank * accum + a, slots, _stream_state(states[a]) if states else None),
                 pin_memory,
                 Damage.of_state(states[a].get("damage")) if states else None,
+                stop_delay_s,
             )
             for a in range(accum)
         ]
@@ -391,6 +388,11 @@ class SlotBatches:
             {"epoch": it.state.epoch, "batches_done": it.state.batches_done, "damage": it.damage.state()}
             for it in self.iters
         ]
+
+    def close(self) -> None:
+        """Shut the loaders' workers down (the DataLoader tells them to finish and joins them)."""
+        for it in self.iters:
+            it._it = None  # the iterator's only reference: CPython shuts its workers down now
 
     def damage_counts(self) -> tuple[int, int, int]:
         """(lost samples, damaged shards, unreadable shards) this rank met, each counted once."""

@@ -141,6 +141,7 @@ def train_worker(cfg_dict: dict) -> dict:
         cfg.trainer.grad_accum,
         rank_state.get("data"),
         pin_memory=device.type == "cuda",
+        stop_delay_s=cfg.trainer.stop_grace_s,
     )
     if latest is not None and not batches.restored:
         log.warning("data streams restarted: the checkpoint was written with another world size or grad_accum")
@@ -162,53 +163,56 @@ def train_worker(cfg_dict: dict) -> dict:
         logger.log_checkpoint(path, at, manifest, cfg.logger.wandb.log_checkpoints)
         return path
 
-    engine.train()
-    window = Window()
-    status, path = "finished", None
-    while step < cfg.trainer.max_steps:
-        t0 = time.perf_counter()
-        for _ in range(cfg.trainer.grad_accum):
-            td = time.perf_counter()
-            batch = next(batches)
-            window.data_time += time.perf_counter() - td
-            loss, parts = task.loss(engine, batch)
-            engine.backward(loss)
-            engine.step()
-            window.add_losses(loss, parts)
-        if ema is not None:
-            ema.update()
-        step += 1
-        window.step_time += time.perf_counter() - t0
-        window.steps += 1
-        at_log = step % cfg.trainer.log_every == 0 or step == cfg.trainer.max_steps
-        at_ckpt = step % cfg.trainer.ckpt_every == 0 or step == cfg.trainer.max_steps
-        if at_log:
-            metrics = window.means(batches.damage_counts())  # the step's only host sync
-            grad_norm = engine.get_global_grad_norm()
-            metrics.update(
-                {
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm if grad_norm is not None else float("nan")),
-                    "samples_per_s": global_batch / metrics["step_time"],
-                    **memory_stats(device),
-                }
-            )
-            logger.log(step, metrics)
-            if progress is not None:
-                progress.update(step, metrics)
-            _ray_report(step, metrics)
-            window = Window()
-        # ranks agree on a stop where they already synchronise (one process: every step, for free)
-        stopping = stop_flag.agreed() if (at_log or at_ckpt or not _distributed()) else False
-        if at_ckpt or stopping:
-            path = save(step)
-            log.info("step %d: checkpoint %s", step, path)
-        if stopping:
-            status = "preempted"
-            log.warning("preempted at step %d (%s): checkpoint %s", step, stop.reason() or "another rank", path)
-            break
-    logger.close()
-    stop.finish()
+    try:
+        engine.train()
+        window = Window()
+        status, path = "finished", None
+        while step < cfg.trainer.max_steps:
+            t0 = time.perf_counter()
+            for _ in range(cfg.trainer.grad_accum):
+                td = time.perf_counter()
+                batch = next(batches)
+                window.data_time += time.perf_counter() - td
+                loss, parts = task.loss(engine, batch)
+                engine.backward(loss)
+                engine.step()
+                window.add_losses(loss, parts)
+            if ema is not None:
+                ema.update()
+            step += 1
+            window.step_time += time.perf_counter() - t0
+            window.steps += 1
+            at_log = step % cfg.trainer.log_every == 0 or step == cfg.trainer.max_steps
+            at_ckpt = step % cfg.trainer.ckpt_every == 0 or step == cfg.trainer.max_steps
+            if at_log:
+                metrics = window.means(batches.damage_counts())  # the step's only host sync
+                grad_norm = engine.get_global_grad_norm()
+                metrics.update(
+                    {
+                        "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": float(grad_norm if grad_norm is not None else float("nan")),
+                        "samples_per_s": global_batch / metrics["step_time"],
+                        **memory_stats(device),
+                    }
+                )
+                logger.log(step, metrics)
+                if progress is not None:
+                    progress.update(step, metrics)
+                _ray_report(step, metrics)
+                window = Window()
+            # ranks agree on a stop where they already synchronise (one process: every step, for free)
+            stopping = stop_flag.agreed() if (at_log or at_ckpt or not _distributed()) else False
+            if at_ckpt or stopping:
+                path = save(step)
+                log.info("step %d: checkpoint %s", step, path)
+            if stopping:
+                status = "preempted"
+                log.warning("preempted at step %d (%s): checkpoint %s", step, stop.reason() or "another rank", path)
+                break
+        logger.close()
+    finally:  # loader workers ignore SIGTERM: end them through the DataLoader, also on an error
+        batches.close()
+        stop.finish()
     return {
         "status": status,
         "step": step,

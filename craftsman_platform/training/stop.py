@@ -144,3 +144,20 @@ def ray_worker_setup() -> None:
     _request.fallback[signal.SIGINT] = signal.getsignal(signal.SIGINT)
     for signum in SIGNALS:
         signal.signal(signum, _handle)
+
+
+def loader_worker_setup(delay_s: float, worker_id: int) -> None:
+    """Loader workers leave stopping to their rank: torchrun and Slurm signal a rank's whole process
+    group, and a worker dying of it would fail the rank before it checkpoints. SIGINT is ignored;
+    SIGTERM ends the worker `delay_s` later (the rank's grace period), so that the DataLoader's own
+    terminate() at an exit without a clean shutdown still ends it. Normally workers end with their
+    rank: the DataLoader shuts them down, or its watchdog does when the rank is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def later(signum, frame) -> None:
+        timer = threading.Timer(delay_s, os._exit, (0,))
+        timer.daemon = True
+        timer.start()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one timer
+
+    signal.signal(signal.SIGTERM, later)
