@@ -144,11 +144,11 @@ def save_tiny_clip_vision(folder: Path) -> Path:
     return folder
 
 
-def train_in_background(*overrides: str, command: list[str] | None = None) -> subprocess.Popen:
+def train_in_background(*overrides: str, command: list[str] | None = None, env: dict | None = None) -> subprocess.Popen:
     """`craft train OVERRIDES` (or `command`) running in its own session; stdout and stderr piped."""
     return subprocess.Popen(
         command or [sys.executable, "-m", "craftsman_platform.cli", "train", *overrides],
-        env=ENV,
+        env=env or ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

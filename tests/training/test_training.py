@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 import numpy as np
@@ -119,7 +120,11 @@ def test_corrupt_shard_is_skipped_and_counted(tiny_shards, tmp_path):
     data = tmp_path / "shards"
     shutil.copytree(tiny_shards / "shards", data)
     good = (data / "shard-000001.tar").read_bytes()
-    (data / "shard-000009.tar").write_bytes(good[: len(good) // 3] + os.urandom(5000))  # torn mid-member
+    with tarfile.open(data / "shard-000001.tar") as tar:
+        members = tar.getmembers()
+    first = members[0].name.split(".")[0]
+    victim = max((m for m in members if not m.name.startswith(first + ".")), key=lambda m: m.size)
+    (data / "shard-000009.tar").write_bytes(good[: victim.offset_data + victim.size // 2])  # torn mid-member
     (data / "shard-000010.tar").write_bytes(os.urandom(20000))  # not a tar at all
     run = tmp_path / "run"
     craft_train(

@@ -1,17 +1,24 @@
-"""Ray Train on a real local Ray: 2 workers x DeepSpeed ZeRO-1/2 against 1 process; stops and a lost worker."""
+"""Ray Train on a real local Ray (2 workers x DeepSpeed ZeRO-1/2 against 1 process) and on a real
+two-node cluster (stops by signal and a lost worker)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 from helpers import (
     CURVE_STEPS,
+    ENV,
     TWO_RANK_ARGS,
     assert_follows,
+    craft,
     craft_train,
     losses,
     metrics,
@@ -19,6 +26,7 @@ from helpers import (
     wait_for_rows,
 )
 from helpers import shard_glob as shards
+from two_node import two_node_cluster
 
 from craftsman_platform.models.checkpoints import latest_checkpoint, read_meta
 
@@ -73,47 +81,61 @@ def test_diffusion_trains_with_two_ray_workers(vae_run, latents_pack, tmp_path):
 
 @pytest.mark.slow
 def test_stops_and_a_lost_worker_keep_the_one_process_curve(one_rank_curve, tiny_shards, tmp_path):
-    """launcher=ray, 2 workers reading through loader workers. Run 1: SIGTERM to `craft train`.
-    Run 2 (resumed): kill -9 one Ray Train worker, Ray Train restarts the group from the checkpoint;
-    then SIGTERM to one worker of the new group. Run 3 finishes. Each stop is a checkpoint at the
-    agreed step and exit 0; metrics.jsonl ends with one row per step, the one-process curve's."""
+    """launcher=ray on a real two-node cluster (a head and a second raylet, one CPU each, so one
+    Ray Train worker per node), both reading through loader workers. Run 1: SIGTERM to `craft train`.
+    Run 2 (resumed): kill -9 the worker node's Ray Train worker, Ray Train restarts the group from
+    the checkpoint; then SIGTERM to that node's worker of the new group. Run 3 finishes. Each stop
+    is a checkpoint at the agreed step and exit 0; metrics.jsonl ends with one row per step, the
+    one-process curve's."""
     run = tmp_path / "run"
-    args = [
-        *TWO_RANK_ARGS,
-        f"data.train_shards={shards(tiny_shards)}",
-        f"run_dir={run}",
-        f"trainer.max_steps={CURVE_STEPS}",
-        "trainer.ckpt_every=100",
-        "launcher=ray",
-        "launcher.num_workers=2",
-        "launcher.max_failures=1",
-    ]
+    root = Path(tempfile.mkdtemp(prefix="craft-ray-", dir="/tmp"))  # short: Ray's socket paths
     rank_1 = run / "workers" / "rank-1.pid"
+    try:
+        with two_node_cluster(root, head_cpus=1, worker_cpus=1, env=ENV) as (address, env):
+            args = [
+                *TWO_RANK_ARGS,
+                f"data.train_shards={shards(tiny_shards)}",
+                f"run_dir={run}",
+                f"trainer.max_steps={CURVE_STEPS}",
+                "trainer.ckpt_every=100",
+                "launcher=ray",
+                "launcher.num_workers=2",
+                "launcher.max_failures=1",
+                f"ray.address={address}",
+            ]
 
-    def stopped(proc, after: int) -> int:
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out[-3000:]
-        step = read_meta(latest_checkpoint(run))["step"]
-        assert after <= step < CURVE_STEPS and f"train: preempted at step {step}" in out, out[-3000:]
-        assert all(r["status"] == "preempted" and r["step"] == step for r in worker_summaries(run))
-        return step
+            def stopped(proc, after: int) -> int:
+                out, _ = proc.communicate(timeout=300)
+                assert proc.returncode == 0, out[-3000:]
+                step = read_meta(latest_checkpoint(run))["step"]
+                assert after <= step < CURVE_STEPS and f"train: preempted at step {step}" in out, out[-3000:]
+                assert all(r["status"] == "preempted" and r["step"] == step for r in worker_summaries(run))
+                return step
 
-    proc = train_in_background(*args)
-    wait_for_rows(proc, run, 3)
-    os.kill(proc.pid, signal.SIGTERM)
-    first_stop = stopped(proc, 3)
+            proc = train_in_background(*args, env=env)
+            wait_for_rows(proc, run, 3)
 
-    proc = train_in_background(*args)
-    wait_for_rows(proc, run, first_stop + 3)
-    lost = int(rank_1.read_text())
-    os.kill(lost, signal.SIGKILL)
-    deadline = time.time() + 300
-    while int(rank_1.read_text()) == lost or len(metrics(run)) < first_stop + 6:  # the new group's steps
-        assert proc.poll() is None and time.time() < deadline, "the group did not come back"
-        time.sleep(0.2)
-    os.kill(int(rank_1.read_text()), signal.SIGTERM)
-    stopped(proc, first_stop + 6)
+            def on_worker_node(pid: int) -> bool:  # a process of the worker node's raylet
+                return any(str(root / "worker") in " ".join(p.cmdline()) for p in psutil.Process(pid).parents())
 
-    craft_train(*args)
-    assert_follows(losses(run), one_rank_curve, CURVE_STEPS)
-    assert all(r["status"] == "finished" and r["step"] == CURVE_STEPS for r in worker_summaries(run))
+            placed = [on_worker_node(int((run / "workers" / f"rank-{r}.pid").read_text())) for r in (0, 1)]
+            assert sorted(placed) == [False, True], placed  # one rank per node
+            os.kill(proc.pid, signal.SIGTERM)
+            first_stop = stopped(proc, 3)
+
+            proc = train_in_background(*args, env=env)
+            wait_for_rows(proc, run, first_stop + 3)
+            lost = int(rank_1.read_text())
+            os.kill(lost, signal.SIGKILL)
+            deadline = time.time() + 300
+            while int(rank_1.read_text()) == lost or len(metrics(run)) < first_stop + 6:  # the new group's steps
+                assert proc.poll() is None and time.time() < deadline, "the group did not come back"
+                time.sleep(0.2)
+            os.kill(int(rank_1.read_text()), signal.SIGTERM)
+            stopped(proc, first_stop + 6)
+
+            out = craft("train", *args, env=env).stdout
+            assert_follows(losses(run), one_rank_curve, CURVE_STEPS)
+            assert all(r["status"] == "finished" and r["step"] == CURVE_STEPS for r in worker_summaries(run)), out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
