@@ -46,7 +46,8 @@ SUBCOMMANDS = {
             "craft preprocess source.kind=objaverse 'source.lvis_categories=[chair,mug]' output_dir=out/",
             "craft preprocess source.path=meshes/ output_dir=s3://bucket/out  # object storage (the cloud extra)",
             "craft preprocess ray.address=auto source.kind=objaverse output_dir=s3://bucket/objaverse  # a cluster",
-            "Writes OUT/shards/*.tar, OUT/manifest.parquet (every object: status, reason), OUT/summary.json.",
+            "Writes OUT/shards/*.tar, OUT/manifest.parquet (every object: status, reason), OUT/summary.json,"
+            " OUT/report.html (craft report rebuilds it).",
         ],
     ),
     "pack": Subcommand(
@@ -63,6 +64,18 @@ SUBCOMMANDS = {
             "craft pack ray.address=auto kind=latents ...   # a cluster: encoder actors on its GPUs",
             "Writes PACK/pack.json (kind, sources, selection, recipe, VAE), PACK/shards/*.tar, PACK/manifest.parquet;"
             " train with data.train_shards=PACK.",
+        ],
+    ),
+    "report": Subcommand(
+        "craftsman_platform.pipelines.report.job",
+        "report",
+        "OUT/report.html of a preprocessing output: failures, distributions, a gallery (also W&B)",
+        "craftsman_platform.pipelines.report.config:ReportConfig",
+        ("logger",),
+        [
+            "craft report output_dir=out/                    # rebuilds out/report.html",
+            "craft report output_dir=s3://bucket/objaverse gallery=500 logger=wandb",
+            "craft preprocess writes the same report at its end (report_gallery=0 turns the pictures off).",
         ],
     ),
     "inspect": Subcommand(

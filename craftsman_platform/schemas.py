@@ -11,11 +11,13 @@ from craftsman_platform.geometry.config import InspectConfig
 from craftsman_platform.inference.config import AppConfig, GenerateConfig
 from craftsman_platform.pipelines.pack.config import PackConfig
 from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
+from craftsman_platform.pipelines.report.config import ReportConfig
 from craftsman_platform.training.config import ConvertConfig, TrainConfig
 
 SCHEMAS = {
     "preprocess": PreprocessConfig,
     "pack": PackConfig,
+    "report": ReportConfig,
     "inspect": InspectConfig,
     "train": TrainConfig,
     "evaluate": EvalConfig,

@@ -20,7 +20,8 @@ ALLOWED = {
     "geometry": BASE | {"shapedata"},
     "models": BASE | {"shapedata"},
     "raycluster": BASE,
-    "pipelines": BASE | {"shapedata", "geometry", "models", "raycluster"},  # models: the latents pack encodes
+    # models: the latents pack encodes; logger: the dataset report's W&B tables
+    "pipelines": BASE | {"shapedata", "geometry", "models", "raycluster", "logger"},
     "training": BASE | {"shapedata", "models", "raycluster", "logger"},
     "inference": BASE | {"shapedata", "models"},
     "evaluation": BASE | {"shapedata", "geometry", "models", "inference", "logger"},

@@ -8,6 +8,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from craftsman_platform.geometry.config import GeometryConfig, RenderConfig
+from craftsman_platform.logger import LoggerConfig
 from craftsman_platform.pipelines.preprocess.sources import OBJAVERSE_URL
 from craftsman_platform.raycluster import RayConfig
 
@@ -40,4 +41,6 @@ class PreprocessConfig:
     retry_failed: bool = False  # on resume, try objects recorded as failed again
     shard_max_bytes: int = 1_000_000_000
     threads_per_task: int = 1  # threads each object's geometry may use (1: one core per task)
+    report_gallery: int = 240  # OUT/report.html at the end: objects with pictures (0: counts and histograms only)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # logger=wandb: the report's tables to W&B too
     lock_stale_s: float = 120.0  # a lock on output_dir with no heartbeat for this long is taken over

@@ -30,6 +30,7 @@ from craftsman_platform.pipelines.preprocess.sources import (
     objaverse_objects,
 )
 from craftsman_platform.pipelines.preprocess.summary import format_summary, summarize
+from craftsman_platform.pipelines.report.job import format_result, write_report
 from craftsman_platform.pipelines.shardstore import ShardStore
 from craftsman_platform.pipelines.storage import Output
 
@@ -220,6 +221,11 @@ def main(dcfg: DictConfig) -> None:
         f"shards: {out.display('shards')}  manifest: {out.display('manifest.parquet')}  "
         f"summary: {out.display('summary.json')}"
     )
+    try:  # the data is complete either way: a report that cannot be made is a warning
+        wandb = cfg.logger.wandb if cfg.logger.wandb.enabled else None
+        print(format_result(write_report(out, cfg.report_gallery, wandb)))
+    except Exception as err:  # noqa: BLE001
+        log.warning("report.html not written (%s); `craft report output_dir=%s` retries it", err, out.display())
     run = summary["this_run"]
     if run["processed"] and not run["ok"]:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["reasons"].items()))

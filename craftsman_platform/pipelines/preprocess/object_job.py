@@ -87,6 +87,7 @@ def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str, writers:
             },
             "sign_agreement": record["sign_agreement"],
             "counts": {k: record[f"n_{k}"] for k in ("surface", "sharp", "vol", "near")},
+            "faces": record["faces"],  # of the input mesh
             "views": len(views),
             "timings": {s: timings[s] for s in STAGES},
             "pipeline_version": PIPELINE_VERSION,
@@ -149,6 +150,7 @@ def manifest_row(meta: dict) -> dict:
         "parts_lost": wt["parts_lost"],
         "sign_agreement": meta["sign_agreement"],
         "n_sharp": meta["counts"]["sharp"],
+        "n_faces": meta.get("faces"),  # of the input mesh (absent in samples of older versions)
         "views": meta["views"],
         # for `craft pack select=...`: Objaverse's LVIS category (when selected by category) and license
         "lvis_category": (meta.get("annotations") or {}).get("lvis_category"),
