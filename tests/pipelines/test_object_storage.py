@@ -140,11 +140,15 @@ def test_preprocess_to_s3_killed_twice_resumes_exactly_once_and_trains_from_it(s
 
 
 def test_pack_from_and_to_s3_then_train_from_it(s3, tiny_shards, tmp_path):
-    """`craft pack` reads an archive in a bucket and writes the pack there (journals, lock, pack.json);
-    a resume finds it done; `craft train` streams it from s3://."""
+    """`craft report` writes the report of an archive in a bucket; `craft pack` reads the archive there and
+    writes the pack there (journals, lock, pack.json); a resume finds it done; `craft train` streams
+    it from s3://."""
     env = {**ENV, **s3}
     fs = s3fs.S3FileSystem()
     fs.put(str(tiny_shards), f"{BUCKET}/archive", recursive=True)
+    report = craft("report", f"output_dir=s3://{BUCKET}/archive", env=env)  # the dataset report, in the bucket
+    assert f"report: s3://{BUCKET}/archive/report.html (8 objects, 8 with pictures" in report.stdout
+    assert b'<img src="data:image/png;base64,' in fs.cat_file(f"{BUCKET}/archive/report.html")
     pack = f"s3://{BUCKET}/packs/vae"
     args = ["kind=vae", f"source=s3://{BUCKET}/archive", f"output_dir={pack}", "num_surface=1024", "num_vol=512",
             "num_near=512", "chunks=2", "workers=2"]  # fmt: skip
