@@ -178,3 +178,23 @@ def assert_follows(curve: dict[int, float], reference: dict[int, float], steps: 
     assert sorted(curve) == list(range(1, steps + 1)), sorted(curve)
     for step in range(1, steps + 1):
         assert curve[step] == pytest.approx(reference[step], rel=TOLERANCE), (step, curve[step], reference[step])
+
+
+@contextlib.contextmanager
+def offline_page(html_file: Path):
+    """`html_file` open in Debian's headless Chromium with every request but file: and data: aborted
+    (a self-contained page needs none)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.route(
+            "**/*",
+            lambda route: route.abort() if not route.request.url.startswith(("file:", "data:")) else route.continue_(),
+        )
+        page.goto(html_file.as_uri())
+        try:
+            yield page
+        finally:
+            browser.close()

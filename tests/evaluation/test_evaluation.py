@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from helpers import ENV, craft, shard_glob
+from helpers import ENV, craft, offline_page, shard_glob
 
 from craftsman_platform.evaluation.metrics import surface_metrics
 
@@ -91,16 +91,7 @@ def test_objects_scored_together_score_as_one_at_a_time(vae_run, vae_eval, tiny_
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium (make setup installs it)")
 def test_report_opens_in_headless_chromium(vae_eval):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.route(
-            "**/*",
-            lambda route: route.abort() if not route.request.url.startswith(("file:", "data:")) else route.continue_(),
-        )  # self-contained: any network request fails the page
-        page.goto((vae_eval / "report.html").as_uri())
+    with offline_page(vae_eval / "report.html") as page:  # self-contained: any network request fails it
         assert "step 1000" in page.title()
         assert page.locator("#objects tbody tr").count() == 3
         # one checkpoint: each metric shows its value (no lone dot on a made-up axis)
@@ -121,7 +112,6 @@ def test_report_opens_in_headless_chromium(vae_eval):
         header.click()
         assert column() == sorted(column(), reverse=True)
         page.screenshot(path=str(vae_eval / "report.png"), full_page=True)
-        browser.close()
     assert (vae_eval / "report.png").stat().st_size > 10_000
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import SMALL_ARGS, craft
+from helpers import SMALL_ARGS, craft, offline_page
 
 from craftsman_platform.pipelines.report.gather import pick_gallery, read_manifest
 from craftsman_platform.pipelines.storage import Output
@@ -72,17 +72,8 @@ def test_an_older_manifest_without_new_columns_still_reports(output, tmp_path):
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium (make setup installs it)")
 def test_the_report_renders_filters_and_shows_a_failure_in_headless_chromium(output):
-    from playwright.sync_api import sync_playwright
-
     out, _ = output
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.route(
-            "**/*",
-            lambda route: route.abort() if not route.request.url.startswith(("file:", "data:")) else route.continue_(),
-        )  # self-contained: any network request fails the page
-        page.goto((out / "report.html").as_uri())
+    with offline_page(out / "report.html") as page:  # self-contained: any network request fails it
         assert page.locator("#total").inner_text().startswith("4 objects")
         assert "no_triangles" in page.locator("#by-reason tr.reason").first.inner_text()
         assert page.locator(".hist[data-column=chamfer] svg rect").count() >= 1
@@ -106,4 +97,3 @@ def test_the_report_renders_filters_and_shows_a_failure_in_headless_chromium(out
         views = page.eval_on_selector_all("#detail img", "imgs => imgs.map(i => i.naturalWidth)")
         assert len(views) == 5 and all(w > 0 for w in views)  # one view set and the point cloud
         assert "chamfer" in page.locator("#detail table.row").inner_text()
-        browser.close()
