@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: Eigen headers (pysdf builds from source), libusb/libgl/libgomp (open3d),
 # assimp-testmodels (a real corpus of valid and malformed meshes used by the tests), g++ (DeepSpeed
-# JIT-builds its CPU communication op), chromium (headless browser tests of report.html and the app).
+# JIT-builds its CPU communication op), chromium (headless browser tests of report.html and the app),
+# slurmctld/slurmd/slurm-client/munge (a real one-node Slurm runs the cluster/slurm scripts in the tests).
 need=()
-for pkg in libeigen3-dev libusb-1.0-0 libgl1 libgomp1 assimp-testmodels g++ chromium; do
+for pkg in libeigen3-dev libusb-1.0-0 libgl1 libgomp1 assimp-testmodels g++ chromium slurmctld slurmd slurm-client munge; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -126,6 +126,21 @@ def tiny_shards(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def one_rank_curve(tiny_shards, tmp_path_factory) -> dict[int, float]:
+    """The tiny VAE's losses over CURVE_STEPS steps in one process with grad_accum=2: the curve the
+    distributed tests (torchrun, Ray Train, srun, sbatch) compare against."""
+    from helpers import CURVE_STEPS, TWO_RANK_ARGS, craft, losses, shard_glob
+
+    def build(folder: Path) -> Path:
+        run = folder / "run"
+        args = [f"data.train_shards={shard_glob(tiny_shards)}", f"run_dir={run}", f"trainer.max_steps={CURVE_STEPS}"]
+        craft("train", *TWO_RANK_ARGS, *args, "trainer.grad_accum=2")
+        return run
+
+    return losses(shared(tmp_path_factory, "one_rank_curve", build))
+
+
+@pytest.fixture(scope="session")
 def vae_run(tiny_shards, tmp_path_factory) -> Path:
     """experiment=vae_tiny trained on the 8 real shapes (the recipe `make demo` uses), W&B offline."""
     from helpers import craft, shard_glob

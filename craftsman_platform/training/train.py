@@ -3,7 +3,7 @@
 The config is composed once, here on the driver, validated, saved as RUN_DIR/config.yaml and sent
 to the workers as a resolved plain dict. launcher=local trains in this process; launcher=ray runs
 Ray Train's TorchTrainer (gloo on CPU, NCCL on GPU) on the local Ray or `ray.address`; under
-torchrun or srun (launcher=torchrun) each process is one rank (see cluster/slurm/).
+torchrun or srun (launcher=torchrun) each process is one rank (training/slurm.py, cluster/slurm/).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from craftsman_platform.shapedata.sample import expand_urls
 from craftsman_platform.training import stop
 from craftsman_platform.training.config import LauncherConfig, TrainConfig, to_train_config
 from craftsman_platform.training.loop import train_worker
+from craftsman_platform.training.slurm import ranks_from_slurm
 from craftsman_platform.training.tasks import check_vae_checkpoint
 
 log = logging.getLogger("craft.train")
@@ -247,6 +248,7 @@ def _command_line_overrides() -> list[str]:
 
 
 def run(dcfg: DictConfig) -> dict:
+    ranks_from_slurm(dcfg.launcher.kind)  # before anything is written: srun ranks, or a refusal
     if dcfg.get("init_from") and latest_checkpoint(dcfg.run_dir or "") is None:
         dcfg = adopt_model(dcfg, _command_line_overrides())
     cfg = to_train_config(dcfg)
