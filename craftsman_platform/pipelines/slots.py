@@ -8,6 +8,11 @@ REFRESH_S = 5.0  # how often the driver re-reads the cluster's size
 MAX_REQUEST = 10_000  # task slots asked of the autoscaler at most
 
 
+def node_slots(cpus: float, memory_bytes: float, task_memory_bytes: int) -> int:
+    """Task slots of one node: one CPU and `task_memory_bytes` of Ray's memory resource each."""
+    return min(int(cpus), int(memory_bytes // task_memory_bytes))
+
+
 class Slots:
     """How many tasks to keep running: the cluster's task slots (CPUs, and memory at
     `memory_per_task_gb` each, per node), re-read every few seconds, capped by `workers`. On a
@@ -26,7 +31,7 @@ class Slots:
         for node in self.ray.nodes():
             if node.get("Alive"):
                 res = node.get("Resources", {})
-                n = min(int(res.get("CPU", 0)), int(res.get("memory", 0) // self.task_memory))
+                n = node_slots(res.get("CPU", 0), res.get("memory", 0), self.task_memory)
                 slots += n
                 if n:
                     self.nodes.append(node["NodeID"])
