@@ -2,7 +2,7 @@
 
     python scripts/kuberay_crds.py KUBERAY_CHECKOUT VERSION   # e.g. a clone of ray-project/kuberay at v1.7.0
 
-Only the openAPIV3Schema of each served version is kept (as JSON, ~10x smaller than the CRD file);
+Only the openAPIV3Schema of the stored version (v1) is kept (as JSON, ~10x smaller than the CRD file);
 tests/cluster/test_recipes.py validates the manifests against it.
 """
 
@@ -30,7 +30,8 @@ def main(checkout: str, version: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for kind in KINDS:
         crd = yaml.safe_load((Path(checkout) / f"ray-operator/config/crd/bases/ray.io_{kind}.yaml").read_text())
-        schemas = {v["name"]: strip(v["schema"]["openAPIV3Schema"]) for v in crd["spec"]["versions"] if v["served"] and v["storage"]}
+        stored = [v for v in crd["spec"]["versions"] if v["served"] and v["storage"]]
+        schemas = {v["name"]: strip(v["schema"]["openAPIV3Schema"]) for v in stored}
         doc = {"kuberay": version, "kind": crd["spec"]["names"]["kind"], "schemas": schemas}
         (out / f"{kind}.json").write_text(json.dumps(doc, separators=(",", ":"), sort_keys=True) + "\n")
         print(f"{kind}: versions {sorted(schemas)} -> {out / f'{kind}.json'}")

@@ -76,7 +76,8 @@ def strict(schema):
     if not isinstance(schema, dict):
         return schema
     out = {k: strict(v) for k, v in schema.items()}
-    if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+    keeps_unknown = out.get("x-kubernetes-preserve-unknown-fields")
+    if "properties" in out and "additionalProperties" not in out and not keeps_unknown:
         out["additionalProperties"] = False
     return out
 
@@ -208,7 +209,7 @@ def test_ray_launcher_configs_pass_rays_validator_with_nothing_left_to_fill_in()
         # no merged default (`pip install boto3` into whatever pip is first): boto3 comes with the
         # cluster extra, installed by node-setup.sh into the venv the head's ray runs from
         assert not any("boto3" in c for c in config["head_setup_commands"]), config["head_setup_commands"]
-        assert all(c.startswith("bash ~/craftsman-platform/cluster/ray/node-setup.sh") for c in config["setup_commands"][:1])
+        assert config["setup_commands"][0].startswith("bash ~/craftsman-platform/cluster/ray/node-setup.sh")
         assert config["file_mounts"] == {"~/craftsman-platform": "."} and config["rsync_filter"] == [".gitignore"]
     assert '"${repo}[cloud,cluster]"' in setup and "boto3" in (REPO / "pyproject.toml").read_text()
     train = (CLUSTER / "ray" / "train-4x8gpu.yaml").read_text()
