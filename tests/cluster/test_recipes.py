@@ -246,12 +246,12 @@ def command_lines(text: str) -> list[list[str]]:
         match = COMMAND.search(line)
         if not match:
             continue
-        words = shlex.split(match.group(2).split(" # ")[0].rstrip("`"), comments=False)
+        words = shlex.split(match.group(2).split(" # ")[0].split("`")[0])  # to a comment or inline code's end
         if match.group(1) == "sbatch":
             if not words[0].startswith("cluster/slurm/"):
                 continue
             words = ["train", "launcher=torchrun", *words[1:]]
-        if words and words[0] in SUBCOMMANDS:
+        if len(words) > 1 and words[0] in SUBCOMMANDS:  # (a bare `craft pack` names it in prose)
             found.append(words)
     return found
 
