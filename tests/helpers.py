@@ -67,6 +67,17 @@ def kill_tree(proc: subprocess.Popen) -> None:
     psutil.wait_procs(job, timeout=30)
 
 
+def stop_server(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM a server started with start_new_session (its process group only), SIGKILL after timeout."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
 
 

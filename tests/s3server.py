@@ -7,16 +7,14 @@ it is stopped (its own process only) when the fixture ends.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
-from helpers import free_ports
+from helpers import free_ports, stop_server
 
 BUCKET = "craft"
 PORT_FLAGS = (
@@ -61,13 +59,7 @@ def s3_server(folder: Path) -> Iterator[dict[str, str]]:
         _wait_ready(env, proc, folder / "weed.log")
         yield env
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_server(proc, timeout=20)
         log.close()
 
 

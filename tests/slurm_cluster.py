@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
 
-from helpers import free_ports
+from helpers import free_ports, stop_server
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel")
 
@@ -103,6 +102,10 @@ def _ping(env: dict[str, str]) -> str:
     return subprocess.run(["scontrol", "ping"], env=env, capture_output=True, text=True).stdout
 
 
+def _jobs(env: dict[str, str]) -> str:
+    return subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip()
+
+
 def _node_idle(env: dict[str, str]) -> bool:
     out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True).stdout
     return out.strip().rstrip("*") == "idle"
@@ -137,11 +140,10 @@ def slurm_cluster(folder: Path, cpus: int = 2, gpus: int = 2, memory_mb: int = 8
         _wait(lambda: _node_idle(env), slurmd, folder / "slurmd.log", "slurmd")
         yield env
     finally:
+        if len(procs) == 3:  # jobs still running (a failed test) end with the cluster, not after it
+            subprocess.run(["scancel", "--user=root"], env=env, capture_output=True)
+            deadline = time.time() + 60
+            while _jobs(env) and time.time() < deadline:
+                time.sleep(0.5)
         for proc in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_server(proc)
