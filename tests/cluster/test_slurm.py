@@ -1,7 +1,7 @@
 """The SLURM scripts under a real Slurm on this machine (tests/slurm_cluster.py): cluster/slurm/
 train.sbatch as written, for the tiny recipe on one node with two (file-only) GPUs, so two ranks on
-the CPU; the warning Slurm sends before a time limit, a checkpoint, the requeue, the resume, the
-one-process curve. And `srun` ranks without torchrun, and the launches that would start N runs."""
+the CPU, ZeRO-2; the warning Slurm sends before a time limit, a checkpoint, the requeue, the resume,
+the one-process curve. And `srun` ranks without torchrun, and the launches that would start N runs."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_train_sbatch_checkpoints_before_the_time_limit_requeues_and_follows_the
     # the script's own directives, with the sizes of this one-node cluster (2 CPUs, 2 GPUs) and a log
     # file the test can find; --signal, --requeue and --open-mode=append are the script's
     sizes = ["--nodes=1", "--gpus-per-node=2", "--cpus-per-task=2", f"--output={log}"]
-    args = [*train_args(tiny_shards, run, CURVE_STEPS), "trainer.ckpt_every=100"]
+    args = [*train_args(tiny_shards, run, CURVE_STEPS), "trainer.ckpt_every=100", "deepspeed=zero2"]
     job = sh(env, "sbatch", "--parsable", *sizes, str(REPO / "cluster/slurm/train.sbatch"), *args).strip()
     wait_until(lambda: (run / "metrics.jsonl").exists() and len(metrics(run)) >= 4, "4 steps")
     # what `--signal=B:USR1@300` delivers 300 s before the time limit: USR1 to the batch script only
