@@ -25,7 +25,7 @@ craft_setup() {
   # shellcheck disable=SC1091  # the project's virtual environment, made by `make setup`
   if [[ -f ${CRAFT_VENV:-.venv}/bin/activate ]]; then source "${CRAFT_VENV:-.venv}/bin/activate"; fi
   python -c "import craftsman_platform" 2>/dev/null || {
-    echo "sbatch: craftsman_platform is not importable from $(command -v python); set CRAFT_VENV" >&2
+    echo "sbatch: craftsman_platform is not importable by $(command -v python || echo "python (none on PATH)"); set CRAFT_VENV" >&2
     exit 2
   }
   # Slurm 22.05.0-23.02.4: srun does not inherit the job's --cpus-per-task (ranks on one CPU)

@@ -271,3 +271,17 @@ def test_every_craft_command_in_the_recipes_composes():
                 raise AssertionError(f"{name}: craft {sub} {' '.join(overrides)}: {err}") from err
     print("\n".join(f"{name}: craft {' '.join(words)}" for name, words in sorted(commands)))
     assert len(commands) >= 8, commands
+
+
+def test_the_sbatch_scripts_refuse_a_run_without_run_dir_and_a_missing_environment(tmp_path):
+    """Before anything is submitted to the ranks: no run_dir= (the STOP file's place), no project."""
+    step = CLUSTER / "slurm" / "run-step.sh"
+    found = subprocess.run(
+        ["bash", "-c", f'source {step}; craft_find_run_dir experiment=vae_tiny; echo "not reached"'],
+        capture_output=True,
+        text=True,
+    )
+    assert found.returncode == 2 and "pass run_dir=DIR" in found.stderr and "not reached" not in found.stdout
+    env = {"PATH": "/usr/bin:/bin", "SLURM_SUBMIT_DIR": str(tmp_path), "CRAFT_VENV": str(tmp_path / "none")}
+    setup = subprocess.run(["bash", "-c", f"source {step}; craft_setup"], capture_output=True, text=True, env=env)
+    assert setup.returncode == 2 and "craftsman_platform is not importable" in setup.stderr, setup.stderr
