@@ -27,6 +27,8 @@ def ranks_from_slurm(launcher_kind: str, env: MutableMapping[str, str] = os.envi
     if tasks <= 1:
         return False
     if "SLURM_STEP_ID" not in env:
+        if launcher_kind == "ray":  # one driver in the batch script (Ray started on the job's nodes)
+            return False
         raise ConfigError(
             f"SLURM_NTASKS={tasks} but this is the batch script, not an srun step (no SLURM_STEP_ID): "
             "start the ranks with `srun craft train launcher=torchrun ...` or with torchrun"

@@ -38,3 +38,5 @@ def test_launches_that_would_start_several_runs_in_one_run_dir_are_refused():
     batch = {k: v for k, v in STEP.items() if not k.startswith("SLURM_STEP")}
     with pytest.raises(ConfigError, match="SLURM_NTASKS=16 but this is the batch script, not an srun step"):
         ranks_from_slurm("torchrun", batch)
+    # the batch script of a job that started Ray on its nodes runs one driver: that is one run
+    assert not ranks_from_slurm("ray", batch) and "RANK" not in batch
