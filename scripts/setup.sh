@@ -4,12 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: Eigen headers (pysdf builds from source), libusb/libgl/libgomp (open3d),
+# Debian packages: libusb/libgl/libgomp (open3d),
 # assimp-testmodels (a real corpus of valid and malformed meshes used by the tests), g++ (DeepSpeed
 # JIT-builds its CPU communication op), chromium (headless browser tests of report.html and the app),
 # slurmctld/slurmd/slurm-client/munge (a real one-node Slurm runs the cluster/slurm scripts in the tests).
 need=()
-for pkg in libeigen3-dev libusb-1.0-0 libgl1 libgomp1 assimp-testmodels g++ chromium slurmctld slurmd slurm-client munge; do
+for pkg in libusb-1.0-0 libgl1 libgomp1 assimp-testmodels g++ chromium slurmctld slurmd slurm-client munge; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -24,8 +24,5 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 # The local CPU wheel; a bare `torch` would pull gigabytes of CUDA.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
-# pysdf's setup.py fails to parse Eigen 3.4.0's version (minor 0 reads as false) and then
-# tries to download Eigen; pointing the compiler at Debian's headers makes the build succeed.
-export CPLUS_INCLUDE_PATH=/usr/include/eigen3${CPLUS_INCLUDE_PATH:+:$CPLUS_INCLUDE_PATH}
 .venv/bin/python -m pip install -q -e ".[dev]"
 echo "setup: done ($(.venv/bin/python -c 'import torch, trimesh, open3d; print("torch", torch.__version__, "trimesh", trimesh.__version__, "open3d", open3d.__version__)'))"

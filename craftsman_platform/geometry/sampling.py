@@ -9,13 +9,11 @@ Conventions (see docs/data-format.md):
 
 from __future__ import annotations
 
-import os
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import open3d as o3d
-import pysdf
 import trimesh
 from scipy.spatial import cKDTree
 
@@ -25,6 +23,12 @@ from craftsman_platform.geometry.watertight import SdfGrid, surface_lattice
 
 # Smallest positive float16 (subnormal): a non-zero sdf never rounds to a sign-less zero.
 _F16_TINY = np.float32(np.finfo(np.float16).smallest_subnormal)
+
+# Ray directions of the inside test: fixed (a rerun gives the same signs; pysdf, used before,
+# draws a random ray frame per mesh and flipped points on the surface run to run), far from the
+# axes and from each other, and far from (1, 1, 1), the direction of open3d's check vote.
+_RAYS = np.array([[0.36, 0.48, 0.80], [-0.62, 0.21, 0.756], [0.48, -0.86, 0.173]], dtype=np.float32)
+_RAYS /= np.linalg.norm(_RAYS, axis=1, keepdims=True)
 
 
 def object_rng(seed: int, uid: str) -> np.random.Generator:
@@ -68,32 +72,40 @@ class Samples:
 class SignedDistance:
     """Exact signed distance to a closed mesh, and an independent check of its inside test.
 
-    Inside: exact from the conversion grid where it decides (UDF path), else pysdf's ray-cast
-    `contains`. Distance: open3d's BVH (exact). pysdf's own distances are NOT used: they come
-    from a local search that misses the closest face for ~1% of points a few voxels away.
+    Inside: exact from the conversion grid where it decides (UDF path), else the majority of
+    three ray-parity casts along fixed directions (embree through open3d; deterministic).
+    Distance: open3d's BVH (exact).
     Far from the surface exact queries are slow (~30 us each on 400k faces), so with a
     `truncation` the distance is exact up to it and clipped beyond: a lower bound from a
     KD-tree over points covering the surface decides which points can be that far.
-    Check: open3d's 3-ray occupancy vote, a separate implementation of the inside test.
+    Check: open3d's 3-ray occupancy vote, cast along (1, 1, 1): another direction, so a mesh
+    whose parity depends on the direction (overlapping or leaking shells) shows as disagreement.
     """
 
     def __init__(self, mesh: trimesh.Trimesh, scene=None, grid: SdfGrid | None = None, cover: float = 0.015):
         self._mesh = mesh
-        self._sdf = pysdf.SDF(np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.uint32))
         self._scene = scene if scene is not None else raycasting_scene(mesh)
         self._grid = grid
         self._cover = cover
         self._tree = None
-        # pysdf runs its own std::threads (it ignores OMP_NUM_THREADS): bound them explicitly
-        self._threads = compute_threads() or os.cpu_count() or 1
+
+    def _parity(self, pts: np.ndarray) -> np.ndarray:
+        """Inside by ray parity: True where at least two of the three casts cross an odd count."""
+        votes = np.zeros(len(pts), dtype=np.int32)
+        for direction in _RAYS:
+            rays = np.empty((len(pts), 6), dtype=np.float32)
+            rays[:, :3], rays[:, 3:] = pts, direction
+            hits = self._scene.count_intersections(o3d.core.Tensor(rays), nthreads=compute_threads()).numpy()
+            votes += hits % 2
+        return votes >= 2
 
     def inside(self, pts: np.ndarray) -> np.ndarray:
         if self._grid is None:
-            return self._sdf.contains(pts, n_threads=self._threads)
+            return self._parity(pts)
         sign = self._grid.sign(pts)
         undecided = sign == 0
         if undecided.any():
-            sign[undecided] = np.where(self._sdf.contains(pts[undecided], n_threads=self._threads), -1, 1)
+            sign[undecided] = np.where(self._parity(pts[undecided]), -1, 1)
         return sign < 0
 
     def _exact(self, pts: np.ndarray) -> np.ndarray:
