@@ -1,20 +1,24 @@
 """Benchmark: where samples go in `craft preprocess`, the previous design beside the current one.
 
-1. Ingest stress: Ray tasks that return ready-made 5.4 MB samples (the default sample size), the
-   two designs in one run on the same local Ray:
-     driver-writes  (the previous design) the driver ray.get()s every sample and appends it to
-                    the tar itself;
-     workers-write  (the current design, the job's own WriterPool) the driver reads a few-KB
-                    result and hands the sample's reference to a shard writer actor.
-   Per design: driver CPU ms per object (the driver process's CPU time, Ray's threads in it
-   included), bytes the driver deserialises per object, and the ceiling that implies: objects/s
-   one driver core keeps up with (1000 / ms per object).
-2. Real meshes at default settings, 2 workers: `craft preprocess` of the previous commit (a git
-   worktree of --baseline, the driver-writes design) and of this checkout, same meshes, same
-   venv: objects/s (Ray start excluded), and whether every sample's members are byte for byte the
-   same (meta.json compared without its stage timings).
+1. Ingest stress: Ray tasks that hand over ready-made samples instantly, so that only the path
+   of the samples and the driver's work are measured:
+     driver-writes  (the previous design) tasks return 5.37 MB samples (the default sample size);
+                    the driver ray.get()s each and appends it to the tar itself;
+     workers-write  (the current design) the job's own scheduler (`process_all`) with a stand-in
+                    object function: each task hands its sample to its node's shard writer, the
+                    driver reads a few-KB result and journals the shards. Run with 5.37 MB samples
+                    on this machine's 2 task slots, then with 1 KB samples on 16 slots, where the
+                    tasks finish faster than the driver can follow: its ceiling.
+   Per run: driver CPU ms per object (the driver process's CPU time, Ray's threads in it
+   included, Ray start excluded), bytes the driver deserialises per object, objects/s, the share
+   of one core the driver used, and the ceiling that implies: objects/s one driver core keeps up
+   with (1000 / ms per object).
+2. Real meshes at default settings, 2 workers: `craft preprocess` of a previous commit (a git
+   worktree of --baseline) and of this checkout, same meshes, same venv: objects/s (Ray start
+   excluded), and whether every sample's members are byte for byte the same (meta.json compared
+   without its stage timings).
 
-  python bench/preprocess.py --objects 400 --count 24 --baseline 6ba6eed
+  python bench/preprocess.py --objects 400 --count 24 --baseline 0f6744a
 """
 
 from __future__ import annotations
@@ -36,98 +40,133 @@ import numpy as np
 import webdataset as wds
 
 from craftsman_platform.corpora import fixed_sample
+from craftsman_platform.pipelines.lock import OutputLock
+from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
+from craftsman_platform.pipelines.preprocess.object_job import STAGES, manifest_row
+from craftsman_platform.pipelines.preprocess.scheduler import process_all, start_ray
+from craftsman_platform.pipelines.preprocess.sources import ObjectRef
 from craftsman_platform.pipelines.shardstore import ShardStore
 from craftsman_platform.pipelines.storage import Output
-from craftsman_platform.pipelines.writers import WriterPool, hand_to_writer
+from craftsman_platform.pipelines.writers import hand_to_writer
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_BYTES = 5_370_000
 MEMBERS = 70  # 20 views x (rgb, normal, depth) + arrays + json, as a real sample
 
 
-def ready_sample(seed: int, group: str | None):
-    """A task standing in for the pipeline: a 5.4 MB sample in MEMBERS members, made instantly;
-    returned to the driver (group None) or handed to the node's writer of `group`."""
+def ready_members(seed: int, size: int) -> dict[str, bytes]:
+    blob = np.random.default_rng(seed).integers(0, 255, size, dtype=np.uint8).tobytes()
+    step = size // MEMBERS
+    return {f"m{i:03d}.bin": blob[i * step : (i + 1) * step] for i in range(MEMBERS)}
+
+
+def ready_row(uid: str) -> dict:
+    """A manifest row of the real shape (so the driver reads as much as in a real job)."""
+    meta = {
+        "uid": uid, "source": f"/data/meshes/{uid}.glb", "config_hash": "0" * 16, "source_sha256": "0" * 64,
+        "timings": {s: 0.5 for s in STAGES}, "sign_agreement": 1.0, "counts": {"sharp": 4096}, "faces": 100_000,
+        "views": 20, "watertight": {"method": "udf", "chamfer": 0.004, "parts_in": 3, "parts_out": 1, "parts_lost": 0},
+    }  # fmt: skip
+    return {**manifest_row(meta), "worker_peak_rss_mb": 2400.0}
+
+
+def ready_object(ref: ObjectRef, cfg, digest: str, group: str) -> dict:
+    """Stand-in for `run_object` in the job's scheduler: a ready-made sample of
+    ref.annotations["bytes"], handed to this node's writer; the result a real task returns."""
     import ray
 
-    rng = np.random.default_rng(seed)
-    blob = rng.integers(0, 255, SAMPLE_BYTES, dtype=np.uint8).tobytes()
-    step = SAMPLE_BYTES // MEMBERS
-    members = {f"m{i:03d}.bin": blob[i * step : (i + 1) * step] for i in range(MEMBERS)}
-    row = {"uid": f"obj{seed:06d}", "status": "ok", "chamfer": 0.01, "time_sample": 1.5}
-    if group is None:
-        return {"status": "ok", "uid": row["uid"], "row": row, "members": members}
-    ack = hand_to_writer(group, members, row)
-    return {"status": "ok", "uid": row["uid"], "row": row, "node": ray.get_runtime_context().get_node_id(), **ack}
+    row = ready_row(ref.uid)
+    ack = hand_to_writer(group, ready_members(int(ref.uid[3:]), ref.annotations["bytes"]), row)
+    return {"uid": ref.uid, "source": ref.source, "config_hash": digest, "status": "ok", "row": row,
+            "node": ray.get_runtime_context().get_node_id(), **ack}  # fmt: skip
 
 
-def stress_driver_writes(ray, n: int, out: Path) -> tuple[float, float]:
-    task = ray.remote(ready_sample).options(num_cpus=1)
-    out.mkdir(parents=True)
-    cpu0, received = time.process_time(), 0
-    refs = [task.remote(i, None) for i in range(n)]
-    tar, size, index = None, 0, 0
-    while refs:
-        ready, refs = ray.wait(refs, num_returns=min(len(refs), 16), timeout=1.0)
-        for result in ray.get(ready):
-            received += len(pickle.dumps(result, protocol=5))
-            if tar is None:
-                tar = tarfile.open(out / f"shard-{index:06d}.tar", "w", format=tarfile.PAX_FORMAT)
-            for name, data in result["members"].items():
-                info = tarfile.TarInfo(f"{result['uid']}.{name}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-                size += len(data)
-            if size >= 1_000_000_000:
-                tar.close()
-                tar, size, index = None, 0, index + 1
-    if tar is not None:
-        tar.close()
-    return (time.process_time() - cpu0) * 1000 / n, received / n
+def returned_sample(seed: int) -> dict:
+    """The previous design's task: the whole sample goes back to the driver."""
+    uid = f"obj{seed:06d}"
+    return {"status": "ok", "uid": uid, "row": ready_row(uid), "members": ready_members(seed, SAMPLE_BYTES)}
 
 
-def stress_workers_write(ray, n: int, out: Path) -> tuple[float, float]:
-    task = ray.remote(ready_sample).options(num_cpus=1)
-    store = ShardStore(Output(str(out)))
-    pool = WriterPool(ray, store, str(out), {}, 1_000_000_000)
-    cpu0, received = time.process_time(), 0
-    pool.ensure([node["NodeID"] for node in ray.nodes() if node["Alive"]])
-    pending = [task.remote(i, pool.group) for i in range(n)]
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
-        for result in ray.get(ready):
-            received += len(pickle.dumps(result, protocol=5))
-            pool.accepted(None, result)
-    pool.close()
-    return (time.process_time() - cpu0) * 1000 / n, received / n
-
-
-def ingest_stress(n: int, work: Path) -> None:
+def stress_driver_writes(n: int, out: Path) -> dict:
     from craftsman_platform.raycluster import RayConfig, init_ray
 
     ray = init_ray(RayConfig(), num_cpus=2, system_config={"max_direct_call_object_size": 16 * 1024})
     try:
-        ray.get([ray.remote(ready_sample).remote(0, None) for _ in range(2)])  # warm the workers
-        rows = []
-        for name, fn in (
-            ("driver-writes (previous)", stress_driver_writes),
-            ("workers-write (current)", stress_workers_write),
-        ):
-            t0 = time.monotonic()
-            ms, received = fn(ray, n, work / name.split()[0])
-            wall = time.monotonic() - t0
-            rows.append((name, ms, received, 1000 / ms, n / wall))
-            shutil.rmtree(work / name.split()[0], ignore_errors=True)
+        task = ray.remote(returned_sample).options(num_cpus=1)
+        out.mkdir(parents=True)
+        t0, cpu0, received = time.monotonic(), time.process_time(), 0
+        refs = [task.remote(i) for i in range(n)]
+        tar, size, index = None, 0, 0
+        while refs:
+            ready, refs = ray.wait(refs, num_returns=min(len(refs), 16), timeout=1.0)
+            for result in ray.get(ready):
+                received += len(pickle.dumps(result, protocol=5))
+                if tar is None:
+                    tar = tarfile.open(out / f"shard-{index:06d}.tar", "w", format=tarfile.PAX_FORMAT)
+                for name, data in result["members"].items():
+                    info = tarfile.TarInfo(f"{result['uid']}.{name}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                    size += len(data)
+                if size >= 1_000_000_000:
+                    tar.close()
+                    tar, size, index = None, 0, index + 1
+        if tar is not None:
+            tar.close()
+        return {"cpu_s": time.process_time() - cpu0, "wall_s": time.monotonic() - t0, "bytes": received, "n": n}
     finally:
         ray.shutdown()
-    print(f"\n1. ingest stress: {n} ready-made samples of {SAMPLE_BYTES / 1e6:.2f} MB, local Ray with 2 CPUs")
+
+
+def _warm() -> None:
+    import craftsman_platform.pipelines.preprocess.object_job  # noqa: F401  (what a task imports)
+
+    time.sleep(1.0)  # long enough for every slot to get a worker process of its own
+
+
+def warm_workers(cfg: PreprocessConfig) -> None:
+    """Start the job's Ray and a worker process per slot before the scheduler runs (it finds Ray
+    started and uses it): the stress measures the steady state, not `slots` Python start-ups."""
+    ray = start_ray(cfg)
+    ray.get([ray.remote(_warm).options(num_cpus=1).remote() for _ in range(cfg.workers)])
+
+
+def stress_workers_write(n: int, out: Path, sample_bytes: int, slots: int) -> dict:
+    """The job's scheduler over n stand-in objects on a local Ray of `slots` CPUs."""
+    cfg = PreprocessConfig(output_dir=str(out), workers=slots, memory_per_task_gb=0.25)
+    todo = [ObjectRef(f"obj{i:06d}", f"/data/meshes/obj{i:06d}.glb", {"bytes": sample_bytes}) for i in range(n)]
+    output = Output(str(out))
+    warm_workers(cfg)
+    with OutputLock(output) as lock:
+        rows, facts = process_all(todo, cfg, "0" * 16, ShardStore(output), lock, object_fn=ready_object)
+    assert sum(r["status"] == "ok" for r in rows.values()) == n, "the stand-in objects must all succeed"
+    wall = facts["loop_s"]
+    return {"cpu_s": facts["driver_cpu_s"], "wall_s": wall, "bytes": facts["driver_bytes"], "n": n}
+
+
+def ingest_stress(n: int, work: Path) -> None:
+    runs = [
+        ("driver-writes (previous)", "5.37 MB", 2, lambda out: stress_driver_writes(n, out)),
+        ("workers-write (current)", "5.37 MB", 2, lambda out: stress_workers_write(n, out, SAMPLE_BYTES, 2)),
+        ("workers-write (current)", "1 KB", 16, lambda out: stress_workers_write(5 * n, out, 1024, 16)),
+    ]
+    rows = []
+    for i, (name, size, slots, fn) in enumerate(runs):
+        r = fn(work / f"stress-{i}")
+        shutil.rmtree(work / f"stress-{i}", ignore_errors=True)
+        ms = 1000 * r["cpu_s"] / r["n"]
+        rows.append((name, size, slots, r["n"], ms, r["bytes"] / r["n"], r["n"] / r["wall_s"], r["cpu_s"] / r["wall_s"]))
+    print("\n1. ingest stress: tasks hand over ready-made samples; local Ray on this machine")
     print(
-        "| design | driver CPU ms / object | bytes to the driver / object | ceiling, objects/s per driver core "
-        "| objects/s here |"
+        "| design | sample | task slots | objects | driver CPU ms / object | bytes to the driver / object "
+        "| objects/s here | driver's share of a core | ceiling, objects/s per driver core |"
     )
-    print("|---|---|---|---|---|")
-    for name, ms, received, ceiling, rate in rows:
-        print(f"| {name} | {ms:.2f} | {received:,.0f} | {ceiling:,.0f} | {rate:.1f} |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, size, slots, count, ms, received, rate, share in rows:
+        print(
+            f"| {name} | {size} | {slots} | {count} | {ms:.2f} | {received:,.0f} | {rate:.1f} | {share:.0%} "
+            f"| {1000 / ms:,.0f} |"
+        )
 
 
 def run_preprocess(src: Path, files: list[Path], out: Path) -> dict:
@@ -181,7 +220,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objects", type=int, default=400, help="samples in the ingest stress")
     ap.add_argument("--count", type=int, default=24, help="real meshes in part 2 (0: skip it)")
-    ap.add_argument("--baseline", default="6ba6eed", help="the commit whose driver writes the shards")
+    ap.add_argument("--baseline", default="0f6744a", help="the commit to compare this checkout with")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="craft-bench-"))
     try:

@@ -117,6 +117,7 @@ def test_preprocess_to_s3_killed_twice_resumes_exactly_once_and_trains_from_it(s
     summary = json.loads(fs.cat(f"{prefix}/summary.json"))
     sample_bytes = sum(os.path.getsize(t) for t in tars) / len(tars)
     assert summary["this_run"]["driver_bytes_per_object"] <= 4096 < sample_bytes / 10  # rows reach it, samples not
+    assert summary["this_run"]["driver_cpu_ms_per_object"] > 0  # measured (bench/preprocess.py has the figures)
     assert not [p for p in fs.ls(prefix) if p.endswith(".lock")]
 
     # 5. training and evaluation read the shards from s3://

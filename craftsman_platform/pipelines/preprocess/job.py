@@ -200,6 +200,7 @@ def preprocess(cfg: PreprocessConfig) -> dict:
         summary["this_run"]["ok"] = sum(r["status"] == "ok" for r in fresh.values())
         summary["this_run"]["writers"] = facts.get("writers", 0)
         summary["this_run"]["driver_bytes_per_object"] = facts.get("driver_bytes", 0) / max(1, facts.get("results", 0))
+        summary["this_run"]["driver_cpu_ms_per_object"] = 1000 * facts.get("driver_cpu_s", 0) / max(1, len(todo))
         summary["config_hash"] = digest
         out.write_json("summary.json", summary)
     return summary

@@ -59,7 +59,7 @@ def format_summary(s: dict) -> str:
     if run["processed"]:
         lines.append(
             f"this run: {run['processed']} objects in {run['seconds']:.1f} s, up to {run['workers']} at once "
-            f"({run['objects_per_second']:.2f} objects/s; the driver received {run['driver_bytes_per_object']:.0f} "
-            "bytes per object)"
+            f"({run['objects_per_second']:.2f} objects/s; per object the driver received "
+            f"{run['driver_bytes_per_object']:.0f} bytes and used {run['driver_cpu_ms_per_object']:.2f} ms of CPU)"
         )
     return "\n".join(lines)
