@@ -155,7 +155,9 @@ def ingest_stress(n: int, work: Path) -> None:
         r = fn(work / f"stress-{i}")
         shutil.rmtree(work / f"stress-{i}", ignore_errors=True)
         ms = 1000 * r["cpu_s"] / r["n"]
-        rows.append((name, size, slots, r["n"], ms, r["bytes"] / r["n"], r["n"] / r["wall_s"], r["cpu_s"] / r["wall_s"]))
+        rows.append(
+            (name, size, slots, r["n"], ms, r["bytes"] / r["n"], r["n"] / r["wall_s"], r["cpu_s"] / r["wall_s"])
+        )
     print("\n1. ingest stress: tasks hand over ready-made samples; local Ray on this machine")
     print(
         "| design | sample | task slots | objects | driver CPU ms / object | bytes to the driver / object "
