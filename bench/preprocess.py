@@ -18,7 +18,11 @@
    excluded), and whether every sample's members are byte for byte the same (meta.json compared
    without its stage timings).
 
-  python bench/preprocess.py --objects 400 --count 24 --baseline 0f6744a
+  python bench/preprocess.py --objects 300 --count 24 --baseline 6ba6eed
+
+6ba6eed (the layout commit, before samples left the driver) needs pysdf, which this checkout no
+longer installs: `pip install --target /tmp/pysdf-site pysdf` (Debian's libeigen3-dev, with
+CPLUS_INCLUDE_PATH=/usr/include/eigen3) and PYTHONPATH=.:/tmp/pysdf-site.
 """
 
 from __future__ import annotations
@@ -174,7 +178,8 @@ def ingest_stress(n: int, work: Path) -> None:
 def run_preprocess(src: Path, files: list[Path], out: Path) -> dict:
     listing = out.with_suffix(".txt")
     listing.write_text("\n".join(str(f) for f in files) + "\n")
-    env = {**os.environ, "PYTHONPATH": str(src)}
+    # what PYTHONPATH already holds stays behind the checkout (e.g. pysdf for a baseline that needs it)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "craftsman_platform.cli", "preprocess", f"source.path={listing}"]
     subprocess.run([*cmd, f"output_dir={out}", "workers=2"], cwd=src, env=env, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "summary.json").read_text())
@@ -222,7 +227,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objects", type=int, default=400, help="samples in the ingest stress")
     ap.add_argument("--count", type=int, default=24, help="real meshes in part 2 (0: skip it)")
-    ap.add_argument("--baseline", default="0f6744a", help="the commit to compare this checkout with")
+    ap.add_argument("--baseline", default="6ba6eed", help="the commit to compare this checkout with")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="craft-bench-"))
     try:

@@ -15,6 +15,7 @@ from craftsman_platform.pipelines.pack.part import pack_part
 from craftsman_platform.pipelines.pack.recipes import Encoder
 from craftsman_platform.pipelines.shardstore import ShardStore
 from craftsman_platform.pipelines.slots import Slots
+from craftsman_platform.pipelines.tasks import finished, overdue
 from craftsman_platform.raycluster import init_ray
 
 log = logging.getLogger("craft.pack")
@@ -60,13 +61,10 @@ def run_parts(
                 encoder = encoders[part % len(encoders)] if encoders else None
                 ref = task.remote(part, url, chunks, uids, cfg_ref, recipe_ref, encoder)
                 pending[ref] = (item, time.monotonic())
-            ready = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)[0]
-            for ref in ready:
+            for ref, res in finished(ray, pending, wait_s=0.5):
                 (part, url, chunks, uids), _ = pending.pop(ref)
-                try:
-                    res = ray.get(ref)
-                except Exception as err:  # the task died or raised: the shard is packed on the next run
-                    errors[url.rsplit("/", 1)[-1]] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                if isinstance(res, Exception):  # the task died or raised: the shard is packed on the next run
+                    errors[url.rsplit("/", 1)[-1]] = f"{type(res).__name__}: {str(res).splitlines()[0][:300]}"
                     bar.update(len(uids))
                     continue
                 for sealed in res["sealed"]:
@@ -75,13 +73,11 @@ def run_parts(
                     store.add_failed(row)
                 results[part] = res
                 bar.update(len(uids))
-            now = time.monotonic()
-            for ref, ((part, url, chunks, uids), started) in list(pending.items()):
-                if now - started > cfg.timeout_s:
-                    ray.cancel(ref, force=True)
-                    pending.pop(ref)
-                    errors[url.rsplit("/", 1)[-1]] = f"no result after {cfg.timeout_s:.0f} s (timeout_s)"
-                    bar.update(len(uids))
+            for ref in overdue(pending, cfg.timeout_s):
+                (part, url, chunks, uids), _ = pending.pop(ref)
+                ray.cancel(ref, force=True)
+                errors[url.rsplit("/", 1)[-1]] = f"no result after {cfg.timeout_s:.0f} s (timeout_s)"
+                bar.update(len(uids))
             bar.set_postfix({"parts": len(results), "running": len(pending), "errors": len(errors)}, refresh=False)
     finally:
         bar.close()
