@@ -1,28 +1,29 @@
-"""Benchmark: where samples go in `craft preprocess`, the previous design beside the current one.
+"""Benchmark: where samples go in `craft preprocess` and what the driver spends per object, this
+checkout beside a previous commit (--baseline, run from a git worktree of it), in one run.
 
-1. Ingest stress: Ray tasks that hand over ready-made samples instantly, so that only the path
-   of the samples and the driver's work are measured:
-     driver-writes  (the previous design) tasks return 5.37 MB samples (the default sample size);
-                    the driver ray.get()s each and appends it to the tar itself;
-     workers-write  (the current design) the job's own scheduler (`process_all`) with a stand-in
-                    object function: each task hands its sample to its node's shard writer, the
-                    driver reads a few-KB result and journals the shards. Run with 5.37 MB samples
-                    on this machine's 2 task slots, then with 1 KB samples on 16 slots, where the
-                    tasks finish faster than the driver can follow: its ceiling.
+1. Ingest stress: runs that hand over ready-made samples instantly, so that only the path of the
+   samples and the driver's work are measured:
+     driver-writes  (before issue 18) tasks return 5.37 MB samples (the default sample size); the
+                    driver ray.get()s each and appends it to the tar itself;
+     workers-write  the job's own scheduler (`process_all`) with a stand-in object function: each
+                    run hands its sample to its node's shard writer, the driver reads a few-KB
+                    result and journals the shards. This checkout's (an actor per task slot, a
+                    call per object) and the baseline's (by its own bench: a Ray task per object),
+                    with 5.37 MB samples on this machine's 2 task slots, then with 1 KB samples on
+                    16 slots, where the runs finish faster than the driver can follow: its ceiling.
    Per run: driver CPU ms per object (the driver process's CPU time, Ray's threads in it
-   included, Ray start excluded), bytes the driver deserialises per object, objects/s, the share
-   of one core the driver used, and the ceiling that implies: objects/s one driver core keeps up
-   with (1000 / ms per object).
-2. Real meshes at default settings, 2 workers: `craft preprocess` of a previous commit (a git
-   worktree of --baseline) and of this checkout, same meshes, same venv: objects/s (Ray start
-   excluded), and whether every sample's members are byte for byte the same (meta.json compared
-   without its stage timings).
+   included; Ray start and the slots' process start-ups excluded), bytes the driver deserialises
+   per object, objects/s, the share of one core the driver used, and the ceiling that implies:
+   objects/s one driver core keeps up with (1000 / ms per object).
+2. Real meshes at default settings, 2 workers: `craft preprocess` of the baseline and of this
+   checkout, same meshes, same venv: objects/s (Ray start excluded), and whether every sample's
+   members are byte for byte the same (meta.json compared without its stage timings).
 
-  python bench/preprocess.py --objects 300 --count 24 --baseline 6ba6eed
+  python bench/preprocess.py --objects 300 --count 24 --baseline a5ec97f
 
-6ba6eed (the layout commit, before samples left the driver) needs pysdf, which this checkout no
-longer installs: `pip install --target /tmp/pysdf-site pysdf` (Debian's libeigen3-dev, with
-CPLUS_INCLUDE_PATH=/usr/include/eigen3) and PYTHONPATH=.:/tmp/pysdf-site.
+A baseline from before 0f6744a (e.g. 6ba6eed, before samples left the driver) needs pysdf, which
+this checkout no longer installs: `pip install --target /tmp/pysdf-site pysdf` (Debian's
+libeigen3-dev, with CPLUS_INCLUDE_PATH=/usr/include/eigen3) and PYTHONPATH=.:/tmp/pysdf-site.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from craftsman_platform.corpora import fixed_sample
 from craftsman_platform.pipelines.lock import OutputLock
 from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
 from craftsman_platform.pipelines.preprocess.object_job import STAGES, manifest_row
-from craftsman_platform.pipelines.preprocess.scheduler import process_all, start_ray
+from craftsman_platform.pipelines.preprocess.scheduler import process_all
 from craftsman_platform.pipelines.preprocess.sources import ObjectRef
 from craftsman_platform.pipelines.shardstore import ShardStore
 from craftsman_platform.pipelines.storage import Output
@@ -122,37 +123,32 @@ def stress_driver_writes(n: int, out: Path) -> dict:
         ray.shutdown()
 
 
-def _warm() -> None:
-    import craftsman_platform.pipelines.preprocess.object_job  # noqa: F401  (what a task imports)
-
-    time.sleep(1.0)  # long enough for every slot to get a worker process of its own
-
-
-def warm_workers(cfg: PreprocessConfig) -> None:
-    """Start the job's Ray and a worker process per slot before the scheduler runs (it finds Ray
-    started and uses it): the stress measures the steady state, not `slots` Python start-ups."""
-    ray = start_ray(cfg)
-    ray.get([ray.remote(_warm).options(num_cpus=1).remote() for _ in range(cfg.workers)])
-
-
 def stress_workers_write(n: int, out: Path, sample_bytes: int, slots: int) -> dict:
-    """The job's scheduler over n stand-in objects on a local Ray of `slots` CPUs."""
+    """The job's scheduler over n stand-in objects on a local Ray of `slots` CPUs, in its steady
+    state: from the moment every slot's actor has started (each is a new process that imports the
+    job's code, ~3 s of CPU here) to the end."""
     cfg = PreprocessConfig(output_dir=str(out), workers=slots, memory_per_task_gb=0.25)
     todo = [ObjectRef(f"obj{i:06d}", f"/data/meshes/obj{i:06d}.glb", {"bytes": sample_bytes}) for i in range(n)]
     output = Output(str(out))
-    warm_workers(cfg)
     with OutputLock(output) as lock:
         rows, facts = process_all(todo, cfg, "0" * 16, ShardStore(output), lock, object_fn=ready_object)
     assert sum(r["status"] == "ok" for r in rows.values()) == n, "the stand-in objects must all succeed"
-    wall = facts["loop_s"]
-    return {"cpu_s": facts["driver_cpu_s"], "wall_s": wall, "bytes": facts["driver_bytes"], "n": n}
+    at, cpu, done = facts["all_slots"] or (0.0, 0.0, 0)
+    return {
+        "cpu_s": facts["driver_cpu_s"] - cpu,
+        "wall_s": facts["loop_s"] - at,
+        "bytes": facts["driver_bytes"] * (n - done) / n,
+        "n": n - done,
+    }
 
 
-def ingest_stress(n: int, work: Path) -> None:
+def ingest_stress(n: int, work: Path) -> list[str]:
+    """The stress's table rows for this checkout."""
+    current = "workers-write, an actor call per object"
     runs = [
-        ("driver-writes (previous)", "5.37 MB", 2, lambda out: stress_driver_writes(n, out)),
-        ("workers-write (current)", "5.37 MB", 2, lambda out: stress_workers_write(n, out, SAMPLE_BYTES, 2)),
-        ("workers-write (current)", "1 KB", 16, lambda out: stress_workers_write(5 * n, out, 1024, 16)),
+        ("driver-writes (before issue 18)", "5.37 MB", 2, lambda out: stress_driver_writes(n, out)),
+        (current, "5.37 MB", 2, lambda out: stress_workers_write(n, out, SAMPLE_BYTES, 2)),
+        (current, "1 KB", 16, lambda out: stress_workers_write(5 * n, out, 1024, 16)),
     ]
     rows = []
     for i, (name, size, slots, fn) in enumerate(runs):
@@ -160,28 +156,47 @@ def ingest_stress(n: int, work: Path) -> None:
         shutil.rmtree(work / f"stress-{i}", ignore_errors=True)
         ms = 1000 * r["cpu_s"] / r["n"]
         rows.append(
-            (name, size, slots, r["n"], ms, r["bytes"] / r["n"], r["n"] / r["wall_s"], r["cpu_s"] / r["wall_s"])
+            f"| {name} | {size} | {slots} | {r['n']} | {ms:.2f} | {r['bytes'] / r['n']:,.0f} | "
+            f"{r['n'] / r['wall_s']:.1f} | {r['cpu_s'] / r['wall_s']:.0%} | {1000 / ms:,.0f} |"
         )
-    print("\n1. ingest stress: tasks hand over ready-made samples; local Ray on this machine")
+    return rows
+
+
+def baseline_stress(src: Path, baseline: str, n: int) -> list[str]:
+    """The same stress by the baseline's own bench (its scheduler: a Ray task per object), its
+    workers-write rows."""
+    out = subprocess.run(
+        [sys.executable, "bench/preprocess.py", "--objects", str(n), "--count", "0"],
+        cwd=src, env=_env(src), check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return [
+        line.replace("workers-write (current)", f"workers-write, a task per object ({baseline})")
+        for line in out.splitlines()
+        if line.startswith("| workers-write")
+    ]
+
+
+def print_stress(rows: list[str]) -> None:
+    print("\n1. ingest stress: runs hand over ready-made samples; local Ray on this machine")
     print(
         "| design | sample | task slots | objects | driver CPU ms / object | bytes to the driver / object "
         "| objects/s here | driver's share of a core | ceiling, objects/s per driver core |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, size, slots, count, ms, received, rate, share in rows:
-        print(
-            f"| {name} | {size} | {slots} | {count} | {ms:.2f} | {received:,.0f} | {rate:.1f} | {share:.0%} "
-            f"| {1000 / ms:,.0f} |"
-        )
+    print("\n".join(rows))
+
+
+def _env(src: Path) -> dict:
+    # what PYTHONPATH already holds stays behind the checkout (e.g. pysdf for a baseline that needs it)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
 
 
 def run_preprocess(src: Path, files: list[Path], out: Path) -> dict:
     listing = out.with_suffix(".txt")
     listing.write_text("\n".join(str(f) for f in files) + "\n")
-    # what PYTHONPATH already holds stays behind the checkout (e.g. pysdf for a baseline that needs it)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "craftsman_platform.cli", "preprocess", f"source.path={listing}"]
-    subprocess.run([*cmd, f"output_dir={out}", "workers=2"], cwd=src, env=env, check=True, stdout=subprocess.DEVNULL)
+    cmd += [f"output_dir={out}", "workers=2"]
+    subprocess.run(cmd, cwd=src, env=_env(src), check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "summary.json").read_text())
 
 
@@ -196,19 +211,12 @@ def samples(out: Path) -> dict[str, dict]:
     return found
 
 
-def real_meshes(count: int, baseline: str, work: Path) -> None:
-    old_src = work / "baseline-src"
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", str(old_src), baseline], cwd=ROOT, check=True, capture_output=True
-    )
-    try:
-        files = fixed_sample(count)
-        old = run_preprocess(old_src, files, work / "old")
-        new = run_preprocess(ROOT, files, work / "new")
-        old_s, new_s = samples(work / "old"), samples(work / "new")
-        differing = sorted({k for u in old_s for k in old_s[u] if old_s[u][k] != new_s.get(u, {}).get(k)})
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(old_src)], cwd=ROOT, check=False)
+def real_meshes(count: int, old_src: Path, baseline: str, work: Path) -> None:
+    files = fixed_sample(count)
+    old = run_preprocess(old_src, files, work / "old")
+    new = run_preprocess(ROOT, files, work / "new")
+    old_s, new_s = samples(work / "old"), samples(work / "new")
+    differing = sorted({k for u in old_s for k in old_s[u] if old_s[u][k] != new_s.get(u, {}).get(k)})
     print(f"\n2. {count} real meshes at defaults, 2 workers (Ray start excluded)")
     print("| code | ok | objects/s | shards | driver bytes / object |")
     print("|---|---|---|---|---|")
@@ -227,14 +235,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objects", type=int, default=400, help="samples in the ingest stress")
     ap.add_argument("--count", type=int, default=24, help="real meshes in part 2 (0: skip it)")
-    ap.add_argument("--baseline", default="6ba6eed", help="the commit to compare this checkout with")
+    ap.add_argument("--baseline", default="a5ec97f", help="the commit to compare this checkout with")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="craft-bench-"))
+    old_src = work / "baseline-src"
+    subprocess.run(["git", "worktree", "add", "--detach", str(old_src), args.baseline], cwd=ROOT, check=True)
     try:
-        ingest_stress(args.objects, work)
+        rows = ingest_stress(args.objects, work)
+        print_stress(rows + baseline_stress(old_src, args.baseline, args.objects))
         if args.count:
-            real_meshes(args.count, args.baseline, work)
+            real_meshes(args.count, old_src, args.baseline, work)
     finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(old_src)], cwd=ROOT, check=False)
         shutil.rmtree(work, ignore_errors=True)
 
 

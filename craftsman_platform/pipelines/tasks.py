@@ -1,5 +1,6 @@
-"""Following a pipeline's running tasks: the driver's `pending` maps each task's result reference
-to (its work item, the time it was submitted), in submission order (preprocess, pack)."""
+"""Following a pipeline's running work: `pending` maps each run's result reference to a tuple
+whose first two items are its work item and the time it started, in submission order (pack's
+tasks, preprocess's actor calls)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import time
 GATHER_S = 0.01
 
 
-def finished(ray, pending: dict, wait_s: float) -> list[tuple]:
-    """(ref, result or the exception the task raised) of the tasks that have finished: waits until
+def finished(ray, pending, wait_s: float) -> list[tuple]:
+    """(ref, result or the exception it raised) of the refs in `pending` that have finished: waits until
     one has (`wait_s` at most), then GATHER_S for others. Waiting for all of them (as the schedulers
     did) kept each finished task's slot idle until the slowest one or `wait_s` was over."""
     if not pending:
@@ -36,8 +37,8 @@ def overdue(pending: dict, timeout_s: float) -> list:
     """Refs of the tasks running for longer than `timeout_s`; the look stops at the first task still
     within its time (the rest were submitted later)."""
     now, late = time.monotonic(), []
-    for ref, (_, started) in pending.items():
-        if now - started <= timeout_s:
+    for ref, item in pending.items():
+        if now - item[1] <= timeout_s:
             break
         late.append(ref)
     return late

@@ -1,12 +1,12 @@
-"""Shard writer actors, one per node, fed by the tasks on that node; the driver's book of their shards.
+"""Shard writer actors, one per node, fed by the runs on that node; the driver's book of their shards.
 
-Why writer actors (and not tasks that each own a shard): a task per object keeps its own timeout
-and failure (a killed object loses one object, not a shard's worth of finished work), and tasks
-balance across the cluster one object at a time. Why the task hands its sample to its node's
+Why writer actors (and not tasks that each own a shard): a run per object keeps its own timeout
+and failure (a killed object loses one object, not a shard's worth of finished work), and runs
+balance across the cluster one object at a time. Why the run hands its sample to its node's
 writer itself (and not the driver passing the sample's reference on): the driver then owns no
 sample object at all, and Ray's bookkeeping for each object the driver owns was most of its CPU
-per object (docs/benchmarks.md). The sample goes from the task to the writer through that node's
-object store, without a network hop; the driver gets the task's manifest row and, once per
+per object (docs/benchmarks.md). The sample goes from the run to the writer through that node's
+object store, without a network hop; the driver gets the run's manifest row and, once per
 shard, the writer's commit record, which it journals.
 
 A writer decides its shards' boundaries (`shard_max_bytes`) and takes their numbers from one
@@ -103,7 +103,7 @@ def _find_writer(name: str):
 
 
 def hand_to_writer(group: str, members: dict[str, bytes], row: dict) -> dict:
-    """In a task: give the sample to this node's writer and wait for it to be written (the ack)."""
+    """In a run (an object's task-slot actor): give the sample to this node's writer and wait for it to be written (the ack)."""
     import ray
 
     name = writer_name(group, ray.get_runtime_context().get_node_id())

@@ -20,6 +20,10 @@ from helpers import ENV, SMALL_ARGS, craft
 from two_node import two_node_cluster
 
 SMALL = SMALL_ARGS
+# heavier meshes (~1 s each here) for the job that must keep both slots busy at once: each slot's
+# actor starts on its own, and small meshes could all be done by the first before the second is up
+BUSY = [a for a in SMALL if not a.startswith("geometry.watertight.resolution=")]
+BUSY.append("geometry.watertight.resolution=256")
 
 
 @pytest.mark.slow
@@ -37,7 +41,7 @@ def test_one_job_fills_a_two_node_cluster_with_a_writer_per_node(tmp_path, pybul
                 f"output_dir={out}",
                 f"ray.address={address}",
                 "source.limit=4",
-                *SMALL,
+                *BUSY,
                 env=env,
             )
             run = json.loads((out / "summary.json").read_text())["this_run"]

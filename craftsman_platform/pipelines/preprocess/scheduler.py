@@ -1,12 +1,13 @@
-"""Running every object on Ray: one task per object, samples to shard writers on the workers.
+"""Running every object on Ray: one actor call per object, samples to shard writers on the workers.
 
-The driver only schedules: it submits a task per object, keeps as many running as the cluster
-has task slots (or `workers`, if set) and keeps a shard writer on every node. Each task hands its
-sample to its node's writer; the driver reads each task's small result (manifest row, shard:
-a few KB) and journals each shard its writer finished. Per-object timeouts kill that object's
-worker only.
+The driver only schedules: it keeps an actor per task slot of the cluster (or `workers`, if set;
+pipelines/preprocess/runners.py says why actors), gives each idle one the next object, and keeps a
+shard writer on every node. Each run hands its sample to its node's writer; the driver reads each
+run's small result (manifest row, shard: a few KB) and journals each shard its writer finished.
+A per-object timeout kills that object's actor only; a crash or a transient fetch error runs the
+object again, `max_retries` times at most.
 
-`object_fn` (default `run_object`) is what each task runs; the benchmark passes a stand-in that
+`object_fn` (default `run_object`) is what each run calls; the benchmark passes a stand-in that
 hands over ready-made samples, so that it measures this very scheduler.
 """
 
@@ -24,10 +25,10 @@ from craftsman_platform.errors import DiskFull
 from craftsman_platform.pipelines.lock import OutputLock
 from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
 from craftsman_platform.pipelines.preprocess.object_job import failure, run_object
+from craftsman_platform.pipelines.preprocess.runners import RunnerPool
 from craftsman_platform.pipelines.preprocess.sources import ObjectRef, TransientError
 from craftsman_platform.pipelines.shardstore import ShardStore
 from craftsman_platform.pipelines.slots import Slots
-from craftsman_platform.pipelines.tasks import finished, overdue
 from craftsman_platform.pipelines.writers import WriterPool
 from craftsman_platform.raycluster import init_ray
 
@@ -48,26 +49,31 @@ def start_ray(cfg: PreprocessConfig):
 
 
 def _crash_reason(error: Exception) -> tuple[str, str]:
+    """(reason, message) of a run that raised: its fetch gave up, its process died, or a bug."""
     import ray.exceptions as rex
 
-    cause = getattr(error, "cause", None)  # a RayTaskError carries the task's own exception
+    cause = getattr(error, "cause", None)  # a RayTaskError carries the run's own exception
     if isinstance(cause, TransientError):
         return "fetch_failed", str(cause)[:500]
-    if isinstance(error, (rex.WorkerCrashedError, rex.OutOfMemoryError, rex.NodeDiedError)):
+    if isinstance(error, (rex.RayActorError, rex.WorkerCrashedError, rex.OutOfMemoryError, rex.NodeDiedError)):
         return "worker_crashed", f"{type(error).__name__}: {str(error)[:300]}"
     return "error", f"{type(error).__name__}: {str(error)[:300]}"
 
 
-def _job_task(object_fn: Callable[..., dict], cfg: PreprocessConfig, digest: str, group: str) -> Callable:
-    """The job's task function, one object its only argument: the config goes to the cluster once,
-    with the function, instead of as an object reference in every task (a bare task then costs the
-    driver 0.35-0.45 ms of CPU instead of 0.39-0.59 ms, docs/benchmarks.md)."""
+def _retryable(error: Exception) -> bool:
+    """What Ray's task retries covered: a transient fetch error, or the process running it died."""
+    return _crash_reason(error)[0] in ("fetch_failed", "worker_crashed")
 
-    def task(obj: ObjectRef) -> dict:
+
+def _job_fn(object_fn: Callable[..., dict], cfg: PreprocessConfig, digest: str, group: str) -> Callable:
+    """The job's object function, one object its only argument: the config goes to each actor
+    once, with the function, instead of with every call."""
+
+    def run(obj: ObjectRef) -> dict:
         return object_fn(obj, cfg, digest, group)
 
-    task.__name__ = task.__qualname__ = object_fn.__name__  # what Ray's dashboard and errors show
-    return task
+    run.__name__ = run.__qualname__ = object_fn.__name__
+    return run
 
 
 def process_all(
@@ -79,25 +85,22 @@ def process_all(
     object_fn: Callable[..., dict] = run_object,
 ) -> tuple[dict[str, dict], dict]:
     """Run every object; returns (this run's rows by uid, run facts: Ray start seconds, peak
-    concurrency, writers, bytes the driver received and its CPU seconds, Ray start excluded)."""
+    concurrency, writers, bytes the driver received and its CPU seconds, Ray start excluded, and
+    `all_slots`: [seconds, driver CPU seconds, objects done] when every slot first had its actor)."""
     t0 = time.monotonic()
     ray = start_ray(cfg)
     startup = time.monotonic() - t0
     cpu0 = time.process_time()  # the driver process: this loop and Ray's threads in it
     pool = WriterPool(ray, store, store.output.url, cfg.storage_options, cfg.shard_max_bytes)
-    task = ray.remote(_job_task(object_fn, cfg, digest, pool.group)).options(
-        num_cpus=1,
-        memory=int(cfg.memory_per_task_gb * 2**30),
-        max_retries=cfg.max_retries,
-        retry_exceptions=[TransientError],
-    )
+    memory = int(cfg.memory_per_task_gb * 2**30)
+    runners = RunnerPool(ray, _job_fn(object_fn, cfg, digest, pool.group), {"num_cpus": 1, "memory": memory})
     slots = Slots(ray, cfg)
     queue = deque(todo)
-    pending: dict = {}  # result ref -> (object, submit time)
     rows: dict[str, dict] = {}
-    redone = Counter()
+    redone = Counter()  # uid -> runs given back because their shard writer died
+    tries = Counter()  # uid -> runs that crashed or hit a transient error
     counts = Counter()
-    facts = {"startup_s": startup, "peak": 0, "driver_bytes": 0, "results": 0}
+    facts = {"startup_s": startup, "peak": 0, "driver_bytes": 0, "results": 0, "all_slots": None}
     bar = tqdm(total=len(todo), desc="objects", unit="obj", smoothing=0.05)
 
     def record_failure(obj: ObjectRef, result: dict) -> None:
@@ -109,7 +112,8 @@ def process_all(
 
     def show() -> None:
         nonlocal shown
-        state = {"ok": counts["ok"], "failed": counts["failed"], "running": len(pending), "writers": pool.writers}
+        running = len(runners.running)
+        state = {"ok": counts["ok"], "failed": counts["failed"], "running": running, "writers": pool.writers}
         if state != shown:
             bar.set_postfix(state, refresh=False)  # the bar redraws at its own pace
             shown = state
@@ -130,19 +134,24 @@ def process_all(
             rows[row["uid"]] = row
 
     try:
-        while queue or pending:
+        while queue or runners.running:
             lock.check()
-            if slots.refresh(len(queue) + len(pending)):
+            if slots.refresh(len(queue) + len(runners.running)):
                 give_back(pool.ensure(slots.nodes))
-            while queue and len(pending) < slots.target:
-                obj = queue.popleft()
-                pending[task.remote(obj)] = (obj, time.monotonic())
-            facts["peak"] = max(facts["peak"], len(pending))
-            for ref, result in finished(ray, pending, WAIT_S):
-                obj, _ = pending.pop(ref)
-                if isinstance(result, Exception):  # the task itself died or gave up retrying
+            runners.resize(min(slots.target, len(queue) + len(runners.running)))  # none idle once all is given out
+            while queue and runners.idle:
+                runners.submit(queue.popleft())
+            facts["peak"] = max(facts["peak"], len(runners.running))
+            if facts["all_slots"] is None and not runners.starting and runners.size == slots.target:
+                facts["all_slots"] = [time.monotonic() - t0 - startup, time.process_time() - cpu0, bar.n]
+            for obj, result in runners.poll(WAIT_S):
+                if isinstance(result, Exception):  # its process died, or it raised
                     if isinstance(getattr(result, "cause", result), DiskFull):
                         raise result  # the output is full: stop here (what is journaled stays; the rest is redone)
+                    if _retryable(result) and tries[obj.uid] < cfg.max_retries:
+                        tries[obj.uid] += 1
+                        queue.appendleft(obj)
+                        continue
                     base = {"uid": obj.uid, "source": obj.source, "config_hash": digest}
                     result = failure(base, *_crash_reason(result))
                 else:
@@ -159,20 +168,19 @@ def process_all(
                 else:
                     record_failure(obj, result)
                     bar.update(1)
-            for ref in overdue(pending, cfg.timeout_s):
-                obj, _ = pending.pop(ref)
-                ray.cancel(ref, force=True)  # kills the worker process, not the job
+            for obj in runners.overdue(cfg.timeout_s):  # their actors are killed, not the job
                 bar.update(1)
                 base = {"uid": obj.uid, "source": obj.source, "config_hash": digest}
                 why = f"no result after {cfg.timeout_s:.0f} s (timeout_s); the worker was killed"
                 record_failure(obj, failure(base, "timeout", why))
-            if not queue and not pending:  # the end: finish the open shards (a dead writer's objects come back)
+            if not queue and not runners.running:  # the end: finish the open shards (a dead writer's objects come back)
                 new_rows, redo = pool.close()
                 committed(new_rows)
                 give_back(redo)
             show()
     finally:
         bar.close()
+        runners.close()
         store.flush_failed()
         slots.release()
         facts["driver_cpu_s"], facts["loop_s"] = time.process_time() - cpu0, time.monotonic() - t0 - startup

@@ -9,7 +9,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager, suppress
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -147,12 +150,53 @@ def test_resume_skips_done_and_refuses_another_config(mesh_folder, tmp_path):
     assert json.loads((out / "config.json").read_text())["geometry"]["sample"]["surface"] == 3000  # untouched
 
 
-def test_timeout_kills_the_work_not_the_job_and_failed_can_be_retried(mesh_folder, tmp_path):
-    out = tmp_path / "out"
-    first = preprocess(small_cfg(mesh_folder, out, timeout_s=0.05))
-    assert first["reasons"].get("timeout", 0) >= 4 and first["objects"] == 8
-    second = preprocess(small_cfg(mesh_folder, out, retry_failed=True))
-    assert second["ok"] == 4 and "timeout" not in second["reasons"]
+@contextmanager
+def held_http(data: bytes):
+    """A real HTTP server on 127.0.0.1 whose GETs are held until the event is set: a fetch that hangs."""
+    release = threading.Event()
+
+    class Held(BaseHTTPRequestHandler):
+        def _head(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+
+        def do_HEAD(self) -> None:  # noqa: N802 (http.server's names)
+            self._head()
+
+        def do_GET(self) -> None:  # noqa: N802
+            release.wait(300)
+            with suppress(OSError):  # the client was killed meanwhile
+                self._head()
+                self.wfile.write(data)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Held)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", release
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_timeout_kills_the_work_not_the_job_and_failed_can_be_retried(tmp_path, pybullet_dir):
+    shutil.copy(pybullet_dir / "cube.obj", tmp_path / "cube.obj")
+    shutil.copy(pybullet_dir / "duck.obj", tmp_path / "duck.obj")
+    out, listing = tmp_path / "out", tmp_path / "list.txt"
+    with held_http((pybullet_dir / "duck.obj").read_bytes()) as (base, release):
+        held = f"{base}/objects/chair.obj"
+        listing.write_text(f"cube.obj\n{held}\nduck.obj\n")
+        first = preprocess(small_cfg(listing, out, timeout_s=8))
+        rows = {r["source"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+        assert rows[held]["reason"] == "timeout" and "timeout_s" in rows[held]["message"]
+        assert first["ok"] == 2  # the job went on; only the hung object is lost
+        release.set()
+        second = preprocess(small_cfg(listing, out, retry_failed=True))
+    assert second["ok"] == 3 and "timeout" not in second["reasons"]  # the dataset: all three
     assert sorted(s["__key__"] for s in read_shards(out)) == sorted(
         r["uid"] for r in pq.read_table(out / "manifest.parquet").to_pylist() if r["status"] == "ok"
     )
