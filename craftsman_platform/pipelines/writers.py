@@ -103,7 +103,8 @@ def _find_writer(name: str):
 
 
 def hand_to_writer(group: str, members: dict[str, bytes], row: dict) -> dict:
-    """In a run (an object's task-slot actor): give the sample to this node's writer and wait for it to be written (the ack)."""
+    """In a run (on an object's task-slot actor): give the sample to this node's writer and wait
+    for it to be written (the ack)."""
     import ray
 
     name = writer_name(group, ray.get_runtime_context().get_node_id())
