@@ -77,7 +77,7 @@ def ready_row(uid: str) -> dict:
 
 def ready_object(ref: ObjectRef, cfg, digest: str, group: str) -> dict:
     """Stand-in for `run_object` in the job's scheduler: a ready-made sample of
-    ref.annotations["bytes"], handed to this node's writer; the result a real task returns."""
+    ref.annotations["bytes"], handed to this node's writer; the result a real run returns."""
     import ray
 
     row = ready_row(ref.uid)

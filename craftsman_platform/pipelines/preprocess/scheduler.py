@@ -103,6 +103,9 @@ def process_all(
     facts = {"startup_s": startup, "peak": 0, "driver_bytes": 0, "results": 0, "all_slots": None}
     bar = tqdm(total=len(todo), desc="objects", unit="obj", smoothing=0.05)
 
+    def failed(obj: ObjectRef, reason: str, message: str) -> dict:
+        return failure({"uid": obj.uid, "source": obj.source, "config_hash": digest}, reason, message)
+
     def record_failure(obj: ObjectRef, result: dict) -> None:
         store.add_failed(result["row"])
         rows[obj.uid] = result["row"]
@@ -122,8 +125,7 @@ def process_all(
         for obj in objs:
             redone[obj.uid] += 1
             if redone[obj.uid] > cfg.max_retries + 1:
-                base = {"uid": obj.uid, "source": obj.source, "config_hash": digest}
-                record_failure(obj, failure(base, "worker_crashed", "its shard writer died every time"))
+                record_failure(obj, failed(obj, "worker_crashed", "its shard writer died every time"))
             else:
                 queue.append(obj)
                 bar.total += 1
@@ -152,8 +154,7 @@ def process_all(
                         tries[obj.uid] += 1
                         queue.appendleft(obj)
                         continue
-                    base = {"uid": obj.uid, "source": obj.source, "config_hash": digest}
-                    result = failure(base, *_crash_reason(result))
+                    result = failed(obj, *_crash_reason(result))
                 else:
                     facts["driver_bytes"] += len(pickle.dumps(result, protocol=5))
                     facts["results"] += 1
@@ -170,9 +171,8 @@ def process_all(
                     bar.update(1)
             for obj in runners.overdue(cfg.timeout_s):  # their actors are killed, not the job
                 bar.update(1)
-                base = {"uid": obj.uid, "source": obj.source, "config_hash": digest}
-                why = f"no result after {cfg.timeout_s:.0f} s (timeout_s); the worker was killed"
-                record_failure(obj, failure(base, "timeout", why))
+                why = f"no result after {cfg.timeout_s:.0f} s (timeout_s); its process was killed"
+                record_failure(obj, failed(obj, "timeout", why))
             if not queue and not runners.running:  # the end: finish the open shards (a dead writer's objects come back)
                 new_rows, redo = pool.close()
                 committed(new_rows)
