@@ -98,8 +98,11 @@ class ShardWriter:
 
 
 class ShardStore:
-    def __init__(self, output: Output):
-        self.output = output
+    """`manifest`: where committed and failed rows go as manifest parts (preprocess); without it
+    failures are journaled as journal/failed-*.jsonl and the job writes its own manifest (packs)."""
+
+    def __init__(self, output: Output, manifest=None):
+        self.output, self.manifest = output, manifest
         self.next_index = 0
         self._failed: list[dict] = []
         self._failed_seq = 0
@@ -109,49 +112,75 @@ class ShardStore:
         output.makedirs("journal")
 
     # -- resume ----------------------------------------------------------------------------------
-    def recover(self) -> tuple[dict[str, dict], dict[str, dict]]:
-        """(ok rows by uid, failed rows by uid) of earlier runs; deletes what no journal commits."""
+    def recover_shards(self, known: dict[str, int] | None = None) -> tuple[list[str], set[str]]:
+        """(journal names of committed shards, shards whose journal was dropped): deletes what no journal
+        commits, and journals whose shard is missing or of another size (their objects are redone).
+        `known`: shard sizes already recorded elsewhere (the manifest's parts), so that a 10M-object
+        output's journals are not all read."""
         shards = self.output.sizes("shards")
         journals = self.output.sizes("journal")
-        ok: dict[str, dict] = {}
-        committed = set()
+        committed, dropped = [], set()
         indices = [int(m.group(1)) for m in map(SHARD.match, shards) if m]
         for name in sorted(journals):
             if not (name.startswith("shard-") and name.endswith(".json")):
                 continue
             shard = name.removesuffix(".json") + ".tar"
-            body = self.output.read_json("journal/" + name)
-            rows = body["rows"] if isinstance(body, dict) else body  # journals before sizes were lists
-            expected = body.get("bytes") if isinstance(body, dict) else shards.get(shard)
+            expected = (known or {}).get(shard)
+            if expected is None:
+                body = self.output.read_json("journal/" + name)
+                expected = body.get("bytes") if isinstance(body, dict) else shards.get(shard)  # lists: sizes came later
             if shards.get(shard) is None or shards[shard] != expected:
-                log.warning(
-                    "journal %s names a missing or resized %s: its %d objects are redone", name, shard, len(rows)
-                )
+                log.warning("journal %s names a missing or resized %s: its objects are redone", name, shard)
                 self.output.delete("journal/" + name)
+                dropped.add(shard)
                 continue
-            committed.add(shard)
+            committed.append(name)
             indices.append(int(SHARD.match(shard).group(1)))
-            for row in rows:
-                ok[row["uid"]] = row
-        for leftover in sorted(set(shards) - committed):
+        names = {n.removesuffix(".json") + ".tar" for n in committed}
+        for leftover in sorted(set(shards) - names):
             log.info("removing %s, which no journal commits (its objects will be redone)", leftover)
             self.output.delete("shards/" + leftover)
         self.next_index = 1 + max(indices, default=-1)
+        return committed, dropped
+
+    def read_journal(self, name: str) -> dict:
+        """A shard's commit record {"shard", "bytes", "rows"} (journals of early versions were lists of rows)."""
+        body = self.output.read_json("journal/" + name)
+        if isinstance(body, dict):
+            return body
+        shard = name.removesuffix(".json") + ".tar"
+        return {"shard": shard, "bytes": self.output.sizes("shards").get(shard), "rows": body}
+
+    def recover(self) -> tuple[dict[str, dict], dict[str, dict]]:
+        """(ok rows by uid, failed rows by uid) of earlier runs, for jobs whose rows fit in memory
+        (packs); deletes what no journal commits."""
+        committed, _ = self.recover_shards()
+        ok = {row["uid"]: row for name in committed for row in self.read_journal(name)["rows"]}
         failed: dict[str, dict] = {}
-        for name in sorted(n for n in journals if n.startswith("failed") and n.endswith(".jsonl")):
-            for line in self.output.read_bytes("journal/" + name).decode().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn last line (journals of earlier versions were appended to)
+        for name in self.failed_journals():
+            for row in self.failed_rows(name):
                 failed[row["uid"]] = row
         return ok, {u: r for u, r in failed.items() if u not in ok}
+
+    def failed_journals(self) -> list[str]:
+        return sorted(n for n in self.output.sizes("journal") if n.startswith("failed") and n.endswith(".jsonl"))
+
+    def failed_rows(self, name: str) -> list[dict]:
+        rows = []
+        for line in self.output.read_bytes("journal/" + name).decode().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line (journals of earlier versions were appended to)
+        return rows
 
     # -- committing ------------------------------------------------------------------------------
     def commit(self, sealed: dict, rows: list[dict]) -> list[dict]:
         """Make a sealed shard part of the dataset by writing its journal; returns the rows with `shard`."""
         rows = [{**r, "shard": sealed["shard"]} for r in rows]
         self.output.write_json(journal_name(sealed["shard"]), {**sealed, "rows": rows})
+        if self.manifest is not None:
+            self.manifest.add("ok", rows, (sealed["shard"], sealed["bytes"]))
         log.info("shard %s committed: %d objects, %.1f MB", sealed["shard"], len(rows), sealed["bytes"] / 1e6)
         return rows
 
@@ -172,11 +201,17 @@ class ShardStore:
         return len(leftovers)
 
     def add_failed(self, row: dict) -> None:
+        if self.manifest is not None:
+            self.manifest.add("failed", [row])
+            return
         self._failed.append(row)
         if len(self._failed) >= FAILED_FLUSH_ROWS or time.monotonic() - self._failed_flushed > FAILED_FLUSH_S:
             self.flush_failed()
 
     def flush_failed(self) -> None:
+        if self.manifest is not None:
+            self.manifest.flush()
+            return
         self._failed_flushed = time.monotonic()
         if not self._failed:
             return

@@ -44,7 +44,8 @@ class Output:
 
     def __init__(self, url: str, storage_options: dict | None = None):
         self.url = url.rstrip("/") if "://" in url else os.path.abspath(os.path.expanduser(url))
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
         self.local = isinstance(self.fs, LocalFileSystem)
 
     # -- names -----------------------------------------------------------------------------------

@@ -9,21 +9,34 @@ from omegaconf import MISSING
 
 from craftsman_platform.geometry.config import GeometryConfig, RenderConfig
 from craftsman_platform.logger import LoggerConfig
-from craftsman_platform.pipelines.preprocess.sources import OBJAVERSE_URL
 from craftsman_platform.raycluster import RayConfig
+
+OBJAVERSE_URL = "https://huggingface.co/datasets/allenai/objaverse/resolve/main"
+OBJAVERSE_XL_URL = "https://huggingface.co/datasets/allenai/objaverse-xl/resolve/main"
+XL_SOURCES = ("sketchfab", "smithsonian", "thingiverse", "github")  # also the order copies are kept in
+READABLE_TYPES = ("glb", "gltf", "obj", "ply", "stl", "off")  # what the geometry core loads
 
 
 @dataclass
 class SourceConfig:
-    kind: str = "auto"  # auto (folder or list file from `path`), folder, list, objaverse
+    kind: str = "auto"  # auto (folder or list file from `path`), folder, list, objaverse, objaverse_xl
     path: Optional[str] = None  # folder of meshes, or a list file of paths / URLs
     uids: list[str] = field(default_factory=list)  # objaverse: these uids (empty: all, or by category)
     lvis_categories: list[str] = field(default_factory=list)  # objaverse: LVIS categories
-    cache_dir: Optional[str] = None  # objaverse cache (the package's BASE_PATH; default ~/.objaverse)
-    annotations: bool = True  # objaverse: copy name/license/tags/categories into meta.json
-    base_url: str = OBJAVERSE_URL  # objaverse: where the tasks fetch GLBs (a mirror, or a bucket URL)
-    limit: Optional[int] = None  # first N objects only
-    partition: Optional[str] = None  # "i/n": only objects with crc32(uid) % n == i (one of n parallel jobs)
+    cache_dir: Optional[str] = None  # objaverse(_xl): the package's cache folder (its BASE_PATH; ~/.objaverse)
+    annotations: bool = True  # objaverse(_xl): copy name/license/tags/categories (XL: metadata) into meta.json
+    base_url: str = OBJAVERSE_URL  # Objaverse 1.0 GLBs (also Objaverse-XL's sketchfab objects): a mirror, a bucket
+    # Objaverse-XL: its sources, in the order duplicates are resolved (the first listed copy is kept)
+    xl_sources: list[str] = field(default_factory=lambda: list(XL_SOURCES))
+    file_types: list[str] = field(default_factory=lambda: list(READABLE_TYPES))  # objaverse_xl: fileType in these
+    licenses: list[str] = field(default_factory=list)  # objaverse_xl: license in these (empty: any)
+    alignment: bool = False  # objaverse_xl: only the alignment (high-quality) subset (github, sketchfab)
+    xl_url: str = OBJAVERSE_XL_URL  # objaverse_xl: where its annotation files are downloaded from
+    github_url: str = "https://github.com"  # objaverse_xl: where GitHub repositories are cloned from
+    thingiverse_url: str = "https://www.thingiverse.com"  # objaverse_xl: Thingiverse downloads
+    group_max: int = 256  # GitHub objects one task slot takes from one clone (more: the repository is split)
+    limit: Optional[int] = None  # the first N listed objects only (after filters, before dedup)
+    partition: Optional[str] = None  # "i/n": this job's share of n (crc32 of the content hash, else the uid)
 
 
 @dataclass

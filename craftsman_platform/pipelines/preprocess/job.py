@@ -8,34 +8,32 @@ import json
 import logging
 import os
 import time
-import zlib
+from collections import Counter
 from pathlib import Path
 
 import hydra
+import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
 from craftsman_platform.errors import ConfigError, MissingInput, NothingDone, check_writable
 from craftsman_platform.paths import CONF_DIR
 from craftsman_platform.pipelines.lock import OutputLock
+from craftsman_platform.pipelines.manifest import ManifestParts
 from craftsman_platform.pipelines.preprocess.config import PreprocessConfig, SourceConfig
-from craftsman_platform.pipelines.preprocess.object_job import (
-    PIPELINE_VERSION,
-    RETRIED_ON_RERUN,
-)
+from craftsman_platform.pipelines.preprocess.listing import DONE_COLUMNS, Plan, make_plan
+from craftsman_platform.pipelines.preprocess.object_job import PIPELINE_VERSION
 from craftsman_platform.pipelines.preprocess.scheduler import process_all
-from craftsman_platform.pipelines.preprocess.sources import (
-    ObjectRef,
-    folder_objects,
-    list_file_objects,
-    objaverse_objects,
-)
+from craftsman_platform.pipelines.preprocess.sources import list_source
+from craftsman_platform.pipelines.preprocess.sources.objaverse_xl import validate_xl
 from craftsman_platform.pipelines.preprocess.summary import format_summary, summarize
 from craftsman_platform.pipelines.report.job import format_result, write_report
 from craftsman_platform.pipelines.shardstore import ShardStore
 from craftsman_platform.pipelines.storage import Output
+from craftsman_platform.shapedata.manifest import MANIFEST_DIR, MANIFEST_SCHEMA
 
 log = logging.getLogger("craft.preprocess")
-SOURCE_KINDS = ("auto", "folder", "list", "objaverse")
+SOURCE_KINDS = ("auto", "folder", "list", "objaverse", "objaverse_xl")
+DUPLICATE_PART_ROWS = 200_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,7 +53,9 @@ def validate(cfg: PreprocessConfig) -> None:
     src = cfg.source
     if src.kind not in SOURCE_KINDS:
         raise ConfigError(f"source.kind={src.kind!r}: expected one of {', '.join(SOURCE_KINDS)}")
-    if src.kind != "objaverse":
+    if src.kind == "objaverse_xl":
+        validate_xl(src)
+    elif src.kind != "objaverse":
         if not src.path:
             raise ConfigError("source.path is required (a folder or a list file), or set source.kind=objaverse")
         if not Path(src.path).exists():
@@ -73,7 +73,7 @@ def validate_output(url: str, storage_options: dict) -> Output:
     if "://" not in url or url.startswith("file://"):
         local = url.removeprefix("file://")
         check_writable(local, "output_dir")
-        for sub in ("shards", "journal"):
+        for sub in ("shards", "journal", MANIFEST_DIR):
             if os.path.exists(os.path.join(local, sub)) and not os.path.isdir(os.path.join(local, sub)):
                 raise ConfigError(
                     f"output_dir={url}: {os.path.join(local, sub)} is a file, where the job keeps a folder"
@@ -87,30 +87,6 @@ def validate_output(url: str, storage_options: dict) -> Output:
         ) from None
     except (ValueError, TypeError) as err:
         raise ConfigError(f"output_dir={url} / storage_options: {err}") from None
-
-
-def resolve_sources(src: SourceConfig) -> list[ObjectRef]:
-    kind = src.kind
-    if kind == "auto":
-        kind = "folder" if Path(src.path).is_dir() else "list"
-    if kind == "folder":
-        refs = folder_objects(src.path)
-    elif kind == "list":
-        refs = list_file_objects(src.path)
-    elif kind == "objaverse":
-        refs = objaverse_objects(
-            src.uids or None,
-            src.lvis_categories or None,
-            src.cache_dir,
-            src.annotations,
-            src.limit,
-            src.base_url,
-        )
-    refs = list({r.uid: r for r in refs}.values())
-    if src.partition:
-        index, count = parse_partition(src.partition)
-        refs = [r for r in refs if zlib.crc32(r.uid.encode()) % count == index]
-    return refs[: src.limit] if src.limit else refs
 
 
 def parse_partition(text: str) -> tuple[int, int]:
@@ -168,47 +144,82 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     """Run (or resume) the job described by `cfg`; returns the summary.
 
     Nothing is written before the config, the sources and the output's lock check out. The
-    manifest describes every object in the shards and every recorded failure, whatever this run
-    listed (a resume over a narrower listing keeps the earlier rows)."""
+    manifest describes every object in the shards, every recorded failure and duplicate, whatever
+    this run listed (a resume over a narrower listing keeps the earlier rows)."""
     validate(cfg)
     out = validate_output(cfg.output_dir, cfg.storage_options)
     digest = config_hash(cfg)
     check_output(out, digest)
-    refs = resolve_sources(cfg.source)
-    if not refs:
+    t0 = time.monotonic()
+    listed = list_source(cfg.source)
+    if not listed.estimate:
         raise NothingDone(f"no mesh files found in {_describe(cfg.source)}")
     with OutputLock(out, cfg.lock_stale_s) as lock:
         claim_output(out, cfg, digest)
-        store = ShardStore(out)
-        done_ok, done_failed = store.recover()
-        retry = (
-            set(done_failed)
-            if cfg.retry_failed
-            else {u for u, r in done_failed.items() if r["reason"] in RETRIED_ON_RERUN}
-        )
-        todo = [r for r in refs if r.uid not in done_ok and (r.uid not in done_failed or r.uid in retry)]
-        log.info(
-            "%d objects: %d already done, %d to process -> %s", len(refs), len(refs) - len(todo), len(todo), out.url
-        )
-        t0 = time.monotonic()
-        fresh, facts = process_all(todo, cfg, digest, store, lock) if todo else ({}, {"startup_s": 0.0, "peak": 0})
-        seconds = time.monotonic() - t0 - facts["startup_s"]
+        parts = ManifestParts(out)
+        store = ShardStore(out, parts)
+        committed, dropped = store.recover_shards(parts.shard_sizes())
+        recovered = parts.reconcile(store, committed, dropped)
+        partition = parse_partition(cfg.source.partition) if cfg.source.partition else None
+        done = parts.done_batches(DONE_COLUMNS)
+        with make_plan(listed, done, cfg.retry_failed, partition, cfg.source.limit, cfg.source.group_max) as plan:
+            if not plan.stats["listed"]:
+                raise NothingDone(f"no object of {_describe(cfg.source)} passes the filters")
+            _record_listing(parts, plan)
+            listing_s = time.monotonic() - t0
+            log.info("%d objects listed (%.1f s): %d to process, %d duplicates found -> %s", plan.stats["listed"],
+                     listing_s, plan.total, plan.stats["new_duplicates"], out.url)  # fmt: skip
+            t1 = time.monotonic()
+            counts, facts = (
+                process_all(plan.groups(), plan.total, cfg, digest, store, lock)
+                if plan.total
+                else (Counter(), {"startup_s": 0.0, "peak": 0})
+            )
+            seconds = time.monotonic() - t1 - facts["startup_s"]
         store.remove_uncommitted()  # the shards are exactly what the journals, and so the manifest, name
-        rows = {**done_failed, **done_ok, **fresh}
-        store.write_manifest(list(rows.values()))
-        summary = summarize(list(rows.values()), seconds, len(todo), facts["peak"])
-        summary["this_run"]["ok"] = sum(r["status"] == "ok" for r in fresh.values())
-        summary["this_run"]["writers"] = facts.get("writers", 0)
-        summary["this_run"]["driver_bytes_per_object"] = facts.get("driver_bytes", 0) / max(1, facts.get("results", 0))
-        summary["this_run"]["driver_cpu_ms_per_object"] = 1000 * facts.get("driver_cpu_s", 0) / max(1, len(todo))
+        parts.flush()
+        summary = summarize(out, seconds, plan.total, facts["peak"])
+        run = summary["this_run"]
+        run["ok"] = counts["ok"]
+        run["writers"] = facts.get("writers", 0)
+        run["driver_bytes_per_object"] = facts.get("driver_bytes", 0) / max(1, facts.get("results", 0))
+        run["driver_cpu_ms_per_object"] = 1000 * facts.get("driver_cpu_s", 0) / max(1, plan.total)
+        summary["listing"] = {**plan.stats, "seconds": round(listing_s, 2), **recovered}
         summary["config_hash"] = digest
         out.write_json("summary.json", summary)
     return summary
 
 
+def _record_listing(parts: ManifestParts, plan: Plan) -> None:
+    """The listing's verdicts into the manifest: rows it replaces leave first, then its new duplicates."""
+    parts.supersede(pa.array(plan.superseded, pa.string()))
+    tables, rows = [], 0
+    for batch in plan.duplicates():
+        tables.append(pa.Table.from_batches([batch]))
+        rows += batch.num_rows
+        if rows >= DUPLICATE_PART_ROWS:
+            parts.write_part("duplicate", _duplicate_rows(pa.concat_tables(tables)))
+            tables, rows = [], 0
+    if rows:
+        parts.write_part("duplicate", _duplicate_rows(pa.concat_tables(tables)))
+
+
+def _duplicate_rows(table: pa.Table) -> pa.Table:
+    n = table.num_rows
+    status = pa.array(["duplicate"] * n, pa.string())
+    return pa.table(
+        [table.column(f.name) if f.name in table.column_names else (status if f.name == "status" else pa.nulls(n, f.type))
+         for f in MANIFEST_SCHEMA],
+        schema=MANIFEST_SCHEMA,
+    )  # fmt: skip
+
+
 def _describe(src: SourceConfig) -> str:
     if src.kind == "objaverse":
         return f"Objaverse (source.uids={list(src.uids)[:3]}, source.lvis_categories={list(src.lvis_categories)})"
+    if src.kind == "objaverse_xl":
+        return (f"Objaverse-XL (source.xl_sources={list(src.xl_sources)}, source.file_types={list(src.file_types)}, "
+                f"source.licenses={list(src.licenses)}, source.alignment={src.alignment})")  # fmt: skip
     return f"source.path={src.path}" + (f" (partition {src.partition})" if src.partition else "")
 
 
@@ -219,7 +230,7 @@ def main(dcfg: DictConfig) -> None:
     print(format_summary(summary))
     out = Output(cfg.output_dir, cfg.storage_options)
     print(
-        f"shards: {out.display('shards')}  manifest: {out.display('manifest.parquet')}  "
+        f"shards: {out.display('shards')}  manifest: {out.display(MANIFEST_DIR)}/  "
         f"summary: {out.display('summary.json')}"
     )
     try:  # the data is complete either way: a report that cannot be made is a warning
@@ -232,5 +243,5 @@ def main(dcfg: DictConfig) -> None:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["reasons"].items()))
         raise NothingDone(
             f"none of the {run['processed']} objects this run processed succeeded ({reasons}); "
-            f"reasons per object in {out.display('manifest.parquet')}"
+            f"reasons per object in {out.display(MANIFEST_DIR)}/"
         )

@@ -22,23 +22,15 @@ from craftsman_platform.geometry.pipeline import process_mesh
 from craftsman_platform.geometry.render import Renderer
 from craftsman_platform.geometry.sampling import object_rng
 from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
-from craftsman_platform.pipelines.preprocess.sources import ObjectRef, TransientError, local_copy
+from craftsman_platform.pipelines.preprocess.sources import ObjectRef, TransientError
+from craftsman_platform.pipelines.preprocess.sources.fetch import fetched
+from craftsman_platform.pipelines.preprocess.sources.github import CloneFailed
 from craftsman_platform.pipelines.writers import WriterLost, hand_to_writer
 from craftsman_platform.shapedata.cameras import view_cameras
 from craftsman_platform.shapedata.sample import META, encode_sample
 
 PIPELINE_VERSION = "0.1.0"
 STAGES = ("load", "watertight", "sample", "render", "write")
-# Failure reasons of the job itself (the loader's are craftsman_platform.geometry.mesh_io.REASONS)
-JOB_REASONS = {
-    "not_found": "the source does not exist (a missing file, HTTP 404, no such object in the bucket)",
-    "fetch_failed": "the source could not be fetched after max_retries (DNS, refused or reset connection, "
-    "network timeout, HTTP 5xx/408/429); retried again on the next run",
-    "timeout": "no result within timeout_s; the worker was killed (retried with retry_failed=true)",
-    "worker_crashed": "the worker process died (out of memory, lost node); retried again on the next run",
-    "error": "an unexpected error in the pipeline or a library, with its message",
-}
-RETRIED_ON_RERUN = ("fetch_failed", "worker_crashed")
 
 
 def _sha256(path) -> str:
@@ -52,10 +44,13 @@ def _sha256(path) -> str:
 def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str, writers: str) -> dict:
     """Process one object and hand its sample to this node's writer of group `writers`; the result
     for the driver. Raises only `TransientError`."""
-    base = {"uid": ref.uid, "source": ref.source, "config_hash": config_hash}
+    base = row_base(ref, config_hash)
     try:
-        with local_copy(ref.source, ref.cached) as path:
+        with fetched(ref, cfg.source, cfg.timeout_s) as path:
             source_sha = _sha256(path)
+            if ref.listed_sha256 and source_sha != ref.listed_sha256:
+                return failure(base, "sha256_mismatch", f"the fetched file's sha256 is {source_sha}, its listing "
+                               f"says {ref.listed_sha256} (it changed since the listing was made)")  # fmt: skip
             geo = process_mesh(path, ref.uid, cfg.geometry)
         timings = dict(geo.timings)
 
@@ -78,7 +73,10 @@ def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str, writers:
         meta = {
             "uid": ref.uid,
             "source": ref.source,
+            "origin": ref.origin,
+            "listed_sha256": ref.listed_sha256,
             "source_sha256": source_sha,
+            "file_type": ref.file_type,
             "annotations": ref.annotations or None,
             "normalization": geo.loaded.normalization,
             "watertight": {
@@ -97,13 +95,15 @@ def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str, writers:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this worker process so far
         row = {**manifest_row(meta), "worker_peak_rss_mb": peak_mb}
         ack = hand_to_writer(writers, members, row)
-        return {**base, "status": "ok", "row": row, "node": _node_id(), **ack}
+        return {"uid": ref.uid, "status": "ok", "row": row, "node": _node_id(), **ack}
     except (TransientError, DiskFull):  # retried; or the end of the job (no object is to blame)
         raise
     except WriterLost as e:
-        return {**base, "status": "writer_lost", "node": _node_id(), "message": str(e)}
+        return {"uid": ref.uid, "status": "writer_lost", "node": _node_id(), "message": str(e)}
     except MeshRejected as e:
         return failure(base, e.code, e.message)
+    except CloneFailed as e:
+        return failure(base, "clone_failed", str(e)[:500])
     except FileNotFoundError as e:
         return failure(base, "not_found", f"no such file or object: {e.filename or e}")
     except Exception as e:  # a bug or an unexpected library error: recorded, the job goes on
@@ -117,17 +117,23 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def failure(base: dict, reason: str, message: str) -> dict:
-    row = {
-        "uid": base["uid"],
-        "source": base["source"],
-        "status": "failed",
-        "reason": reason,
-        "message": message,
-        "shard": None,
-        "config_hash": base["config_hash"],
+def row_base(ref: ObjectRef, config_hash: str) -> dict:
+    """The manifest fields every row of the object has, whatever becomes of it."""
+    return {
+        "uid": ref.uid,
+        "source": ref.source,
+        "origin": ref.origin,
+        "config_hash": config_hash,
+        "listed_sha256": ref.listed_sha256,
+        "license": (ref.annotations or {}).get("license"),
+        "file_type": ref.file_type,
+        "lvis_category": (ref.annotations or {}).get("lvis_category"),
     }
-    return {**base, "status": "failed", "reason": reason, "message": message, "row": row}
+
+
+def failure(base: dict, reason: str, message: str) -> dict:
+    row = {**base, "status": "failed", "reason": reason, "message": message, "shard": None}
+    return {"uid": base["uid"], "status": "failed", "reason": reason, "message": message, "row": row}
 
 
 def manifest_row(meta: dict) -> dict:
@@ -136,6 +142,9 @@ def manifest_row(meta: dict) -> dict:
     return {
         "uid": meta["uid"],
         "source": meta["source"],
+        "origin": meta.get("origin"),  # absent in samples of older versions
+        "listed_sha256": meta.get("listed_sha256"),
+        "file_type": meta.get("file_type"),
         "status": "ok",
         "reason": None,
         "message": None,

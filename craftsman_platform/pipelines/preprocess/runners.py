@@ -9,12 +9,17 @@ a new one takes its slot), a crash costs that object a retry and no other object
 
 An actor counts as a slot once it has answered `ready`: one that waits for a node (an autoscaler
 adding one) or for its process to start has no object yet, so no object's timeout runs meanwhile.
+
+Objects come in runs (a GitHub repository's objects, fetched from one clone): an actor given a run
+keeps the rest as its backlog and is given its next object as soon as it is idle; the backlog of
+an actor that dies or is killed goes back to the driver (`returned`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Callable
 
 from craftsman_platform.pipelines.tasks import finished, overdue
@@ -44,6 +49,8 @@ class RunnerPool:
         self.starting: dict = {}  # ready ref -> actor
         self.idle: list = []
         self.running: dict = {}  # run ref -> (object, start time, actor), in submission order
+        self.backlog: dict = {}  # actor -> deque of the objects left of its run
+        self.returned: list[list] = []  # runs left by actors that died or were killed
 
     @property
     def size(self) -> int:
@@ -60,9 +67,26 @@ class RunnerPool:
             else:
                 self._kill(self.starting.pop(next(iter(self.starting))))
 
-    def submit(self, obj) -> None:
-        """Run `obj` on an idle actor (the caller checks there is one)."""
+    @property
+    def waiting(self) -> int:
+        """Objects in backlogs (given out, not yet running)."""
+        return sum(len(q) for q in self.backlog.values())
+
+    def submit(self, run: list) -> None:
+        """Run the first of `run` on an idle actor (the caller checks there is one), the rest after it."""
         actor = self.idle.pop()
+        self._start(actor, deque(run))
+
+    def feed(self) -> None:
+        """Idle actors with a backlog take its next object."""
+        for actor in [a for a in self.idle if a in self.backlog]:
+            self.idle.remove(actor)
+            self._start(actor, self.backlog.pop(actor))
+
+    def _start(self, actor, run: deque) -> None:
+        obj = run.popleft()
+        if run:
+            self.backlog[actor] = run
         self.running[actor.run.remote(obj)] = (obj, time.monotonic(), actor)
 
     def poll(self, wait_s: float) -> list[tuple]:
@@ -99,9 +123,12 @@ class RunnerPool:
     def close(self) -> None:
         for actor in [*self.starting.values(), *self.idle, *(a for _, _, a in self.running.values())]:
             self._kill(actor)
-        self.starting, self.idle, self.running = {}, [], {}
+        self.starting, self.idle, self.running, self.backlog = {}, [], {}, {}
 
     def _kill(self, actor) -> None:
+        left = self.backlog.pop(actor, None)
+        if left:
+            self.returned.append(list(left))
         try:
             self.ray.kill(actor, no_restart=True)
         except Exception as err:  # already gone, or Ray is shutting down

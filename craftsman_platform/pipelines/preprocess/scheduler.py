@@ -7,6 +7,10 @@ run's small result (manifest row, shard: a few KB) and journals each shard its w
 A per-object timeout kills that object's actor only; a crash or a transient fetch error runs the
 object again, `max_retries` times at most.
 
+The work comes from the listing's plan (listing.py) as runs of objects, read as they are needed:
+the driver holds the objects running and about to run, never the whole listing. What each object
+ends as goes to the manifest's parts as it happens (ShardStore); the driver keeps counts only.
+
 `object_fn` (default `run_object`) is what each run calls; the benchmark passes a stand-in that
 hands over ready-made samples, so that it measures this very scheduler.
 """
@@ -17,14 +21,14 @@ import logging
 import pickle
 import time
 from collections import Counter, deque
-from typing import Callable
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
 from craftsman_platform.errors import DiskFull
 from craftsman_platform.pipelines.lock import OutputLock
 from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
-from craftsman_platform.pipelines.preprocess.object_job import failure, run_object
+from craftsman_platform.pipelines.preprocess.object_job import failure, row_base, run_object
 from craftsman_platform.pipelines.preprocess.runners import RunnerPool
 from craftsman_platform.pipelines.preprocess.sources import ObjectRef, TransientError
 from craftsman_platform.pipelines.shardstore import ShardStore
@@ -76,17 +80,38 @@ def _job_fn(object_fn: Callable[..., dict], cfg: PreprocessConfig, digest: str, 
     return run
 
 
+class Work:
+    """The runs still to give out: those returned (retries, a dead writer's objects, a dead actor's
+    backlog) first, then the plan's, read one at a time."""
+
+    def __init__(self, runs: Iterator[list[ObjectRef]], total: int):
+        self._runs, self.front = runs, deque()
+        self.left = total  # objects not yet given out, the plan's included
+
+    def take(self) -> list[ObjectRef] | None:
+        run = self.front.popleft() if self.front else next(self._runs, None)
+        if run is not None:
+            self.left -= len(run)
+        return run
+
+    def give_back(self, run: list[ObjectRef], first: bool = False) -> None:
+        (self.front.appendleft if first else self.front.append)(run)
+        self.left += len(run)
+
+
 def process_all(
-    todo: list[ObjectRef],
+    runs: Iterator[list[ObjectRef]],
+    total: int,
     cfg: PreprocessConfig,
     digest: str,
     store: ShardStore,
     lock: OutputLock,
     object_fn: Callable[..., dict] = run_object,
-) -> tuple[dict[str, dict], dict]:
-    """Run every object; returns (this run's rows by uid, run facts: Ray start seconds, peak
-    concurrency, writers, bytes the driver received and its CPU seconds, Ray start excluded, and
-    `all_slots`: [seconds, driver CPU seconds, objects done] when every slot first had its actor)."""
+) -> tuple[Counter, dict]:
+    """Run every object of `runs` (`total` in all); returns (this run's objects by status, run facts:
+    Ray start seconds, peak concurrency, writers, bytes the driver received and its CPU seconds, Ray
+    start excluded, and `all_slots`: [seconds, driver CPU seconds, objects done] when every slot
+    first had its actor)."""
     t0 = time.monotonic()
     ray = start_ray(cfg)
     startup = time.monotonic() - t0
@@ -95,20 +120,18 @@ def process_all(
     memory = int(cfg.memory_per_task_gb * 2**30)
     runners = RunnerPool(ray, _job_fn(object_fn, cfg, digest, pool.group), {"num_cpus": 1, "memory": memory})
     slots = Slots(ray, cfg)
-    queue = deque(todo)
-    rows: dict[str, dict] = {}
+    work = Work(runs, total)
     redone = Counter()  # uid -> runs given back because their shard writer died
     tries = Counter()  # uid -> runs that crashed or hit a transient error
     counts = Counter()
     facts = {"startup_s": startup, "peak": 0, "driver_bytes": 0, "results": 0, "all_slots": None}
-    bar = tqdm(total=len(todo), desc="objects", unit="obj", smoothing=0.05)
+    bar = tqdm(total=total, desc="objects", unit="obj", smoothing=0.05)
 
     def failed(obj: ObjectRef, reason: str, message: str) -> dict:
-        return failure({"uid": obj.uid, "source": obj.source, "config_hash": digest}, reason, message)
+        return failure(row_base(obj, digest), reason, message)
 
     def record_failure(obj: ObjectRef, result: dict) -> None:
         store.add_failed(result["row"])
-        rows[obj.uid] = result["row"]
         counts["failed"] += 1
 
     shown = None
@@ -127,22 +150,22 @@ def process_all(
             if redone[obj.uid] > cfg.max_retries + 1:
                 record_failure(obj, failed(obj, "worker_crashed", "its shard writer died every time"))
             else:
-                queue.append(obj)
+                work.give_back([obj])
                 bar.total += 1
                 bar.refresh()
 
-    def committed(new_rows: list[dict]) -> None:
-        for row in new_rows:
-            rows[row["uid"]] = row
+    def remaining() -> int:
+        return work.left + runners.waiting + len(runners.running)
 
     try:
-        while queue or runners.running:
+        while remaining():
             lock.check()
-            if slots.refresh(len(queue) + len(runners.running)):
+            if slots.refresh(remaining()):
                 give_back(pool.ensure(slots.nodes))
-            runners.resize(min(slots.target, len(queue) + len(runners.running)))  # none idle once all is given out
-            while queue and runners.idle:
-                runners.submit(queue.popleft())
+            runners.resize(min(slots.target, remaining()))  # none idle once all is given out
+            runners.feed()
+            while runners.idle and (run := work.take()) is not None:
+                runners.submit(run)
             facts["peak"] = max(facts["peak"], len(runners.running))
             if facts["all_slots"] is None and not runners.starting and runners.size == slots.target:
                 facts["all_slots"] = [time.monotonic() - t0 - startup, time.process_time() - cpu0, bar.n]
@@ -152,19 +175,19 @@ def process_all(
                         raise result  # the output is full: stop here (what is journaled stays; the rest is redone)
                     if _retryable(result) and tries[obj.uid] < cfg.max_retries:
                         tries[obj.uid] += 1
-                        queue.appendleft(obj)
+                        work.give_back([obj], first=True)
                         continue
                     result = failed(obj, *_crash_reason(result))
                 else:
                     facts["driver_bytes"] += len(pickle.dumps(result, protocol=5))
                     facts["results"] += 1
                 if result["status"] == "ok":
-                    committed(pool.accepted(obj, result))
+                    pool.accepted(obj, result)
                     counts["ok"] += 1  # written by its shard writer; committed with its shard
                     bar.update(1)
                 elif result["status"] == "writer_lost":
                     give_back([obj, *pool.lost(result["node"], result["message"])])
-                    slots.refresh(len(queue), force=True)
+                    slots.refresh(work.left, force=True)
                     give_back(pool.ensure(slots.nodes))
                 else:
                     record_failure(obj, result)
@@ -173,10 +196,10 @@ def process_all(
                 bar.update(1)
                 why = f"no result after {cfg.timeout_s:.0f} s (timeout_s); its process was killed"
                 record_failure(obj, failed(obj, "timeout", why))
-            if not queue and not runners.running:  # the end: finish the open shards (a dead writer's objects come back)
-                new_rows, redo = pool.close()
-                committed(new_rows)
-                give_back(redo)
+            while runners.returned:  # the backlogs of actors that died or were killed
+                work.give_back(runners.returned.pop(), first=True)
+            if not remaining():  # the end: finish the open shards (a dead writer's objects come back)
+                give_back(pool.close()[1])
             show()
     finally:
         bar.close()
@@ -186,4 +209,4 @@ def process_all(
         facts["driver_cpu_s"], facts["loop_s"] = time.process_time() - cpu0, time.monotonic() - t0 - startup
         ray.shutdown()
     facts["writers"] = pool.writers
-    return rows, facts
+    return counts, facts
