@@ -28,6 +28,7 @@ from craftsman_platform.pipelines.preprocess.tiny_shards import make_tiny_shards
 from craftsman_platform.pipelines.report import gather
 from craftsman_platform.pipelines.report.job import write_report
 from craftsman_platform.pipelines.storage import Output
+from craftsman_platform.shapedata.manifest import read_manifest
 
 
 def synthetic_output(source: Path, rows: int, folder: Path) -> Path:
@@ -39,7 +40,7 @@ def synthetic_output(source: Path, rows: int, folder: Path) -> Path:
                 info = tarfile.TarInfo(f"filler-{k:03d}.bin")
                 info.size = 2**20
                 tar.addfile(info, io.BytesIO(os.urandom(2**20)))
-    real = pq.read_table(source / "manifest.parquet").to_pylist()
+    real = read_manifest(str(source)).to_pylist()
     rng = np.random.default_rng(0)
     n = rows - len(real)
     fake = {

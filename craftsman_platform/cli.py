@@ -44,10 +44,12 @@ SUBCOMMANDS = {
             "craft preprocess source.path=meshes/ output_dir=out/          # a folder, recursively",
             "craft preprocess source.path=list.txt output_dir=out/ workers=8  # paths or s3:// gs:// https:// URLs",
             "craft preprocess source.kind=objaverse 'source.lvis_categories=[chair,mug]' output_dir=out/",
+            "craft preprocess source.kind=objaverse_xl 'source.xl_sources=[smithsonian,github]' "
+            "'source.licenses=[MIT License]' output_dir=out/  # Objaverse-XL, deduplicated by content",
             "craft preprocess source.path=meshes/ output_dir=s3://bucket/out  # object storage (the cloud extra)",
             "craft preprocess ray.address=auto source.kind=objaverse output_dir=s3://bucket/objaverse  # a cluster",
-            "Writes OUT/shards/*.tar, OUT/manifest.parquet (every object: status, reason), OUT/summary.json,"
-            " OUT/report.html (craft report rebuilds it).",
+            "Writes OUT/shards/*.tar, OUT/manifest/*.parquet (every listed object: status, reason, duplicate_of),"
+            " OUT/summary.json, OUT/report.html (craft report rebuilds it).",
         ],
     ),
     "pack": Subcommand(

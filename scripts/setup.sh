@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 # Debian packages: libusb/libgl/libgomp (open3d),
 # assimp-testmodels (a real corpus of valid and malformed meshes used by the tests), g++ (DeepSpeed
 # JIT-builds its CPU communication op), chromium (headless browser tests of report.html and the app),
-# slurmctld/slurmd/slurm-client/munge (a real one-node Slurm runs the cluster/slurm scripts in the tests).
+# slurmctld/slurmd/slurm-client/munge (a real one-node Slurm runs the cluster/slurm scripts in the tests),
+# git and git-lfs (Objaverse-XL's GitHub objects are cloned by the task slots; the tests clone real repositories).
 need=()
-for pkg in libusb-1.0-0 libgl1 libgomp1 assimp-testmodels g++ chromium slurmctld slurmd slurm-client munge; do
+for pkg in libusb-1.0-0 libgl1 libgomp1 assimp-testmodels g++ chromium slurmctld slurmd slurm-client munge git git-lfs; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -93,6 +95,36 @@ def craft(*args: str, timeout: float = 900, check: bool = True, env: dict | None
     if check and proc.returncode != 0:
         raise AssertionError(f"craft {args[0]} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
+
+
+@contextlib.contextmanager
+def serve(folder: Path):
+    """A real HTTP server on 127.0.0.1 serving `folder`; yields (base URL, list of requested paths)."""
+    requested: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, *args):
+            if self.command == "GET":  # fsspec may also send a HEAD for the size
+                requested.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requested
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def manifest_rows(out: Path | str, storage_options: dict | None = None) -> list[dict]:
+    """Every manifest row of an output, whichever its layout (parts, or one file of older outputs)."""
+    from craftsman_platform.shapedata.manifest import read_manifest
+
+    return read_manifest(str(out), storage_options=storage_options).to_pylist()
 
 
 def shard_glob(data: Path) -> str:

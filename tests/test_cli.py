@@ -94,4 +94,4 @@ def test_preprocess_config_composes_validates_and_documents(tmp_path):
     missing = run("preprocess", "source.path=/nonexistent")
     assert missing.returncode != 0 and "output_dir" in missing.stderr
     helped = run("preprocess", "--help")
-    assert helped.returncode == 0 and "source.kind=objaverse" in helped.stdout and "manifest.parquet" in helped.stdout
+    assert helped.returncode == 0 and "source.kind=objaverse" in helped.stdout and "OUT/manifest/" in helped.stdout

@@ -24,8 +24,8 @@ from craftsman_platform.models.build import module_summary
 from craftsman_platform.models.checkpoints import load_vae
 from craftsman_platform.paths import CONF_DIR
 from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
-from craftsman_platform.pipelines.preprocess.job import resolve_sources
 from craftsman_platform.pipelines.preprocess.job import validate as preprocess_validate
+from craftsman_platform.pipelines.preprocess.sources import list_source
 from craftsman_platform.schemas import SCHEMAS, register
 from craftsman_platform.shapedata.cameras import DEFAULT_DISTANCE
 from craftsman_platform.shapedata.sample import expand_urls
@@ -56,7 +56,7 @@ def test_preprocess_config_builds_its_sources(tmp_path, pybullet_dir):
     cfg = OmegaConf.to_object(compose_config("preprocess", f"source.path={pybullet_dir}", f"output_dir={tmp_path}/o"))
     assert isinstance(cfg, PreprocessConfig) and cfg.render.distance == DEFAULT_DISTANCE
     preprocess_validate(cfg)
-    assert len(resolve_sources(cfg.source)) > 10
+    assert sum(b.num_rows for b in list_source(cfg.source).batches) > 10
 
 
 def test_inspect_config_builds_the_geometry_core(pybullet_dir):

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import psutil
-import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from helpers import ENV, craft, shard_glob
+from helpers import ENV, craft, manifest_rows, shard_glob
 
-from craftsman_platform.pipelines.preprocess.sources import list_file_objects
+from craftsman_platform.pipelines.preprocess.config import SourceConfig
+from craftsman_platform.pipelines.preprocess.sources import list_source
 
 FAST = [
     "geometry.watertight.resolution=64",
@@ -48,7 +48,7 @@ def start_craft(*args: str) -> subprocess.Popen:
 
 
 def manifest(out: Path) -> list[dict]:
-    return pq.read_table(out / "manifest.parquet").to_pylist()
+    return manifest_rows(out)
 
 
 def shard_keys(out: Path) -> list[str]:
@@ -158,7 +158,7 @@ def test_network_failures_are_retried_and_only_not_found_is_final(tmp_path, pybu
             "refused.obj": "fetch_failed",
         }
         again = craft("preprocess", f"source.path={listing}", f"output_dir={out}", "max_retries=0", *FAST, check=False)
-        assert "5 objects: 2 already done, 3 to process" in again.stdout  # transient failures retried on a rerun
+        assert "5 objects listed: 2 already done, 3 to process" in again.stdout  # transient failures retried on a rerun
         assert again.returncode == 1 and "none of the 3 objects this run processed succeeded" in again.stderr
     finally:
         server.shutdown()
@@ -168,7 +168,7 @@ def test_list_files_give_readable_uids(tmp_path):
     (tmp_path / "data" / "chairs").mkdir(parents=True)
     listing = tmp_path / "list.txt"
     listing.write_text(f"{tmp_path / 'data/chairs/ikea.obj'}\ndata/lamp.glb\nhttps://example.com/a/b/chair.glb\n")
-    uids = [r.uid for r in list_file_objects(listing)]
+    uids = [r["uid"] for b in list_source(SourceConfig(kind="list", path=str(listing))).batches for r in b.to_pylist()]
     assert uids[0].startswith("chairs_ikea-") and uids[1].startswith("lamp-")  # relative to the common folder
     assert uids[2].startswith("https_example_com_a_b_chair-")  # URLs: the whole name
 

@@ -152,7 +152,8 @@ class ManifestParts:
         for name in legacy:  # an earlier version's failures: a part each (rows an ok row supersedes go at listing)
             rows = store.failed_rows(name)
             if rows:
-                self._write(f"failed-legacy-{name.removesuffix('.jsonl')}.parquet", rows_table([_known(r) for r in rows]))
+                table = rows_table([_known(r) for r in rows])
+                self._write(f"failed-legacy-{name.removesuffix('.jsonl')}.parquet", table)
             self.output.delete("journal/" + name)
         if self.output.exists(MANIFEST_FILE):
             self.output.delete(MANIFEST_FILE)  # the parts now hold what it held (both came from the journals)

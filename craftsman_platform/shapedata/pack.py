@@ -145,12 +145,10 @@ class Pack:
         return [posixpath.join(base, "shards", s["name"]) for s in self.info["source"]["shards"]]
 
     def uids(self) -> set[str]:
-        """The objects packed (PACK/manifest.parquet rows with status ok)."""
-        import fsspec
-        import pyarrow.parquet as pq
+        """The objects packed (PACK's manifest rows with status ok)."""
+        from craftsman_platform.shapedata.manifest import read_manifest
 
-        with fsspec.open(posixpath.join(self.root, "manifest.parquet"), "rb") as fh:
-            table = pq.read_table(fh, columns=["uid", "status"]).to_pandas()
+        table = read_manifest(self.root, ["uid", "status"]).to_pandas()
         return set(table.loc[table["status"] == "ok", "uid"])
 
 

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from craftsman_platform.errors import ConfigError
 from craftsman_platform.models.build import compile_model
 from craftsman_platform.models.checkpoints import latest_checkpoint, load_weights
+from craftsman_platform.shapedata.manifest import MANIFEST_DIR, MANIFEST_FILE
 from craftsman_platform.training import stop
 from craftsman_platform.training.checkpoint import Checkpointer
 from craftsman_platform.training.config import TrainConfig
@@ -247,15 +248,18 @@ def _checksum(module: torch.nn.Module) -> float:
 
 def _manifest_of(data: TrainingData, shards: str | None) -> str | None:
     """The local manifest of the training data, for lineage: a pack's own, or the one next to archive
-    shards (OUT/shards/*.tar -> OUT/manifest.parquet)."""
+    shards (OUT/shards/*.tar -> OUT/manifest/, or OUT/manifest.parquet of older outputs)."""
     first = (shards or "").split(",")[0]
     if data.pack is not None:
-        candidate = Path(data.pack.root) / "manifest.parquet"
+        root = Path(data.pack.root)
     elif "://" in first or first.startswith("pipe:"):
         return None
     else:
-        candidate = Path(first).parent.parent / "manifest.parquet"
-    return str(candidate) if "://" not in str(candidate) and candidate.exists() else None
+        root = Path(first).parent.parent
+    if "://" in str(root):
+        return None
+    found = [c for c in (root / MANIFEST_DIR, root / MANIFEST_FILE) if c.exists()]
+    return str(found[0]) if found else None
 
 
 def _ray_report(step: int, metrics: dict) -> None:

@@ -113,7 +113,7 @@ class MetricsLogger:
 
         if manifest and Path(manifest).exists():
             data = wandb.Artifact("dataset-manifest", type="dataset")
-            data.add_file(manifest)
+            (data.add_dir if Path(manifest).is_dir() else data.add_file)(manifest)  # parts, or one file
             self.run.use_artifact(data)
         art = wandb.Artifact(f"{self.run.name or 'run'}-checkpoint", type="model", metadata={"step": step})
         art.add_dir(str(path))

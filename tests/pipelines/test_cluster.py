@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import psutil
-import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from helpers import ENV, SMALL_ARGS, craft
+from helpers import ENV, SMALL_ARGS, craft, manifest_rows
 from two_node import two_node_cluster
 
 SMALL = SMALL_ARGS
@@ -49,7 +48,7 @@ def test_one_job_fills_a_two_node_cluster_with_a_writer_per_node(tmp_path, pybul
             assert run["writers"] == 2  # each node's samples went to that node's writer
             tars = sorted(str(p) for p in (out / "shards").glob("*.tar"))
             keys = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
-            manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+            manifest = manifest_rows(out)
             assert len(keys) == len(set(keys)) == 4 == len(manifest)
             capped = tmp_path / "capped"
             res = craft(
@@ -85,8 +84,6 @@ def test_one_job_fills_a_two_node_cluster_with_a_writer_per_node(tmp_path, pybul
             keys = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
             log = [x for x in output.splitlines() if "objects:" not in x][-40:]
             assert len(keys) == len(set(keys)) == len(picks), log
-            assert {r["shard"] for r in pq.read_table(lost / "manifest.parquet").to_pylist()} == {
-                Path(t).name for t in tars
-            }
+            assert {r["shard"] for r in manifest_rows(lost)} == {Path(t).name for t in tars}
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -14,6 +14,7 @@ from helpers import SMALL_ARGS, craft, offline_page
 
 from craftsman_platform.pipelines.report.gather import pick_gallery, read_manifest
 from craftsman_platform.pipelines.storage import Output
+from craftsman_platform.shapedata.manifest import read_manifest as read_columns
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -59,12 +60,11 @@ def test_the_gallery_is_bounded_worst_first_and_stable():
 
 def test_an_older_manifest_without_new_columns_still_reports(output, tmp_path):
     out, _ = output
-    old = tmp_path / "old"
-    shutil.copytree(out, old, ignore=shutil.ignore_patterns("wandb", "report.html"))
-    table = pq.read_table(old / "manifest.parquet")
-    pq.write_table(
-        table.drop([c for c in ("n_faces", "lvis_category") if c in table.column_names]), old / "manifest.parquet"
-    )
+    old = tmp_path / "old"  # an earlier version's layout: one manifest.parquet, without the newer columns
+    shutil.copytree(out, old, ignore=shutil.ignore_patterns("wandb", "report.html", "manifest"))
+    table = read_columns(str(out))
+    newer = ("n_faces", "lvis_category", "origin", "listed_sha256", "duplicate_of", "file_type")
+    pq.write_table(table.drop([c for c in newer if c in table.column_names]), old / "manifest.parquet")
     res = craft("report", f"output_dir={old}")
     assert "(4 objects, 3 with pictures" in res.stdout
     assert "n_faces" not in read_manifest(Output(str(old)))

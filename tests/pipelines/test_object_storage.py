@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import psutil
-import pyarrow.parquet as pq
 import pytest
 import s3fs
 import webdataset as wds
-from helpers import ENV, SMALL_ARGS, craft, kill_tree
+from helpers import ENV, SMALL_ARGS, craft, kill_tree, manifest_rows
 from s3server import BUCKET
 
 from craftsman_platform.pipelines.lock import LockHeld, OutputLock
@@ -110,8 +109,7 @@ def test_preprocess_to_s3_killed_twice_resumes_exactly_once_and_trains_from_it(s
     tars = sorted(str(p) for p in local.rglob("*.tar"))
     keys = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
     assert len(keys) == len(set(keys)) == len(picks)
-    with fs.open(f"{prefix}/manifest.parquet", "rb") as fh:
-        manifest = pq.read_table(fh).to_pylist()
+    manifest = manifest_rows(f"s3://{prefix}")
     assert sorted(r["uid"] for r in manifest) == sorted(keys) and {r["status"] for r in manifest} == {"ok"}
     assert {r["shard"] for r in manifest} == {Path(t).name for t in tars}
     summary = json.loads(fs.cat(f"{prefix}/summary.json"))

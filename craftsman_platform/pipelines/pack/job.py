@@ -10,13 +10,11 @@ each task on a CPU-only cluster. Layout and identity: shapedata/pack.py, docs/da
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 
 import hydra
 import pandas as pd
-import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from craftsman_platform.errors import ConfigError, MissingInput, NothingDone
@@ -25,10 +23,11 @@ from craftsman_platform.paths import CONF_DIR
 from craftsman_platform.pipelines.lock import OutputLock
 from craftsman_platform.pipelines.pack.config import PackConfig
 from craftsman_platform.pipelines.pack.run import run_parts
-from craftsman_platform.pipelines.pack.select import select_rows
+from craftsman_platform.pipelines.pack.select import column_names, select_rows
 from craftsman_platform.pipelines.preprocess.job import validate_output
 from craftsman_platform.pipelines.shardstore import ShardStore, shard_name
 from craftsman_platform.pipelines.storage import Output
+from craftsman_platform.shapedata.manifest import has_manifest, manifest_columns, read_manifest
 from craftsman_platform.shapedata.pack import KINDS, PACK_FILE, PACK_VERSION, pack_shard_index
 from craftsman_platform.shapedata.views import SET_SIZE
 
@@ -48,10 +47,14 @@ def read_archive(cfg: PackConfig) -> tuple[Output, dict, pd.DataFrame, dict[str,
         src = Output(cfg.source, cfg.storage_options)
     except ImportError as err:
         raise ConfigError(f"source={cfg.source}: {err} (pip install 'craftsman-platform[cloud]')") from None
-    for name in ("config.json", "manifest.parquet"):
-        if not src.exists(name):
-            raise MissingInput(f"source={cfg.source}: no {name} (expected the output_dir of `craft preprocess`)")
-    manifest = pq.read_table(io.BytesIO(src.read_bytes("manifest.parquet"))).to_pandas()
+    if not src.exists("config.json") or not has_manifest(src.url, src.storage_options):
+        raise MissingInput(
+            f"source={cfg.source}: no config.json or manifest (expected the output_dir of `craft preprocess`)"
+        )
+    present = manifest_columns(src.url, src.storage_options)
+    wanted = ["uid", "status", "shard", *(c for c in column_names(cfg.select) if c in present)]
+    manifest = read_manifest(src.url, list(dict.fromkeys(wanted)), src.storage_options).to_pandas()
+    manifest.attrs["columns"] = present  # what select= may name
     sizes = src.sizes("shards")
     return src, src.read_json("config.json"), manifest, sizes
 
@@ -130,6 +133,7 @@ def pack(cfg: PackConfig) -> dict:
     out = validate_output(cfg.output_dir, cfg.storage_options)
     src, archive_config, manifest, sizes = read_archive(cfg)
     ok = manifest[manifest["status"] == "ok"]
+    ok.attrs["columns"] = manifest.attrs["columns"]
     chosen = ok[select_rows(ok, cfg.select)]
     if chosen.empty:
         raise NothingDone(f"no object of {cfg.source} ({len(ok)} ok) matches select={cfg.select!r}")

@@ -29,6 +29,15 @@ _COMPARE = {
 }
 
 
+def column_names(expression: str | None) -> list[str]:
+    """The names an expression uses (the manifest columns to read for it); [] if it does not parse."""
+    try:
+        tree = ast.parse(expression or "", mode="eval")
+    except SyntaxError:
+        return []
+    return sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)})
+
+
 def select_rows(table: pd.DataFrame, expression: str | None) -> pd.Series:
     """A boolean mask over `table`'s rows (all True without an expression)."""
     if not expression:
@@ -55,7 +64,8 @@ class _Evaluator(ast.NodeVisitor):
 
     def visit_Name(self, node):
         if node.id not in self.table.columns:
-            self.fail(f"unknown column {node.id!r} (columns: {', '.join(map(str, self.table.columns))})")
+            known = self.table.attrs.get("columns", self.table.columns)  # a table read with some columns only
+            self.fail(f"unknown column {node.id!r} (columns: {', '.join(map(str, known))})")
         return self.table[node.id]
 
     def visit_Constant(self, node):

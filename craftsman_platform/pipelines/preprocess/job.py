@@ -167,8 +167,10 @@ def preprocess(cfg: PreprocessConfig) -> dict:
                 raise NothingDone(f"no object of {_describe(cfg.source)} passes the filters")
             _record_listing(parts, plan)
             listing_s = time.monotonic() - t0
-            log.info("%d objects listed (%.1f s): %d to process, %d duplicates found -> %s", plan.stats["listed"],
-                     listing_s, plan.total, plan.stats["new_duplicates"], out.url)  # fmt: skip
+            done_before = sum(o.get("already_done", 0) for o in plan.stats["by_origin"].values())
+            log.info("%d objects listed: %d already done, %d to process, %d new duplicates (%.1f s) -> %s",
+                     plan.stats["listed"], done_before, plan.total, plan.stats["new_duplicates"], listing_s,
+                     out.url)  # fmt: skip
             t1 = time.monotonic()
             counts, facts = (
                 process_all(plan.groups(), plan.total, cfg, digest, store, lock)
@@ -206,12 +208,9 @@ def _record_listing(parts: ManifestParts, plan: Plan) -> None:
 
 def _duplicate_rows(table: pa.Table) -> pa.Table:
     n = table.num_rows
-    status = pa.array(["duplicate"] * n, pa.string())
-    return pa.table(
-        [table.column(f.name) if f.name in table.column_names else (status if f.name == "status" else pa.nulls(n, f.type))
-         for f in MANIFEST_SCHEMA],
-        schema=MANIFEST_SCHEMA,
-    )  # fmt: skip
+    given = {name: table.column(name) for name in table.column_names}
+    given["status"] = pa.array(["duplicate"] * n, pa.string())
+    return pa.table([given.get(f.name, pa.nulls(n, f.type)) for f in MANIFEST_SCHEMA], schema=MANIFEST_SCHEMA)
 
 
 def _describe(src: SourceConfig) -> str:

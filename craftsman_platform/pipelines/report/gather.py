@@ -16,10 +16,11 @@ import zlib
 from collections import defaultdict
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
 from craftsman_platform.pipelines.storage import Output
+from craftsman_platform.shapedata.manifest import STATUSES, manifest_columns
+from craftsman_platform.shapedata.manifest import read_manifest as read_columns
 from craftsman_platform.shapedata.sample import CAMERAS, read_npy, view_member
 from craftsman_platform.shapedata.views import SET_SIZE
 
@@ -28,26 +29,34 @@ HISTOGRAMS = ("chamfer", "sign_agreement", "parts_lost", "n_faces", "time_load",
               "time_sample", "time_render", "time_write")  # fmt: skip
 GALLERY_COLUMNS = ("uid", "status", "reason", "message", "chamfer", "sign_agreement", "parts_lost", "n_faces",
                    "lvis_category", "watertight_method", "shard", "source")  # fmt: skip
+READ = (*GALLERY_COLUMNS, *HISTOGRAMS, "origin", "duplicate_of")
 EXAMPLES_PER_REASON = 3
 
 
 def read_manifest(out: Output) -> dict[str, np.ndarray]:
-    """The manifest as columns (numpy object or float arrays); absent columns of older outputs are None."""
-    table = pq.read_table(io.BytesIO(out.read_bytes("manifest.parquet")))
+    """The manifest's columns the report uses (numpy object or float arrays), either layout; columns an
+    older output lacks are absent."""
+    present = set(manifest_columns(out.url, out.storage_options))
+    table = read_columns(out.url, [c for c in dict.fromkeys(READ) if c in present], out.storage_options)
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
 def counts(cols: dict[str, np.ndarray]) -> dict:
     """By status, by failure reason (with example uids and messages), by LVIS category."""
     status = cols["status"]
-    out: dict = {"objects": len(status), "status": _tally(status), "reasons": {}, "categories": {}}
-    failed = np.flatnonzero(status != "ok")
+    out: dict = {"objects": len(status), "status": _tally(status), "reasons": {}, "categories": {}, "origins": {}}
+    failed = np.flatnonzero(status == "failed")
     for i in failed:
         reason = cols["reason"][i] or "unknown"
         entry = out["reasons"].setdefault(reason, {"count": 0, "examples": []})
         entry["count"] += 1
         if len(entry["examples"]) < EXAMPLES_PER_REASON:
             entry["examples"].append({"uid": cols["uid"][i], "message": cols["message"][i] or ""})
+    if "origin" in cols:  # by source: listed objects, and what became of them (duplicates were not processed)
+        origin = np.where(cols["origin"] == None, "unknown", cols["origin"])  # noqa: E711 - numpy elementwise
+        for name in np.unique(origin.astype(str)):
+            mine = status[origin == name]
+            out["origins"][str(name)] = {"objects": len(mine), **{k: int(np.sum(mine == k)) for k in STATUSES}}
     if "lvis_category" in cols:
         cats = cols["lvis_category"]
         ok = status == "ok"
@@ -81,7 +90,7 @@ def pick_gallery(cols: dict[str, np.ndarray], size: int) -> list[int]:
     worst = ok[np.argsort(-chamfer, kind="stable")][: size // 2]
     rest = np.setdiff1d(ok, worst)
     spread = sorted(rest, key=lambda i: zlib.crc32(str(cols["uid"][i]).encode()))[: size - len(worst)]
-    failed = np.flatnonzero(status != "ok")[: max(size // 4, 0)]
+    failed = np.flatnonzero(status == "failed")[: max(size // 4, 0)]
     return [int(i) for i in (*worst, *spread, *failed)]
 
 

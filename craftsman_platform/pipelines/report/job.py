@@ -1,4 +1,4 @@
-"""`craft report output_dir=OUT`: OUT/report.html from OUT/manifest.parquet and a bounded number of
+"""`craft report output_dir=OUT`: OUT/report.html from OUT's manifest and a bounded number of
 pictures from OUT/shards (pipelines/report/gather.py); `craft preprocess` writes it at its end too.
 With logger=wandb the same tables go to W&B (offline by default)."""
 
@@ -18,6 +18,7 @@ from craftsman_platform.pipelines.report import gather
 from craftsman_platform.pipelines.report.config import ReportConfig
 from craftsman_platform.pipelines.report.page import render
 from craftsman_platform.pipelines.storage import Output
+from craftsman_platform.shapedata.manifest import has_manifest
 
 log = logging.getLogger("craft.report")
 
@@ -25,8 +26,8 @@ log = logging.getLogger("craft.report")
 def write_report(out: Output, gallery: int, wandb: WandbConfig | None = None) -> dict:
     """Build and write OUT/report.html; returns {"path", "objects", "pictures", "seconds"}."""
     t0 = time.monotonic()
-    if not out.exists("manifest.parquet"):
-        raise MissingInput(f"no manifest at {out.display('manifest.parquet')}: is output_dir a preprocessing output?")
+    if not has_manifest(out.url, out.storage_options):
+        raise MissingInput(f"no manifest in {out.display()}: is output_dir a preprocessing output?")
     cols = gather.read_manifest(out)
     stats = gather.counts(cols)
     hists = {name: gather.histogram(cols[name]) if name in cols else None for name in gather.HISTOGRAMS}

@@ -155,6 +155,17 @@ def render(
         + '<label>Chamfer at most <input id="f-chamfer" size="6"></label>'
         + f'<span><span id="shown">{len(rows)}</span> of {len(rows)} shown</span></div>'
     )
+    origins = "".join(
+        f'<tr><td>{_e(k)}</td><td class="n">{v["objects"]}</td><td class="n">{v["ok"]}</td>'
+        f'<td class="n">{v["failed"]}</td><td class="n">{v["duplicate"]}</td></tr>'
+        for k, v in sorted(stats.get("origins", {}).items())
+    )
+    origin_table = (
+        '<h2>By source</h2><table id="by-origin"><tr><th>source</th><th>listed</th><th>ok</th><th>failed</th>'
+        f"<th>duplicates (same content as a kept object: not processed)</th></tr>{origins}</table>"
+        if origins
+        else ""
+    )
     category_table = (
         f"<h2>LVIS categories</h2><table><tr><th>category</th><th>objects</th><th>ok</th></tr>{categories}</table>"
         if categories
@@ -166,7 +177,7 @@ def render(
 <h2>By status</h2><table id="by-status"><tr><th>status</th><th>objects</th></tr>{status_rows}</table>
 <h2>Failures by reason</h2><table id="by-reason">
 <tr><th>reason</th><th>objects</th><th>examples</th></tr>{reason_rows}</table>
-{category_table}
+{origin_table}{category_table}
 <h2>Distributions</h2><div class="hists">{"".join(svg_histogram(k, h) for k, h in hists.items())}</div>
 <h2>Gallery</h2><p>{len(rows)} objects (at most {bound} with pictures: the worst by Chamfer first, then a spread of the
 rest; failed objects have no picture). Click one for its views, point cloud and manifest row.</p>

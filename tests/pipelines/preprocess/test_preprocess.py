@@ -16,11 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import scipy.ndimage as ndi
 import webdataset as wds
-from helpers import SMALL_PREPROCESS, kill_tree
+from helpers import SMALL_PREPROCESS, kill_tree, manifest_rows
 from PIL import Image
 
 from craftsman_platform.errors import ConfigError
@@ -74,7 +73,7 @@ def read_shards(out: Path) -> list[dict]:
 def test_end_to_end_with_malformed_files(mesh_folder, tmp_path):
     out = tmp_path / "out"
     summary = preprocess(small_cfg(mesh_folder, out))
-    manifest = {r["uid"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+    manifest = {r["uid"]: r for r in manifest_rows(out)}
     assert len(manifest) == 8 and summary["ok"] == 4 and summary["failed"] == 4
     reasons = {r["source"].rsplit("/", 1)[-1]: r["reason"] for r in manifest.values() if r["status"] == "failed"}
     assert reasons == {
@@ -191,14 +190,14 @@ def test_timeout_kills_the_work_not_the_job_and_failed_can_be_retried(tmp_path, 
         held = f"{base}/objects/chair.obj"
         listing.write_text(f"cube.obj\n{held}\nduck.obj\n")
         first = preprocess(small_cfg(listing, out, timeout_s=8))
-        rows = {r["source"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+        rows = {r["source"]: r for r in manifest_rows(out)}
         assert rows[held]["reason"] == "timeout" and "timeout_s" in rows[held]["message"]
         assert first["ok"] == 2  # the job went on; only the hung object is lost
         release.set()
         second = preprocess(small_cfg(listing, out, retry_failed=True))
     assert second["ok"] == 3 and "timeout" not in second["reasons"]  # the dataset: all three
     assert sorted(s["__key__"] for s in read_shards(out)) == sorted(
-        r["uid"] for r in pq.read_table(out / "manifest.parquet").to_pylist() if r["status"] == "ok"
+        r["uid"] for r in manifest_rows(out) if r["status"] == "ok"
     )
 
 
@@ -234,7 +233,7 @@ def test_kill_9_then_resume_gives_every_object_exactly_once(tmp_path, pybullet_d
     assert not list((out / "shards").glob("*.tmp"))
     keys = [s["__key__"] for s in read_shards(out)]
     assert len(keys) == len(set(keys)) == len(picks)
-    manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+    manifest = manifest_rows(out)
     assert sorted(r["uid"] for r in manifest) == sorted(keys) and {r["status"] for r in manifest} == {"ok"}
 
 
@@ -277,7 +276,7 @@ def test_unreachable_remote_source_is_retried_then_recorded(tmp_path, pybullet_d
     shutil.copy(pybullet_dir / "cube.obj", tmp_path / "cube.obj")
     listing.write_text("cube.obj\nhttp://127.0.0.1:9/objects/chair.obj\n")
     summary = preprocess(small_cfg(listing, tmp_path / "out", max_retries=1))
-    rows = {r["source"]: r for r in pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()}
+    rows = {r["source"]: r for r in manifest_rows(tmp_path / "out")}
     assert summary["ok"] == 1 and rows["http://127.0.0.1:9/objects/chair.obj"]["reason"] == "fetch_failed"
     assert "127.0.0.1:9" in rows["http://127.0.0.1:9/objects/chair.obj"]["message"]
 

@@ -1,6 +1,7 @@
 """The task-slot actors of `craft preprocess` (pipelines/preprocess/runners.py) on a real local Ray:
 a slot counts once its actor is up, a run whose process dies comes back as the actor's error and
-its slot is filled anew, an overdue run's process is killed and nothing else is."""
+its slot is filled anew, an overdue run's process is killed and nothing else is; a run of objects
+goes to one actor, one object at a time, and what is left of it comes back when that actor dies."""
 
 from __future__ import annotations
 
@@ -47,9 +48,10 @@ def test_slots_start_then_run_one_object_each_crashes_and_timeouts_cost_one_acto
         assert len(pool.idle) == 2 and not pool.starting
 
         done: dict = {}
-        pool.submit("die")
-        pool.submit("ok")
+        pool.submit(["die", "lost"])  # a run of two: the second is that actor's backlog
+        pool.submit(["ok"])
         poll_until(pool, done, 2)
+        assert pool.returned == [["lost"]] and not pool.backlog  # the dead actor's backlog came back
         assert done["ok"][0] == "ok"
         assert isinstance(done["die"], ray.exceptions.RayActorError)
         assert pool.size == 1  # the dead one's slot is empty ...
@@ -58,16 +60,21 @@ def test_slots_start_then_run_one_object_each_crashes_and_timeouts_cost_one_acto
 
         while len(pool.idle) < 2 and time.monotonic() < deadline:
             pool.poll(wait_s=1.0)
-        pool.submit("hang")
-        pool.submit("fine")
+        pool.submit(["hang", "after"])
+        pool.submit(["fine", "again"])  # one actor, one object at a time, in order
         done = {}
         poll_until(pool, done, 1)
+        assert pool.waiting == 2 and "again" not in done  # "after" and "again" wait behind their runs
+        pool.feed()  # the idle actor takes the next object of its run
+        poll_until(pool, done, 2)
+        assert done["again"][1] == done["fine"][1]  # the same actor's process
         while not pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         hung = psutil.Process(int(pid_file.read_text()))
         assert pool.overdue(timeout_s=3600) == []  # within its time: left alone
         time.sleep(0.2)
         assert pool.overdue(timeout_s=0.1) == ["hang"] and not pool.running
+        assert pool.returned[-1] == ["after"]  # the killed actor's backlog came back
         hung.wait(timeout=30)  # its process is gone, not just forgotten
         assert done["fine"][0] == "fine" and psutil.pid_exists(done["fine"][1])  # the other actor lives on
     finally:

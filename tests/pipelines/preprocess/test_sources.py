@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import http.server
 import json
 import shutil
-import threading
 import urllib.request
 from pathlib import Path
 
 import fsspec
-import pyarrow.parquet as pq
 import pytest
 import trimesh
 import webdataset as wds
+from helpers import manifest_rows, serve
 
 from craftsman_platform.geometry.config import SampleConfig
-from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
-from craftsman_platform.pipelines.preprocess.job import preprocess
-from craftsman_platform.pipelines.preprocess.sources import (
-    OBJAVERSE_URL,
-    folder_objects,
-    list_file_objects,
-    local_copy,
-    objaverse_objects,
-)
+from craftsman_platform.pipelines.preprocess.config import OBJAVERSE_URL, PreprocessConfig, SourceConfig
+from craftsman_platform.pipelines.preprocess.job import parse_partition, preprocess
+from craftsman_platform.pipelines.preprocess.sources import ObjectRef, list_source
+from craftsman_platform.pipelines.preprocess.sources.fetch import local_copy
 from craftsman_platform.shapedata.sample import sanitize_uid
 
 UIDS = {"duck": "0123456789abcdef0123456789abcdef", "robot_a": "a" * 32, "robot_b": "b" * 32}
@@ -41,12 +33,23 @@ def test_uids_are_sanitised_and_distinct():
     assert sanitize_uid("dir/chair.obj").startswith("dir_chair-")
 
 
+def listed(src: SourceConfig) -> list[ObjectRef]:
+    """What a source lists, as the task slots get it."""
+    return [ObjectRef.from_row(r) for batch in list_source(src).batches for r in batch.to_pylist()]
+
+
+def objaverse_objects(uids, categories, cache, annotations=True) -> list[ObjectRef]:
+    src = SourceConfig(kind="objaverse", uids=list(uids or []), lvis_categories=list(categories or []))
+    src.cache_dir, src.annotations = cache, annotations
+    return listed(src)
+
+
 def test_folder_and_list_file_sources(tmp_path, pybullet_dir):
     (tmp_path / "m" / "sub").mkdir(parents=True)
     shutil.copy(pybullet_dir / "duck.obj", tmp_path / "m" / "sub" / "duck.obj")
     shutil.copy(pybullet_dir / "cube.obj", tmp_path / "m" / "sub" / "duck.stl.obj")
     (tmp_path / "m" / "notes.txt").write_text("not a mesh")
-    refs = folder_objects(tmp_path / "m")
+    refs = listed(SourceConfig(kind="folder", path=str(tmp_path / "m")))
     assert [r.source for r in refs] == [
         str((tmp_path / "m/sub/duck.obj").resolve()),
         str((tmp_path / "m/sub/duck.stl.obj").resolve()),
@@ -54,7 +57,7 @@ def test_folder_and_list_file_sources(tmp_path, pybullet_dir):
     assert len({r.uid for r in refs}) == 2
     listing = tmp_path / "list.txt"
     listing.write_text("# objects\nm/sub/duck.obj\ns3://bucket/chair.glb  # remote\n\nfile:///data/x.stl\n")
-    refs = list_file_objects(listing)
+    refs = listed(SourceConfig(kind="list", path=str(listing)))
     assert [r.source for r in refs] == [str(tmp_path / "m/sub/duck.obj"), "s3://bucket/chair.glb", "file:///data/x.stl"]
     assert len({r.uid for r in refs}) == 3
 
@@ -127,29 +130,6 @@ def test_objaverse_from_cache_by_category_and_uid(tmp_path, pybullet_dir, offlin
         objaverse_objects(None, ["spaceship"], str(cache))
 
 
-@contextlib.contextmanager
-def serve(folder: Path):
-    """A real HTTP server on 127.0.0.1 serving `folder`; yields (base URL, list of requested paths)."""
-    requested: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(folder), **kwargs)
-
-        def log_message(self, *args):
-            if self.command == "GET":  # fsspec may also send a HEAD for the size
-                requested.append(self.path)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", requested
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_preprocess_objaverse_fetches_on_the_workers(tmp_path, pybullet_dir, offline):
     """The driver reads only the index files; each task fetches its own GLB over HTTP, except where
     the cache already holds it."""
@@ -169,7 +149,7 @@ def test_preprocess_objaverse_fetches_on_the_workers(tmp_path, pybullet_dir, off
     assert summary["ok"] == 3
     assert sorted(requested) == sorted(f"/glbs/000-000/{UIDS[n]}.glb" for n in ("robot_a", "robot_b"))
     assert not list((cache / "hf-objaverse-v1" / "glbs/000-000").glob("a*"))  # fetched copies are not kept
-    rows = {r["uid"]: r for r in pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()}
+    rows = {r["uid"]: r for r in manifest_rows(tmp_path / "out")}
     assert sorted(rows) == sorted(UIDS.values()) and rows[UIDS["robot_a"]]["source"].startswith(url)
     assert {u: r["lvis_category"] for u, r in rows.items()} == {
         UIDS["duck"]: "duck",
@@ -185,13 +165,16 @@ def test_preprocess_objaverse_fetches_on_the_workers(tmp_path, pybullet_dir, off
 
 
 def test_partitions_are_disjoint_and_cover_everything(tmp_path, pybullet_dir):
-    from craftsman_platform.pipelines.preprocess.config import SourceConfig
-    from craftsman_platform.pipelines.preprocess.job import resolve_sources
+    from craftsman_platform.pipelines.preprocess.listing import make_plan
 
-    folder = pybullet_dir / "random_urdfs"
-    everything = {r.uid for r in resolve_sources(SourceConfig(path=str(folder)))}
-    parts = [{r.uid for r in resolve_sources(SourceConfig(path=str(folder), partition=f"{i}/3"))} for i in range(3)]
+    def uids(partition):
+        with make_plan(list_source(SourceConfig(path=str(pybullet_dir / "random_urdfs"))), iter([]), False,
+                       partition, None, 1) as plan:  # fmt: skip
+            return {r.uid for run in plan.groups() for r in run}
+
+    everything = uids(None)
+    parts = [uids((i, 3)) for i in range(3)]
     assert set().union(*parts) == everything and sum(map(len, parts)) == len(everything) > 900
     assert all(len(p) > 250 for p in parts)
     with pytest.raises(ValueError, match="partition"):
-        resolve_sources(SourceConfig(path=str(folder), partition="3/3"))
+        parse_partition("3/3")

@@ -86,12 +86,13 @@ def _clone(group: str, url: str, commit: str, timeout_s: float) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=f"{CLONE_PREFIX}{os.getpid()}-"))
     try:
         _git(["init", "-q", str(folder)], None, timeout_s)
+        _git(["remote", "add", "origin", url], folder, timeout_s)  # git lfs pull fetches from the remote's URL
         try:  # only that commit (GitHub serves a commit by its hash)
-            _git(["fetch", "-q", "--depth", "1", "--no-tags", url, commit], folder, timeout_s)
+            _git(["fetch", "-q", "--depth", "1", "--no-tags", "origin", commit], folder, timeout_s)
         except CloneFailed as err:  # a server that serves advertised refs only: its HEAD, if that is the commit
             if not _UNADVERTISED.search(str(err)):
                 raise
-            _git(["fetch", "-q", "--depth", "1", "--no-tags", url, "HEAD"], folder, timeout_s)
+            _git(["fetch", "-q", "--depth", "1", "--no-tags", "origin", "HEAD"], folder, timeout_s)
             head = _git(["rev-parse", "FETCH_HEAD"], folder, timeout_s).strip()
             if not head.startswith(commit):
                 raise CloneFailed(f"{url}: commit {commit} is not served (HEAD is {head[:12]})") from None

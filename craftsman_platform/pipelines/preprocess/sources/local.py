@@ -68,17 +68,3 @@ def list_file_listing(list_path: str | Path) -> Listed:
             yield listing_batch({"uid": [uid(i) for i in chunk], "source": chunk, "origin": ["list"] * len(chunk)})
 
     return Listed(batches(), count)
-
-
-def folder_objects(root: str | Path) -> list:
-    """The folder's objects as ObjectRefs (small folders: `craft inspect`, tests)."""
-    from craftsman_platform.pipelines.preprocess.sources import ObjectRef
-
-    return [ObjectRef.from_row(r) for b in folder_listing(root).batches for r in b.to_pylist()]
-
-
-def list_file_objects(list_path: str | Path) -> list:
-    """The list file's objects as ObjectRefs (small lists)."""
-    from craftsman_platform.pipelines.preprocess.sources import ObjectRef
-
-    return [ObjectRef.from_row(r) for b in list_file_listing(list_path).batches for r in b.to_pylist()]

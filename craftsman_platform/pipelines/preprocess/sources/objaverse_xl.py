@@ -29,7 +29,7 @@ from craftsman_platform.errors import ConfigError
 from craftsman_platform.pipelines.preprocess.config import XL_SOURCES, SourceConfig
 from craftsman_platform.pipelines.preprocess.sources import Listed, listing_batch
 from craftsman_platform.pipelines.preprocess.sources.hub import cached_file
-from craftsman_platform.pipelines.preprocess.sources.objaverse import OBJAVERSE_UID, object_paths, objaverse_cache
+from craftsman_platform.pipelines.preprocess.sources.objaverse import OBJAVERSE_UID, objaverse_cache, object_paths
 
 log = logging.getLogger("craft.preprocess")
 COLUMNS = ["fileIdentifier", "license", "fileType", "sha256", "metadata"]
@@ -118,9 +118,9 @@ def _rows(source: str, cols: dict[str, list], src: SourceConfig, paths: dict[str
             elif source == "thingiverse":
                 url = f"{src.thingiverse_url.rstrip('/')}/download:{fid.split('fileId=')[-1]}"
         note = {"license": lic, **_metadata(meta)} if src.annotations else {"license": lic}
-        for key, value in (("uid", uid), ("source", fid), ("url", url), ("cached", cached), ("group", group),
-                           ("listed_sha256", (sha or "").lower() or None), ("license", lic),
-                           ("file_type", (ftype or "").lower() or None), ("annotations", json.dumps(note))):  # fmt: skip
+        values = (uid, fid, url, cached, group, (sha or "").lower() or None, lic, (ftype or "").lower() or None,
+                  json.dumps(note))  # fmt: skip
+        for key, value in zip(out, values):
             out[key].append(value)
     out["origin"] = [source] * len(out["uid"])
     return out
