@@ -31,6 +31,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from craftsman_platform.pipelines.preprocess.reasons import NO_CONTENT, RETRIED_ON_RERUN
 from craftsman_platform.pipelines.preprocess.sources import LISTING_SCHEMA, Listed, ObjectRef
@@ -51,11 +52,13 @@ DUPLICATES = pa.schema([(c, pa.string()) for c in ("uid", "source", "origin", "l
 # ---------------------------------------------------------------------------------------------
 
 
-def bucket_of(keys: pd.Series, n: int) -> np.ndarray:
-    """The bucket of each key (pandas' stable 64-bit hash: the same in every run and process)."""
+def bucket_of(keys, n: int) -> np.ndarray:
+    """The bucket of each key (a pandas Series or Arrow array of strings): pandas' stable 64-bit hash,
+    the same in every run and process."""
     if n == 1:
         return np.zeros(len(keys), np.int64)
-    return (pd.util.hash_array(keys.to_numpy(dtype=object)) % np.uint64(n)).astype(np.int64)
+    values = keys.to_numpy(dtype=object) if isinstance(keys, pd.Series) else keys.to_numpy(zero_copy_only=False)
+    return (pd.util.hash_array(values) % np.uint64(n)).astype(np.int64)
 
 
 class Buckets:
@@ -64,7 +67,7 @@ class Buckets:
         self._writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
         self.rows = 0
 
-    def add(self, table: pa.Table, keys: pd.Series) -> None:
+    def add(self, table: pa.Table | pa.RecordBatch, keys) -> None:
         """Append `table`'s rows to the buckets of their `keys`."""
         if not table.num_rows:
             return
@@ -72,14 +75,13 @@ class Buckets:
         bucket = bucket_of(keys, self.n)
         order = np.argsort(bucket, kind="stable")
         bucket = bucket[order]
+        table = table.take(pa.array(order))  # rows by bucket; a slice of it is written compactly
         starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
         for start, end in zip(starts, np.r_[starts[1:], len(bucket)]):
             index = int(bucket[start])
             if index not in self._writers:
                 self._writers[index] = pa.ipc.new_file(self.folder / f"{self.name}-{index:04d}.arrow", self.schema)
-            # take() copies the rows: a slice would write its parent's whole buffers
-            for batch in table.take(pa.array(order[start:end])).to_batches():
-                self._writers[index].write_batch(batch)
+            self._writers[index].write(table.slice(start, end - start))
         self.rows += table.num_rows
 
     def close(self) -> None:
@@ -204,18 +206,17 @@ def _spool(listed: Listed, listing: Buckets, partition: tuple[int, int] | None, 
            counts: Counter) -> None:  # fmt: skip
     rank = 0
     for batch in listed.batches:
-        frame = batch.to_pandas()
         if partition:
             index, count = partition
-            keys = _key(frame, "listed_sha256")
-            frame = frame[[zlib.crc32(k.encode()) % count == index for k in keys]]
+            keys = pc.coalesce(batch.column("listed_sha256"), batch.column("uid")).to_pylist()
+            batch = batch.filter(pa.array([zlib.crc32(k.encode()) % count == index for k in keys]))
         if limit is not None:
-            frame = frame.iloc[: max(0, limit - rank)]
-        frame["rank"] = np.arange(rank, rank + len(frame), dtype=np.int64)
-        rank += len(frame)
-        for origin, n in frame["origin"].value_counts().items():
-            counts[(origin, "listed")] += int(n)
-        listing.add(pa.Table.from_pandas(frame, schema=RANKED, preserve_index=False), frame["uid"])
+            batch = batch.slice(0, max(0, limit - rank))
+        batch = batch.append_column("rank", pa.array(np.arange(rank, rank + batch.num_rows, dtype=np.int64)))
+        rank += batch.num_rows
+        for entry in pc.value_counts(batch.column("origin")).to_pylist():
+            counts[(entry["values"], "listed")] += entry["counts"]
+        listing.add(batch, batch.column("uid"))
         if limit is not None and rank >= limit:
             break
 

@@ -89,7 +89,8 @@ def test_objaverse_xl_end_to_end_with_dedup_failures_and_a_kill(tmp_path, pybull
         # 2. every source, killed (-9, driver and local Ray) once a shard of this run is committed
         args = [sys.executable, "-m", "craftsman_platform.cli", "preprocess", f"output_dir={out}", "workers=1",
                 "shard_max_bytes=1", *(f"{k}={v}" for k, v in keys.items()), *SMALL_ARGS]  # fmt: skip
-        proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)  # fmt: skip
         deadline = time.time() + 300
         while time.time() < deadline and len(list((out / "journal").glob("shard-*.json"))) < 2:
             assert proc.poll() is None, "the run ended before the kill"

@@ -67,11 +67,13 @@ class ObjectRef:
         )
 
 
-def listing_batch(columns: dict[str, list]) -> pa.RecordBatch:
-    """A record batch of LISTING_SCHEMA from lists (absent columns are null)."""
-    n = len(columns["uid"])
-    arrays = [pa.array(columns[f.name], f.type) if f.name in columns else pa.nulls(n, f.type) for f in LISTING_SCHEMA]
-    return pa.RecordBatch.from_arrays(arrays, schema=LISTING_SCHEMA)
+def listing_batch(columns: dict[str, list], n: int | None = None, arrays: dict[str, pa.Array] | None = None
+                  ) -> pa.RecordBatch:  # fmt: skip
+    """A record batch of LISTING_SCHEMA from lists or arrays (absent columns are null)."""
+    given = {**{k: pa.array(v, pa.string()) for k, v in columns.items()}, **(arrays or {})}
+    n = len(columns["uid"]) if n is None else n
+    return pa.RecordBatch.from_arrays([given.get(f.name, pa.nulls(n, f.type)) for f in LISTING_SCHEMA],
+                                      schema=LISTING_SCHEMA)  # fmt: skip
 
 
 @dataclass

@@ -29,7 +29,7 @@ from craftsman_platform.errors import ConfigError
 from craftsman_platform.pipelines.preprocess.config import XL_SOURCES, SourceConfig
 from craftsman_platform.pipelines.preprocess.sources import Listed, listing_batch
 from craftsman_platform.pipelines.preprocess.sources.hub import cached_file
-from craftsman_platform.pipelines.preprocess.sources.objaverse import OBJAVERSE_UID, objaverse_cache, object_paths
+from craftsman_platform.pipelines.preprocess.sources.objaverse import objaverse_cache, object_paths
 
 log = logging.getLogger("craft.preprocess")
 COLUMNS = ["fileIdentifier", "license", "fileType", "sha256", "metadata"]
@@ -37,6 +37,7 @@ ALIGNMENT_SOURCES = ("github", "sketchfab")  # the package has alignment files f
 BATCH = 65_536
 # organisation / repository (no leading dot: never "." or "..") / blob / commit / path in the repository
 _GITHUB = re.compile(r"^https://github\.com/(\w[\w.-]*)/(\w[\w.-]*)/blob/([0-9a-f]{7,40})/(.+)$", re.ASCII)
+_GITHUB_RE2 = r"^https://github\.com/(?P<org>\w[\w.-]*)/(?P<repo>\w[\w.-]*)/blob/(?P<commit>[0-9a-f]{7,40})/.+$"
 
 
 def annotation_path(cache_dir: str | None, source: str, alignment: bool) -> Path:
@@ -88,42 +89,62 @@ def _batches(src: SourceConfig, files: dict[str, Path], stats: dict) -> Iterator
                     keep = pc.and_(keep, pc.is_in(pc.utf8_lower(batch.column("fileType")), value_set=types))
                 if licenses is not None:
                     keep = pc.and_(keep, pc.is_in(batch.column("license"), value_set=licenses))
-                kept = batch.filter(pc.fill_null(keep, False))
-                rows = _rows(source, kept.to_pydict(), src, paths)
-                stats[source]["filtered"] += batch.num_rows - len(rows["uid"])
-                if rows["uid"]:
-                    yield listing_batch(rows)
+                rows = _rows(source, batch.filter(pc.fill_null(keep, False)), src, paths)
+                stats[source]["filtered"] += batch.num_rows - rows.num_rows
+                if rows.num_rows:
+                    yield rows
 
 
-def _rows(source: str, cols: dict[str, list], src: SourceConfig, paths: dict[str, str] | None) -> dict[str, list]:
-    """Listing columns of annotation rows; rows no slot could fetch (an identifier of the wrong shape,
-    a Sketchfab uid unknown to Objaverse's object paths) are left out."""
-    out: dict[str, list] = {k: [] for k in ("uid", "source", "url", "cached", "group", "listed_sha256",
-                                             "license", "file_type", "annotations")}  # fmt: skip
-    cache = Path(src.cache_dir or "~/.objaverse").expanduser() / "hf-objaverse-v1"
-    for fid, lic, ftype, sha, meta in zip(*(cols[c] for c in COLUMNS)):
-        url = cached = group = None
-        if source == "sketchfab":
-            uid = fid.rstrip("/").rsplit("/", 1)[-1]
-            if not OBJAVERSE_UID.match(uid) or uid not in paths:
-                continue
-            url, cached = f"{src.base_url.rstrip('/')}/{paths[uid]}", str(cache / paths[uid])
+def _rows(source: str, batch: pa.RecordBatch, src: SourceConfig, paths: tuple | None) -> pa.RecordBatch:
+    """Listing rows of annotation rows, column-wise; rows no slot could fetch (an identifier of the
+    wrong shape, a Sketchfab uid unknown to Objaverse's object paths) are left out."""
+    fid = batch.column("fileIdentifier")
+    n = len(fid)
+    cols = {"source": fid, "listed_sha256": _lower(batch.column("sha256")), "license": batch.column("license"),
+            "file_type": _lower(batch.column("fileType")), "origin": pa.array([source] * n, pa.string())}  # fmt: skip
+    valid = pa.array([True] * n)
+    if source == "sketchfab":
+        uid = pc.replace_substring_regex(fid, r"^.*/", "")
+        keys, values, cache = paths
+        at = pc.index_in(uid, value_set=keys)
+        valid = pc.and_(pc.match_substring_regex(uid, "^[0-9a-f]{32}$"), pc.is_valid(at))
+        rel = pc.take(values, at)
+        cols["url"] = pc.binary_join_element_wise(src.base_url.rstrip("/"), rel, "/")
+        cols["cached"] = pc.binary_join_element_wise(cache, rel, "/")
+    else:
+        uid = pa.array([f"{source}-{hashlib.blake2b(f.encode(), digest_size=12).hexdigest()}" for f in fid.to_pylist()])
+        if source == "github":
+            parts = pc.extract_regex(fid, _GITHUB_RE2)
+            valid = pc.is_valid(parts)
+            cols["group"] = pc.binary_join_element_wise(parts.field("org"), "/", parts.field("repo"), "@",
+                                                        parts.field("commit"), "")  # fmt: skip
+        elif source == "thingiverse":
+            file_id = pc.replace_substring_regex(fid, r"^.*fileId=", "")
+            cols["url"] = pc.binary_join_element_wise(f"{src.thingiverse_url.rstrip('/')}/download:", file_id, "")
+    cols["uid"] = uid
+    cols["annotations"] = _annotations(batch.column("license"), batch.column("metadata"), src.annotations)
+    table = listing_batch({}, n, cols)
+    return table.filter(pc.fill_null(valid, False))
+
+
+def _lower(values: pa.Array) -> pa.Array:
+    """Lowercase, empty strings as null."""
+    lowered = pc.utf8_lower(values)
+    return pc.if_else(pc.equal(lowered, ""), pa.scalar(None, pa.string()), lowered)
+
+
+def _annotations(licenses: pa.Array, metadata: pa.Array, with_metadata: bool) -> pa.Array:
+    """{"license", **metadata} per row as JSON; rows without metadata share one string per license."""
+    common: dict = {}
+    out = []
+    for lic, meta in zip(licenses.to_pylist(), metadata.to_pylist() if with_metadata else [None] * len(licenses)):
+        if not meta or meta == "{}":
+            if lic not in common:
+                common[lic] = json.dumps({"license": lic})
+            out.append(common[lic])
         else:
-            uid = f"{source}-{hashlib.blake2b(fid.encode(), digest_size=12).hexdigest()}"
-            if source == "github":
-                match = _GITHUB.match(fid)
-                if not match:
-                    continue
-                group = f"{match.group(1)}/{match.group(2)}@{match.group(3)}"
-            elif source == "thingiverse":
-                url = f"{src.thingiverse_url.rstrip('/')}/download:{fid.split('fileId=')[-1]}"
-        note = {"license": lic, **_metadata(meta)} if src.annotations else {"license": lic}
-        values = (uid, fid, url, cached, group, (sha or "").lower() or None, lic, (ftype or "").lower() or None,
-                  json.dumps(note))  # fmt: skip
-        for key, value in zip(out, values):
-            out[key].append(value)
-    out["origin"] = [source] * len(out["uid"])
-    return out
+            out.append(json.dumps({"license": lic, **_metadata(meta)}))
+    return pa.array(out, pa.string())
 
 
 def _metadata(text) -> dict:
@@ -137,10 +158,12 @@ def _metadata(text) -> dict:
     return value if isinstance(value, dict) else {"metadata": value}
 
 
-def _sketchfab_paths(src: SourceConfig) -> dict[str, str]:
-    """Objaverse 1.0's object paths: XL's Sketchfab objects are its GLBs."""
+def _sketchfab_paths(src: SourceConfig) -> tuple[pa.Array, pa.Array, str]:
+    """Objaverse 1.0's object paths (uids, paths) and its cache folder: XL's Sketchfab objects are its GLBs."""
     with objaverse_cache(src.cache_dir) as objaverse:
-        return object_paths(objaverse)
+        paths = object_paths(objaverse)
+        cache = str(Path(objaverse._VERSIONED_PATH))
+    return pa.array(list(paths), pa.string()), pa.array(list(paths.values()), pa.string()), cache
 
 
 def parse_github(file_identifier: str) -> tuple[str, str, str, str]:
