@@ -27,6 +27,7 @@ import argparse
 import gzip
 import json
 import os
+import random
 import resource
 import shutil
 import subprocess
@@ -149,10 +150,17 @@ def child_listing(cache: Path, out: Path) -> dict:
 
 
 def _ok_row(uid: str, shard: str) -> dict:
-    """A manifest row of the real shape (bench/preprocess.py's), as a shard's journal holds it."""
+    """A manifest row of the real shape (bench/preprocess.py's) with values that vary as real ones do
+    (so that the parts compress as a real manifest would), as a shard's journal holds it."""
     from preprocess import ready_row  # bench/ is on sys.path: this script's folder
 
-    return {**ready_row(uid), "origin": "github", "listed_sha256": "0" * 64, "shard": shard}
+    row = ready_row(uid)
+    for key in ("chamfer", "sign_agreement", "worker_peak_rss_mb", *(k for k in row if k.startswith("time_"))):
+        row[key] = row[key] * (0.5 + random.random())
+    sha = f"{random.getrandbits(256):064x}"
+    source = f"https://github.com/org{random.getrandbits(16)}/repo{random.getrandbits(20)}/blob/{sha[:40]}/m/{uid}.obj"
+    return {**row, "source": source, "source_sha256": sha, "n_faces": random.getrandbits(17), "origin": "github",
+            "listed_sha256": sha, "shard": shard}  # fmt: skip
 
 
 def _done_output(cache: Path, out: Path, half: int, parts: bool) -> None:
@@ -206,9 +214,21 @@ def child_manifest(n: int, out: Path) -> dict:
     return {"seconds": seconds, "bytes": size, "parts": len(list((out / "manifest").iterdir())), "peak_mb": _peak_mb()}
 
 
+def child_report(cache: Path, out: Path) -> dict:
+    """The dataset report of OUT's manifest (counts, histograms; no gallery: the shards are not real), as
+    `craft preprocess` makes it at its end."""
+    _as_the_driver()
+    from craftsman_platform.pipelines.report.job import write_report
+    from craftsman_platform.pipelines.storage import Output
+
+    result = write_report(Output(str(out)), 0)
+    return {"seconds": result["seconds"], "objects": result["objects"], "peak_mb": _peak_mb()}
+
+
 def child_resume(cache: Path, out: Path) -> dict:
     _as_the_driver()
     from craftsman_platform.pipelines.manifest import ManifestParts
+    from craftsman_platform.pipelines.preprocess.job import MANIFEST_BYTES_PER_ROW
     from craftsman_platform.pipelines.preprocess.listing import DONE_COLUMNS, make_plan
     from craftsman_platform.pipelines.preprocess.sources import list_source
     from craftsman_platform.pipelines.shardstore import ShardStore
@@ -221,7 +241,9 @@ def child_resume(cache: Path, out: Path) -> dict:
     committed, dropped = store.recover_shards(parts.shard_sizes())
     recovered = parts.reconcile(store, committed, dropped)
     recovery_s = time.monotonic() - t0
-    with make_plan(list_source(_source(cache)), parts.done_batches(DONE_COLUMNS), False, None, None, 256) as plan:
+    done_rows = sum(output.sizes("manifest").values()) // MANIFEST_BYTES_PER_ROW  # as the job sizes its buckets
+    with make_plan(list_source(_source(cache)), parts.done_batches(DONE_COLUMNS), False, None, None, 256,
+                   done_rows) as plan:  # fmt: skip
         done = sum(o.get("already_done", 0) for o in plan.stats["by_origin"].values())
         return {"seconds": time.monotonic() - t0, "recovery_s": recovery_s, "peak_mb": _peak_mb(),
                 "already_done": done, "to_process": plan.total, **recovered}  # fmt: skip
@@ -288,7 +310,8 @@ def child_current_list(cache: Path, out: Path) -> dict:
         return {"listed": plan.stats["listed"], "seconds": time.monotonic() - t0, "peak_mb": _peak_mb()}
 
 
-CHILDREN = {"listing": child_listing, "manifest": None, "resume": child_resume, "schedule": None,
+CHILDREN = {"listing": child_listing, "manifest": None, "report": child_report, "resume": child_resume,
+            "schedule": None,
             "baseline": child_baseline, "current_list": child_current_list}  # fmt: skip
 
 
@@ -335,8 +358,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     sizes = [int(x) for x in args.rows.split(",")]
     print("| N | listing + dedup s | listing peak RSS MB | listed | duplicates | to process | manifest write s | "
-          "manifest MB | parts | resume s (parts) | resume s (journals only) | resume peak RSS MB |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "manifest MB | parts | report s | report peak RSS MB | resume s (parts) | resume s (journals only) | "
+          "resume peak RSS MB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
         t0 = time.monotonic()
         cache = cached_annotations(work, n)
@@ -345,6 +369,7 @@ def main() -> None:
         try:
             lst = run_child("listing", ROOT, cache, scratch / "l")
             man = run_child("manifest", ROOT, cache, scratch / "m", "--n", str(n))
+            rep = run_child("report", ROOT, cache, scratch / "m")
             shutil.rmtree(scratch / "m", ignore_errors=True)
             run_child("resume", ROOT, cache, scratch / "r", "--n", str(n // 2))
             res = run_child("resume", ROOT, cache, scratch / "r")
@@ -352,7 +377,8 @@ def main() -> None:
             old = run_child("resume", ROOT, cache, scratch / "r")
             cells = [f"{n:,}", f"{lst['seconds']:.1f}", f"{lst['peak_mb']:.0f}", f"{lst['listed']:,}",
                      f"{lst['duplicates']:,}", f"{lst['to_process']:,}", f"{man['seconds']:.1f}",
-                     f"{man['bytes'] / 1e6:.1f}", str(man["parts"]), f"{res['seconds']:.1f}", f"{old['seconds']:.1f}",
+                     f"{man['bytes'] / 1e6:.1f}", str(man["parts"]), f"{rep['seconds']:.1f}", f"{rep['peak_mb']:.0f}",
+                     f"{res['seconds']:.1f}", f"{old['seconds']:.1f}",
                      f"{max(res['peak_mb'], old['peak_mb']):.0f}"]  # fmt: skip
             print("| " + " | ".join(cells) + " |", flush=True)
             assert res["already_done"] == old["already_done"] >= n // 2 and old["journals_recovered"] > 0

@@ -3,8 +3,10 @@
 Layout of OUT (a local folder or any fsspec URL, see storage.py):
   shards/shard-000000.tar      WebDataset tars (written by `ShardWriter`s, on the workers)
   journal/shard-000000.json    the commit record of that shard: its size and manifest rows
-  journal/failed-*.jsonl       failed objects, in batches (flushed every few seconds)
-  config.json, manifest.parquet, summary.json   (the job's)
+  manifest/*.parquet           (preprocess, with a ManifestParts: pipelines/manifest.py) the manifest
+                               in parts, failed objects included, written as shards commit
+  journal/failed-*.jsonl       (packs) failed objects, in batches (flushed every few seconds)
+  config.json, manifest.parquet (packs), summary.json   (the job's)
 
 Exactly-once, without a rename on object stores: a writer uploads a shard under its final key,
 which becomes visible only once complete; the shard becomes part of the dataset only when the

@@ -85,14 +85,17 @@ def _open(url: str, storage_options: dict | None):
 
 
 def manifest_schema(fs, files: list[str]) -> pa.Schema:
-    """The union of the files' schemas (one file of an older output may lack newer columns)."""
+    """The schema of the manifest in `files`: MANIFEST_SCHEMA for parts (every part is written with
+    it, so no part's footer is read: a 10M-object output on object storage has hundreds); a single
+    file's own (an older output may lack newer columns)."""
     import pyarrow.parquet as pq
 
-    schemas = []
-    for f in files:
-        with fs.open(f, "rb") as fh:
-            schemas.append(pq.read_schema(fh))
-    return pa.unify_schemas(schemas, promote_options="permissive") if schemas else MANIFEST_SCHEMA
+    if not files:
+        return MANIFEST_SCHEMA
+    if posixpath.basename(posixpath.dirname(files[0])) == MANIFEST_DIR:
+        return MANIFEST_SCHEMA
+    with fs.open(files[0], "rb") as fh:
+        return pq.read_schema(fh)
 
 
 def _reading(url: str, columns: list[str] | None, storage_options: dict | None):

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import SMALL_ARGS, craft, offline_page
 
-from craftsman_platform.pipelines.report.gather import pick_gallery, read_manifest
-from craftsman_platform.pipelines.storage import Output
+from craftsman_platform.pipelines.report.gather import pick_gallery, uid_hash
+from craftsman_platform.shapedata.manifest import manifest_columns
 from craftsman_platform.shapedata.manifest import read_manifest as read_columns
 
 CHROMIUM = "/usr/bin/chromium"
@@ -45,13 +45,15 @@ def test_the_gallery_is_bounded_worst_first_and_stable():
     n = 10_000
     rng = np.random.default_rng(0)
     chamfer = rng.random(n)
+    status = np.array(["ok"] * (n - 100) + ["failed"] * 100, dtype=object)
     cols = {
-        "uid": np.array([f"obj-{i}" for i in range(n)], dtype=object),
-        "status": np.array(["ok"] * (n - 100) + ["failed"] * 100, dtype=object),
+        "uid_hash": uid_hash([f"obj-{i}" for i in range(n)]),
+        "ok": status == "ok",
+        "failed": status == "failed",
         "chamfer": chamfer,
     }
     picks = pick_gallery(cols, 40)
-    ok_picks = [i for i in picks if cols["status"][i] == "ok"]
+    ok_picks = [i for i in picks if status[i] == "ok"]
     assert len(ok_picks) == 40 and len([i for i in picks if i >= n - 100]) == 10  # a quarter for failures
     worst = np.argsort(-chamfer[: n - 100])[:20]
     assert ok_picks[:20] == [int(i) for i in worst]
@@ -67,7 +69,7 @@ def test_an_older_manifest_without_new_columns_still_reports(output, tmp_path):
     pq.write_table(table.drop([c for c in newer if c in table.column_names]), old / "manifest.parquet")
     res = craft("report", f"output_dir={old}")
     assert "(4 objects, 3 with pictures" in res.stdout
-    assert "n_faces" not in read_manifest(Output(str(old)))
+    assert "n_faces" not in manifest_columns(str(old))
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium (make setup installs it)")

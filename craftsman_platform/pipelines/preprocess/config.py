@@ -26,8 +26,7 @@ class SourceConfig:
     cache_dir: Optional[str] = None  # objaverse(_xl): the package's cache folder (its BASE_PATH; ~/.objaverse)
     annotations: bool = True  # objaverse(_xl): copy name/license/tags/categories (XL: metadata) into meta.json
     base_url: str = OBJAVERSE_URL  # Objaverse 1.0 GLBs (also Objaverse-XL's sketchfab objects): a mirror, a bucket
-    # Objaverse-XL: its sources, in the order duplicates are resolved (the first listed copy is kept)
-    xl_sources: list[str] = field(default_factory=lambda: list(XL_SOURCES))
+    xl_sources: list[str] = field(default_factory=lambda: list(XL_SOURCES))  # objaverse_xl: duplicates keep the first
     file_types: list[str] = field(default_factory=lambda: list(READABLE_TYPES))  # objaverse_xl: fileType in these
     licenses: list[str] = field(default_factory=list)  # objaverse_xl: license in these (empty: any)
     alignment: bool = False  # objaverse_xl: only the alignment (high-quality) subset (github, sketchfab)

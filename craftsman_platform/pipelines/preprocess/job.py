@@ -34,6 +34,7 @@ from craftsman_platform.shapedata.manifest import MANIFEST_DIR, MANIFEST_SCHEMA
 log = logging.getLogger("craft.preprocess")
 SOURCE_KINDS = ("auto", "folder", "list", "objaverse", "objaverse_xl")
 DUPLICATE_PART_ROWS = 200_000
+MANIFEST_BYTES_PER_ROW = 50  # fewer than a real row takes in the parts (~180: docs/benchmarks.md)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,6 +56,9 @@ def validate(cfg: PreprocessConfig) -> None:
         raise ConfigError(f"source.kind={src.kind!r}: expected one of {', '.join(SOURCE_KINDS)}")
     if src.kind == "objaverse_xl":
         validate_xl(src)
+        for key in ("uids", "lvis_categories"):
+            if getattr(src, key):
+                raise ConfigError(f"source.{key} selects Objaverse 1.0 objects (source.kind=objaverse), not XL ones")
     elif src.kind != "objaverse":
         if not src.path:
             raise ConfigError("source.path is required (a folder or a list file), or set source.kind=objaverse")
@@ -162,7 +166,9 @@ def preprocess(cfg: PreprocessConfig) -> dict:
         recovered = parts.reconcile(store, committed, dropped)
         partition = parse_partition(cfg.source.partition) if cfg.source.partition else None
         done = parts.done_batches(DONE_COLUMNS)
-        with make_plan(listed, done, cfg.retry_failed, partition, cfg.source.limit, cfg.source.group_max) as plan:
+        done_rows = sum(out.sizes(MANIFEST_DIR).values()) // MANIFEST_BYTES_PER_ROW  # an upper bound, from one listing
+        with make_plan(listed, done, cfg.retry_failed, partition, cfg.source.limit, cfg.source.group_max,
+                       done_rows) as plan:  # fmt: skip
             if not plan.stats["listed"]:
                 raise NothingDone(f"no object of {_describe(cfg.source)} passes the filters")
             _record_listing(parts, plan)

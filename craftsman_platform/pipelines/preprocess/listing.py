@@ -89,6 +89,11 @@ class Buckets:
             writer.close()
         self._writers = {}
 
+    def remove(self) -> None:
+        """Delete the buckets' files (a pass that has read them all)."""
+        for path in self.folder.glob(f"{self.name}-*.arrow"):
+            path.unlink()
+
     def read(self, index: int) -> pd.DataFrame:
         return pa.Table.from_batches(list(self.batches(index)), schema=self.schema).to_pandas()
 
@@ -165,17 +170,18 @@ def make_plan(
     partition: tuple[int, int] | None,
     limit: int | None,
     group_max: int,
+    done_rows: int = 0,
 ) -> Plan:
-    """The plan of a listing against the output's manifest rows `done` (DONE_COLUMNS)."""
+    """The plan of a listing against the output's manifest rows `done` (DONE_COLUMNS; about
+    `done_rows` of them: the buckets are sized for both)."""
     folder = Path(tempfile.mkdtemp(prefix="craft-listing-"))
     try:
-        n = max(1, min(256, -(-2 * listed.estimate // ROWS_PER_BUCKET)))
+        n = max(1, min(256, -(-2 * (listed.estimate + done_rows) // ROWS_PER_BUCKET)))
         counts: Counter = Counter()
         listing, held = Buckets(folder, "listed", n, RANKED), Buckets(folder, "done", n, DONE)
         _spool(listed, listing, partition, limit, counts)
         for batch in done:
-            frame = batch.to_pandas()
-            held.add(pa.Table.from_pandas(frame, preserve_index=False), frame["uid"])
+            held.add(batch, batch.column("uid"))
         listing.close()
         held.close()
         candidates, holders = Buckets(folder, "candidates", n, CANDIDATES), Buckets(folder, "holders", n, HOLDERS)
@@ -184,12 +190,16 @@ def make_plan(
             _diff(listing.read(index), held.read(index), retry_failed, candidates, holders, superseded, counts)
         candidates.close()
         holders.close()
+        listing.remove()  # the spool's disk: at most about two copies of the listing at a time
+        held.remove()
         kept, duplicates = Buckets(folder, "kept", n, RANKED), Buckets(folder, "duplicates", 1, DUPLICATES)
         for index in range(n):
             rows = _dedup(candidates.read(index), holders.read(index), kept, superseded, counts)
             duplicates.add(pa.Table.from_pandas(rows, schema=DUPLICATES, preserve_index=False), rows["uid"])
         kept.close()
         duplicates.close()
+        candidates.remove()
+        holders.remove()
         stats: dict = {"buckets": n, "listed": listing.rows, "to_process": kept.rows, "superseded": len(superseded),
                        "new_duplicates": duplicates.rows, "by_origin": {}}  # fmt: skip
         for origin, numbers in listed.stats.items():

@@ -1,7 +1,8 @@
 """What the dataset report shows, gathered from a preprocessing output: the manifest (every object,
 however many) and a bounded gallery read from the shards.
 
-The manifest gives counts, reasons and distributions in one columnar read. Pictures come from at
+The manifest gives counts, reasons and distributions in streaming passes (bounded memory at 10M
+rows: a few bytes per row are kept for the gallery's pick). Pictures come from at
 most `gallery` objects: the worst by Chamfer first, then an even spread over the rest (a stable
 hash of the uid, so two reports of one output show the same objects), plus failed objects (no
 shard read: they have no sample). Shards are opened as seekable tars: the reader skips the other
@@ -13,14 +14,15 @@ from __future__ import annotations
 import io
 import tarfile
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from craftsman_platform.pipelines.storage import Output
-from craftsman_platform.shapedata.manifest import STATUSES, manifest_columns
-from craftsman_platform.shapedata.manifest import read_manifest as read_columns
+from craftsman_platform.shapedata.manifest import STATUSES, manifest_batches, manifest_columns
 from craftsman_platform.shapedata.sample import CAMERAS, read_npy, view_member
 from craftsman_platform.shapedata.views import SET_SIZE
 
@@ -29,45 +31,76 @@ HISTOGRAMS = ("chamfer", "sign_agreement", "parts_lost", "n_faces", "time_load",
               "time_sample", "time_render", "time_write")  # fmt: skip
 GALLERY_COLUMNS = ("uid", "status", "reason", "message", "chamfer", "sign_agreement", "parts_lost", "n_faces",
                    "lvis_category", "watertight_method", "shard", "source")  # fmt: skip
-READ = (*GALLERY_COLUMNS, *HISTOGRAMS, "origin", "duplicate_of")
+COUNTED = ("uid", "status", "reason", "message", "origin", "lvis_category", "chamfer")
 EXAMPLES_PER_REASON = 3
 
 
-def read_manifest(out: Output) -> dict[str, np.ndarray]:
-    """The manifest's columns the report uses (numpy object or float arrays), either layout; columns an
-    older output lacks are absent."""
-    present = set(manifest_columns(out.url, out.storage_options))
-    table = read_columns(out.url, [c for c in dict.fromkeys(READ) if c in present], out.storage_options)
-    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+def _present(out: Output, names) -> list[str]:
+    have = set(manifest_columns(out.url, out.storage_options))
+    return [c for c in dict.fromkeys(names) if c in have]
 
 
-def counts(cols: dict[str, np.ndarray]) -> dict:
-    """By status, by failure reason (with example uids and messages), by LVIS category."""
-    status = cols["status"]
-    out: dict = {"objects": len(status), "status": _tally(status), "reasons": {}, "categories": {}, "origins": {}}
-    failed = np.flatnonzero(status == "failed")
-    for i in failed:
-        reason = cols["reason"][i] or "unknown"
-        entry = out["reasons"].setdefault(reason, {"count": 0, "examples": []})
-        entry["count"] += 1
-        if len(entry["examples"]) < EXAMPLES_PER_REASON:
-            entry["examples"].append({"uid": cols["uid"][i], "message": cols["message"][i] or ""})
-    if "origin" in cols:  # by source: listed objects, and what became of them (duplicates were not processed)
-        origin = np.where(cols["origin"] == None, "unknown", cols["origin"])  # noqa: E711 - numpy elementwise
-        for name in np.unique(origin.astype(str)):
-            mine = status[origin == name]
-            out["origins"][str(name)] = {"objects": len(mine), **{k: int(np.sum(mine == k)) for k in STATUSES}}
-    if "lvis_category" in cols:
-        cats = cols["lvis_category"]
-        ok = status == "ok"
-        for cat, n in _tally(cats[cats != None]).items():  # noqa: E711 - numpy elementwise
-            out["categories"][cat] = {"objects": n, "ok": int(np.sum(ok & (cats == cat)))}
-    return out
+def _batches(out: Output, names):
+    return manifest_batches(out.url, _present(out, names), out.storage_options)
 
 
-def _tally(values: np.ndarray) -> dict[str, int]:
-    names, n = np.unique(values.astype(str), return_counts=True)
-    return {str(k): int(v) for k, v in sorted(zip(names, n), key=lambda kv: -kv[1])}
+def scan(out: Output) -> tuple[dict, dict[str, np.ndarray]]:
+    """One streaming pass over the manifest, in bounded memory whatever its size: (counts by status,
+    by failure reason with example uids and messages, by source, by LVIS category; what the gallery
+    picks from per row: ok, failed, Chamfer and a stable hash of the uid)."""
+    stats: dict = {"objects": 0, "status": Counter(), "reasons": {}, "categories": {}, "origins": {}}
+    keep: dict[str, list] = {"ok": [], "failed": [], "chamfer": [], "uid_hash": []}
+    for batch in _batches(out, COUNTED):
+        table = pa.Table.from_batches([batch])
+        status = table.column("status")
+        stats["objects"] += table.num_rows
+        stats["status"].update(dict(zip(*_groups(table, ["status"]))))
+        failed = table.filter(pc.equal(status, "failed"))
+        for uid, reason, message in zip(*(failed.column(c).to_pylist() for c in ("uid", "reason", "message"))):
+            entry = stats["reasons"].setdefault(reason or "unknown", {"count": 0, "examples": []})
+            entry["count"] += 1
+            if len(entry["examples"]) < EXAMPLES_PER_REASON:
+                entry["examples"].append({"uid": uid, "message": message or ""})
+        for column, target in (("origin", "origins"), ("lvis_category", "categories")):
+            if column in table.column_names:
+                for (name, state), n in zip(*_groups(table, [column, "status"])):
+                    if name is not None or column == "origin":
+                        entry = stats[target].setdefault(name or "unknown", Counter({"objects": 0}))
+                        entry["objects"] += n
+                        entry[state] += n
+        keep["ok"].append(pc.equal(status, "ok").to_numpy(zero_copy_only=False))
+        keep["failed"].append(pc.equal(status, "failed").to_numpy(zero_copy_only=False))
+        chamfer = table.column("chamfer") if "chamfer" in table.column_names else pa.nulls(table.num_rows, pa.float64())
+        keep["chamfer"].append(chamfer.to_numpy(zero_copy_only=False).astype(float))
+        keep["uid_hash"].append(uid_hash(table.column("uid").to_pylist()))
+    stats["status"] = dict(stats["status"].most_common())
+    for target in ("origins", "categories"):
+        stats[target] = {k: {"objects": v["objects"], **{s: v[s] for s in STATUSES}} for k, v in stats[target].items()}
+    empty = {"ok": bool, "failed": bool, "chamfer": float, "uid_hash": np.uint32}
+    return stats, {k: np.concatenate(v) if v else np.zeros(0, empty[k]) for k, v in keep.items()}
+
+
+def _groups(table: pa.Table, keys: list[str]) -> tuple[list, list[int]]:
+    """(key values, counts) of the rows grouped by `keys` (tuples for several keys)."""
+    grouped = table.group_by(keys).aggregate([([], "count_all")])
+    values = [grouped.column(k).to_pylist() for k in keys]
+    return (list(zip(*values)) if len(keys) > 1 else values[0]), grouped.column("count_all").to_pylist()
+
+
+def uid_hash(uids: list[str]) -> np.ndarray:
+    return np.fromiter((zlib.crc32(str(u).encode()) for u in uids), np.uint32, len(uids))
+
+
+def histograms(out: Output, bins: int = 30) -> dict[str, dict | None]:
+    """A histogram of each of HISTOGRAMS over the ok objects, one column at a time."""
+    found = {}
+    for name in HISTOGRAMS:
+        values = []
+        for batch in _batches(out, ["status", name]) if name in _present(out, [name]) else []:
+            ok = batch.column(1).filter(pc.equal(batch.column(0), "ok"))
+            values.append(ok.to_numpy(zero_copy_only=False).astype(float))
+        found[name] = histogram(np.concatenate(values), bins) if values else None
+    return found
 
 
 def histogram(values: np.ndarray, bins: int = 30) -> dict | None:
@@ -81,30 +114,52 @@ def histogram(values: np.ndarray, bins: int = 30) -> dict | None:
     return {"edges": edges.tolist(), "counts": n.tolist(), "n": int(len(finite)), "median": float(np.median(finite))}
 
 
-def pick_gallery(cols: dict[str, np.ndarray], size: int) -> list[int]:
-    """Row indices: ok objects, the worst half of `size` by Chamfer then a spread; failed ones up to a quarter."""
-    status = cols["status"]
-    ok = np.flatnonzero(status == "ok")
-    chamfer = cols["chamfer"][ok].astype(float) if "chamfer" in cols else np.zeros(len(ok))
-    chamfer = np.where(np.isfinite(chamfer), chamfer, -1.0)
-    worst = ok[np.argsort(-chamfer, kind="stable")][: size // 2]
-    rest = np.setdiff1d(ok, worst)
-    spread = sorted(rest, key=lambda i: zlib.crc32(str(cols["uid"][i]).encode()))[: size - len(worst)]
-    failed = np.flatnonzero(status == "failed")[: max(size // 4, 0)]
+def pick_gallery(picks_from: dict[str, np.ndarray], size: int) -> list[int]:
+    """Row indices: ok objects, the worst half of `size` by Chamfer then a spread (by `uid_hash`);
+    failed ones up to a quarter. `picks_from`: per row `ok`, `failed`, `chamfer`, `uid_hash`."""
+    ok = np.flatnonzero(picks_from["ok"])
+    chamfer = picks_from["chamfer"][ok]
+    worst = ok[_smallest(-np.where(np.isfinite(chamfer), chamfer, -1.0), size // 2)]
+    rest = picks_from["ok"].copy()
+    rest[worst] = False
+    rest = np.flatnonzero(rest)
+    spread = rest[_smallest(picks_from["uid_hash"][rest], size - len(worst))]
+    failed = np.flatnonzero(picks_from["failed"])[: max(size // 4, 0)]
     return [int(i) for i in (*worst, *spread, *failed)]
 
 
-def read_pictures(out: Output, cols: dict[str, np.ndarray], rows: list[int]) -> dict[str, dict]:
+def _smallest(keys: np.ndarray, m: int) -> np.ndarray:
+    """Positions of the `m` smallest keys in order, ties by position (a stable sort's first m), without
+    sorting all of them (10M rows: a partition, then a sort of the few below its threshold)."""
+    if m <= 0 or not len(keys):
+        return np.zeros(0, np.int64)
+    candidates = np.flatnonzero(keys <= np.partition(keys, m - 1)[m - 1]) if m < len(keys) else np.arange(len(keys))
+    return candidates[np.lexsort((candidates, keys[candidates]))[:m]]
+
+
+def gallery_rows(out: Output, picks: list[int]) -> list[dict]:
+    """The manifest rows (GALLERY_COLUMNS) at these row indices, in their order."""
+    wanted, found, offset = set(picks), {}, 0
+    for batch in _batches(out, GALLERY_COLUMNS):
+        index = np.arange(offset, offset + batch.num_rows)
+        hit = np.flatnonzero(np.isin(index, list(wanted)))
+        for i, row in zip(hit, batch.take(pa.array(hit)).to_pylist() if len(hit) else []):
+            found[offset + int(i)] = {k: row.get(k) for k in GALLERY_COLUMNS}
+        offset += batch.num_rows
+    return [found[i] for i in picks]
+
+
+def read_pictures(out: Output, rows: list[dict]) -> dict[str, dict]:
     """{uid: {"thumb": PNG, "views": [PNG x SET_SIZE], "cloud": PNG}} for the rows that have a sample."""
-    return {uid: _pictures(m) for uid, m in read_members(out, cols, rows).items()}
+    return {uid: _pictures(m) for uid, m in read_members(out, rows).items()}
 
 
-def read_members(out: Output, cols: dict[str, np.ndarray], rows: list[int]) -> dict[str, dict[str, bytes]]:
+def read_members(out: Output, rows: list[dict]) -> dict[str, dict[str, bytes]]:
     """{uid: {member: bytes}}: the first view set, surface points and cameras of the rows' samples."""
     wanted: dict[str, set[str]] = defaultdict(set)
-    for i in rows:
-        if cols["status"][i] == "ok" and cols["shard"][i]:
-            wanted[cols["shard"][i]].add(str(cols["uid"][i]))
+    for row in rows:
+        if row["status"] == "ok" and row.get("shard"):
+            wanted[row["shard"]].add(str(row["uid"]))
     members = {view_member(v) for v in range(SET_SIZE)} | {"surface.npy", CAMERAS}
     found: dict[str, dict[str, bytes]] = defaultdict(dict)
     for shard, uids in sorted(wanted.items()):

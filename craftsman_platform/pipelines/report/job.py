@@ -28,12 +28,11 @@ def write_report(out: Output, gallery: int, wandb: WandbConfig | None = None) ->
     t0 = time.monotonic()
     if not has_manifest(out.url, out.storage_options):
         raise MissingInput(f"no manifest in {out.display()}: is output_dir a preprocessing output?")
-    cols = gather.read_manifest(out)
-    stats = gather.counts(cols)
-    hists = {name: gather.histogram(cols[name]) if name in cols else None for name in gather.HISTOGRAMS}
-    picks = gather.pick_gallery(cols, gallery)
-    pictures = gather.read_pictures(out, cols, picks)
-    rows = [{k: (cols[k][i] if k in cols else None) for k in gather.GALLERY_COLUMNS} for i in picks]
+    stats, picks_from = gather.scan(out)
+    hists = gather.histograms(out)
+    rows = gather.gallery_rows(out, gather.pick_gallery(picks_from, gallery))
+    del picks_from
+    pictures = gather.read_pictures(out, rows)
     page = render(f"Dataset report: {out.display()}", stats, hists, rows, pictures, gallery)
     out.write_bytes("report.html", page.encode())
     if wandb is not None:
