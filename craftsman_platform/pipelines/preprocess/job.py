@@ -166,7 +166,7 @@ def preprocess(cfg: PreprocessConfig) -> dict:
         recovered = parts.reconcile(store, committed, dropped)
         partition = parse_partition(cfg.source.partition) if cfg.source.partition else None
         done = parts.done_batches(DONE_COLUMNS)
-        done_rows = sum(out.sizes(MANIFEST_DIR).values()) // MANIFEST_BYTES_PER_ROW  # an upper bound, from one listing
+        done_rows = sum(out.sizes(MANIFEST_DIR).values()) // MANIFEST_BYTES_PER_ROW  # generous: one listing call
         with make_plan(listed, done, cfg.retry_failed, partition, cfg.source.limit, cfg.source.group_max,
                        done_rows) as plan:  # fmt: skip
             if not plan.stats["listed"]:

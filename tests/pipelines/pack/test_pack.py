@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 import torch
 import webdataset as wds
@@ -24,6 +23,7 @@ from craftsman_platform.models.build import build_vae
 from craftsman_platform.models.checkpoints import latest_checkpoint, load_weights, model_config, read_meta
 from craftsman_platform.pipelines.pack.recipes import point_chunks
 from craftsman_platform.pipelines.pack.select import select_rows
+from craftsman_platform.shapedata.manifest import read_manifest
 from craftsman_platform.shapedata.pack import decode_vae_sample, open_pack
 from craftsman_platform.shapedata.sample import read_npy
 from craftsman_platform.shapedata.views import shard_views
@@ -39,7 +39,8 @@ def archive_samples(archive: Path) -> dict[str, dict]:
 
 
 def manifest(path: Path) -> pd.DataFrame:
-    return pq.read_table(path / "manifest.parquet").to_pandas()
+    """An archive's manifest (parts) or a pack's (one file)."""
+    return read_manifest(str(path)).to_pandas()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -191,3 +191,11 @@ def test_manifest_parts_recover_journals_convert_an_earlier_layout_and_supersede
     again.flush()
     assert again.supersede(pa.array(["e", "f", "a"])) == 2  # failures only: ok rows are final
     assert sorted(read_manifest(str(tmp_path), ["uid"]).column("uid").to_pylist()) == ["a", "b", "c"]
+
+
+def test_a_groups_objects_come_in_runs_of_at_most_group_max():
+    cols = {"uid": [f"g{i}" for i in range(5)] + ["solo"], "source": [f"s{i}" for i in range(6)],
+            "origin": ["github"] * 6, "group": ["org/repo@c"] * 5 + [None]}  # fmt: skip
+    with make_plan(Listed(iter([listing_batch(cols)]), 6), iter([]), False, None, None, 2) as plan:
+        runs = [[(r.uid, r.last_in_group) for r in run] for run in plan.groups()]
+    assert runs == [[("g0", False), ("g1", True)], [("g2", False), ("g3", True)], [("g4", True)], [("solo", True)]]

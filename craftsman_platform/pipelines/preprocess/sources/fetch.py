@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from craftsman_platform.geometry.mesh_io import SUPPORTED_SUFFIXES
 from craftsman_platform.pipelines.preprocess.config import SourceConfig
 from craftsman_platform.pipelines.preprocess.sources import ObjectRef, TransientError
 
@@ -35,7 +36,7 @@ def fetched(ref: ObjectRef, src: SourceConfig, timeout_s: float) -> Iterator[Pat
 def local_copy(source: str, cached: str | None = None, suffix: str | None = None) -> Iterator[Path]:
     """A local path for the object: itself if local, the node's cached copy where it has one, else a
     download through fsspec into node-local temporary space, deleted afterwards. `suffix`: the
-    file's extension where the URL does not end with it."""
+    file's extension where the URL does not end with a mesh format's (Thingiverse's download:N)."""
     if "://" not in source or source.startswith("file://"):
         yield Path(source.removeprefix("file://"))
         return
@@ -46,7 +47,8 @@ def local_copy(source: str, cached: str | None = None, suffix: str | None = None
 
     tmp = Path(tempfile.mkdtemp(prefix="craft-fetch-"))
     try:
-        target = tmp / ("object" + (suffix or Path(source.split("?", 1)[0]).suffix).lower())
+        own = Path(source.split("?", 1)[0]).suffix.lower()
+        target = tmp / ("object" + (own if own in SUPPORTED_SUFFIXES or not suffix else suffix.lower()))
         try:
             with fsspec.open(source, "rb") as src, target.open("wb") as dst:
                 shutil.copyfileobj(src, dst, length=1 << 20)
