@@ -33,6 +33,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -164,17 +165,19 @@ def ingest_stress(n: int, work: Path) -> list[str]:
 
 
 def baseline_stress(src: Path, baseline: str, n: int) -> list[str]:
-    """The same stress by the baseline's own bench (its scheduler: a Ray task per object), its
-    workers-write rows."""
+    """The same stress by the baseline's own bench (its own scheduler), its workers-write rows."""
     out = subprocess.run(
         [sys.executable, "bench/preprocess.py", "--objects", str(n), "--count", "0"],
         cwd=src, env=_env(src), check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
-    return [
-        line.replace("workers-write (current)", f"workers-write, a task per object ({baseline})")
-        for line in out.splitlines()
-        if line.startswith("| workers-write")
-    ]
+    rows = []
+    for line in out.splitlines():
+        cells = line.split("|")
+        if not line.startswith("| workers-write") or re.search(r"\([0-9a-f]{7,}\)", cells[1]):
+            continue  # not a stress row, or a row of the baseline's own baseline
+        cells[1] = f" {cells[1].strip().replace(' (current)', '')} ({baseline}) "
+        rows.append("|".join(cells))
+    return rows
 
 
 def print_stress(rows: list[str]) -> None:
