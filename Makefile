@@ -43,7 +43,7 @@ demo: setup
 	$(VENV)/bin/craft generate checkpoint=$(DEMO)/runs/diffusion 'images=[$(DEMO)/views]' \
 	    output_dir=$(DEMO)/generated name=duck depth=7
 	@echo
-	@echo "demo: shards      $(DEMO)/data/shards  (manifest $(DEMO)/data/manifest.parquet)"
+	@echo "demo: shards      $(DEMO)/data/shards  (manifest $(DEMO)/data/manifest/, report $(DEMO)/data/report.html)"
 	@echo "      pack        $(DEMO)/packs/latents/pack.json  (VAE latents + 64 px views, for the diffusion run)"
 	@echo "      training    $(DEMO)/runs/vae/metrics.jsonl  $(DEMO)/runs/diffusion/metrics.jsonl  (W&B offline: runs/*/wandb)"
 	@echo "      evaluation  $(DEMO)/eval/vae/report.html  $(DEMO)/eval/diffusion/report.html"
