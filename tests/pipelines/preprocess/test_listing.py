@@ -15,7 +15,7 @@ import pytest
 from helpers import ENV, manifest_rows
 from xl_data import github_id, sha256, write_annotations
 
-from craftsman_platform.errors import MissingInput
+from craftsman_platform.errors import ConfigError, MissingInput
 from craftsman_platform.pipelines.manifest import ManifestParts
 from craftsman_platform.pipelines.preprocess.config import SourceConfig
 from craftsman_platform.pipelines.preprocess.listing import make_plan
@@ -103,6 +103,12 @@ def test_an_unreachable_hub_says_what_to_fetch_and_where_to_put_it(tmp_path):
         "Objaverse-XL smithsonian annotations" in message and "http://127.0.0.1:9/objaverse-xl/smithsonian" in message
     )
     assert str(tmp_path / "empty" / "smithsonian" / "smithsonian.parquet") in message and "source.cache_dir" in message
+    (tmp_path / "empty" / "smithsonian").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "empty" / "smithsonian" / "smithsonian.parquet").write_bytes(b"<html>rate limited</html>")
+    with pytest.raises(ConfigError, match="smithsonian.parquet: not a parquet file.*delete it"):
+        list_source(src)  # a torn or wrong download in the cache
+    with pytest.raises(ConfigError, match="source.xl_sources"):
+        list_source(SourceConfig(kind="objaverse_xl", xl_sources=["polycam"]))
     # Objaverse 1.0 through the command line, as a new user without network meets it
     env = {**ENV, "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
     res = subprocess.run(

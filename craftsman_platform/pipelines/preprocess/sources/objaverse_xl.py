@@ -67,7 +67,10 @@ def xl_listing(src: SourceConfig) -> Listed:
     estimate = 0
     for path in files.values():
         with path.open("rb") as fh:
-            estimate += pq.ParquetFile(fh).metadata.num_rows
+            try:
+                estimate += pq.ParquetFile(fh).metadata.num_rows
+            except pa.ArrowException as err:
+                raise ConfigError(f"{path}: not a parquet file ({err}); delete it to download it again") from None
     stats = {s: {"read": 0, "filtered": 0} for s in sources}
     return Listed(_batches(src, files, stats), estimate, stats)
 
