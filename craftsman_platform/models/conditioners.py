@@ -54,6 +54,7 @@ class ConditionerConfig:
     camera_convention: str = "opencv"  # cameras as the shards store them; opengl_unit: CraftsMan's frame
     null_condition: str = "zeros"  # image CFG null: zero tokens, or clip_zero_images (CraftsMan's empty embeds)
     normalize_embeds: bool = False  # unit-norm condition tokens (CraftsMan's normalize_embeds)
+    tokenizer: Optional[str] = None  # text: clip_bpe (CLIP's own vocabulary), a folder; null: pretrained's
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -249,7 +250,6 @@ class TextEncoder(nn.Module):
         a = cfg.architecture
         if cfg.pretrained and load_weights:
             self.clip = load_pretrained(CLIPTextModel, cfg.pretrained, attn_implementation="sdpa")
-            self.tokenizer = load_pretrained(CLIPTokenizer, cfg.pretrained)
         else:
             self.clip = CLIPTextModel(
                 CLIPTextConfig(
@@ -262,7 +262,7 @@ class TextEncoder(nn.Module):
                     attn_implementation="sdpa",
                 )
             )
-            self.tokenizer = load_pretrained(CLIPTokenizer, cfg.pretrained) if cfg.pretrained else None
+        self.tokenizer = text_tokenizer(cfg)
         self.clip.requires_grad_(False).eval()
         self.hidden_size = self.clip.config.hidden_size
         self.max_length = self.clip.config.max_position_embeddings
@@ -274,7 +274,10 @@ class TextEncoder(nn.Module):
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         if self.tokenizer is None:
-            raise WeightsNotFound("model.conditioner.pretrained is null: no tokenizer to encode text prompts")
+            raise WeightsNotFound(
+                "model.conditioner.pretrained and .tokenizer are null: no tokenizer to encode text prompts "
+                "(model.conditioner.tokenizer=clip_bpe gives CLIP's)"
+            )
         return self.tokenizer(
             prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
         ).input_ids
@@ -286,6 +289,16 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def null(self, batch: int) -> torch.Tensor:
         return self.forward(self.tokenize([""])).expand(batch, -1, -1)
+
+
+def text_tokenizer(cfg: ConditionerConfig):
+    """The text tower's tokenizer: `tokenizer` (clip_bpe, or a folder), else the pretrained weights' own."""
+    if cfg.tokenizer == "clip_bpe":
+        from craftsman_platform.models.clip_bpe import clip_tokenizer
+
+        return clip_tokenizer()
+    name = cfg.tokenizer or cfg.pretrained
+    return load_pretrained(CLIPTokenizer, name) if name else None
 
 
 def build_conditioner(cfg: ConditionerConfig, load_weights: bool = True) -> nn.Module:

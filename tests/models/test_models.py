@@ -13,6 +13,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisio
 
 from craftsman_platform.models.build import ModelConfig, build_vae, count_parameters
 from craftsman_platform.models.conditioners import (
+    ClipArchitecture,
     ConditionerConfig,
     MultiViewImageEncoder,
     TextEncoder,
@@ -195,6 +196,15 @@ def test_text_conditioner_and_its_null(clip_dir):
     null = enc.null(2)
     torch.testing.assert_close(null[0], enc(enc.tokenize([""]))[0])
     assert (out - null).abs().max() > 1e-4
+
+
+def test_clip_bpe_is_clips_own_vocabulary_for_a_tower_without_weights():
+    arch = ClipArchitecture(text_hidden_size=32, text_layers=1, text_heads=2, text_intermediate_size=64)
+    enc = TextEncoder(ConditionerConfig(kind="text", pretrained=None, tokenizer="clip_bpe", architecture=arch))
+    ids = enc.tokenize(["a photo of a cat", "une chaise en bois, café"])
+    assert ids.shape == (2, 77) and len(enc.tokenizer) == 49408
+    assert ids[0, :8].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407, 49407]  # CLIP's own ids, padded
+    assert enc(ids).shape == (2, 77, 32) and enc.null(2).shape == (2, 77, 32)
 
 
 def test_cfg_dropout_is_drawn_per_sample():
