@@ -39,6 +39,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("license", pa.string()),
         ("file_type", pa.string()),
         ("lvis_category", pa.string()),
+        ("caption", pa.string()),  # the first of the object's captions (source.captions), else null
+        ("n_captions", pa.int64()),
         *[(f"time_{s}", pa.float64()) for s in _STAGES],
         ("watertight_method", pa.string()),
         ("chamfer", pa.float64()),

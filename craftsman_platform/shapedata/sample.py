@@ -29,6 +29,7 @@ POINT_ARRAYS = ("surface", "sharp", "vol", "near")  # float16 (N, 6) surface/sha
 SURFACE, SHARP, VOL, NEAR = (f"{name}.npy" for name in POINT_ARRAYS)
 CAMERAS = "cameras.json"
 META = "meta.json"
+CAPTIONS = "captions.json"  # a JSON list of the object's captions (absent: none); shapedata/captions.py
 DEPTH_SCALE = 10_000.0  # stored uint16 = round(depth * DEPTH_SCALE); 0 = no hit; max 6.5535 units
 REMOTE_PREFIXES = ("pipe:", "s3://", "gs://", "http://", "https://", "memory://")
 

@@ -34,6 +34,7 @@ class SourceConfig:
     github_url: str = "https://github.com"  # objaverse_xl: where GitHub repositories are cloned from
     thingiverse_url: str = "https://www.thingiverse.com"  # objaverse_xl: Thingiverse downloads
     group_max: int = 256  # GitHub objects one task slot takes from one clone (more: the repository is split)
+    captions: Optional[str] = None  # a captions file or URL (CSV/TSV/parquet: uid, caption), or metadata (names, tags)
     limit: Optional[int] = None  # the first N listed objects only (after filters, before dedup)
     partition: Optional[str] = None  # "i/n": this job's share of n (crc32 of the content hash, else the uid)
 

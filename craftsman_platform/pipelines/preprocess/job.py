@@ -29,6 +29,7 @@ from craftsman_platform.pipelines.preprocess.summary import format_summary, summ
 from craftsman_platform.pipelines.report.job import format_result, write_report
 from craftsman_platform.pipelines.shardstore import ShardStore
 from craftsman_platform.pipelines.storage import Output
+from craftsman_platform.shapedata.captions import caption_batches
 from craftsman_platform.shapedata.manifest import MANIFEST_DIR, MANIFEST_SCHEMA
 
 log = logging.getLogger("craft.preprocess")
@@ -70,6 +71,8 @@ def validate(cfg: PreprocessConfig) -> None:
             raise MissingInput(f"source.path={src.path} is not a list file")
     if src.partition:
         parse_partition(src.partition)
+    if src.captions and src.captions != "metadata" and "://" not in src.captions and not Path(src.captions).is_file():
+        raise MissingInput(f"source.captions={src.captions}: no such file (a CSV, TSV or parquet of uid, caption)")
 
 
 def validate_output(url: str, storage_options: dict) -> Output:
@@ -167,8 +170,9 @@ def preprocess(cfg: PreprocessConfig) -> dict:
         partition = parse_partition(cfg.source.partition) if cfg.source.partition else None
         done = parts.done_batches(DONE_COLUMNS)
         done_rows = sum(out.sizes(MANIFEST_DIR).values()) // MANIFEST_BYTES_PER_ROW  # generous: one listing call
+        captions = caption_batches(cfg.source.captions) if cfg.source.captions not in (None, "metadata") else None
         with make_plan(listed, done, cfg.retry_failed, partition, cfg.source.limit, cfg.source.group_max,
-                       done_rows) as plan:  # fmt: skip
+                       done_rows, captions) as plan:  # fmt: skip
             if not plan.stats["listed"]:
                 raise NothingDone(f"no object of {_describe(cfg.source)} passes the filters")
             _record_listing(parts, plan)

@@ -20,6 +20,7 @@ before its content is in hand (reasons.NO_CONTENT) holds nothing: the next run k
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -42,6 +43,7 @@ DONE_COLUMNS = ["uid", "status", "reason", "listed_sha256", "source_sha256", "du
 RANKED = LISTING_SCHEMA.append(pa.field("rank", pa.int64()))
 CANDIDATES = RANKED.append(pa.field("prev_duplicate_of", pa.string()))
 HOLDERS = pa.schema([("content", pa.string()), ("uid", pa.string())])
+CAPTION_ROWS = pa.schema([("uid", pa.string()), ("caption", pa.string())])
 DONE = pa.schema([(c, pa.string()) for c in DONE_COLUMNS])
 DUPLICATES = pa.schema([(c, pa.string()) for c in ("uid", "source", "origin", "listed_sha256", "license",
                                                    "file_type", "duplicate_of")])  # fmt: skip
@@ -171,9 +173,10 @@ def make_plan(
     limit: int | None,
     group_max: int,
     done_rows: int = 0,
+    captions: Iterator[pa.RecordBatch] | None = None,
 ) -> Plan:
     """The plan of a listing against the output's manifest rows `done` (DONE_COLUMNS; about
-    `done_rows` of them: the buckets are sized for both)."""
+    `done_rows` of them: the buckets are sized for both); `captions`: (uid, caption) rows to join."""
     folder = Path(tempfile.mkdtemp(prefix="craft-listing-"))
     try:
         n = max(1, min(256, -(-2 * (listed.estimate + done_rows) // ROWS_PER_BUCKET)))
@@ -182,16 +185,22 @@ def make_plan(
         _spool(listed, listing, partition, limit, counts)
         for batch in done:
             held.add(batch, batch.column("uid"))
+        said = Buckets(folder, "captions", n, CAPTION_ROWS)
+        for batch in captions or ():
+            said.add(batch, batch.column("uid"))
         listing.close()
         held.close()
+        said.close()
         candidates, holders = Buckets(folder, "candidates", n, CANDIDATES), Buckets(folder, "holders", n, HOLDERS)
         superseded: list[str] = []
         for index in range(n):
-            _diff(listing.read(index), held.read(index), retry_failed, candidates, holders, superseded, counts)
+            listed_rows = _with_captions(listing.read(index), said.read(index), counts)
+            _diff(listed_rows, held.read(index), retry_failed, candidates, holders, superseded, counts)
         candidates.close()
         holders.close()
         listing.remove()  # the spool's disk: at most about two copies of the listing at a time
         held.remove()
+        said.remove()
         kept, duplicates = Buckets(folder, "kept", n, RANKED), Buckets(folder, "duplicates", 1, DUPLICATES)
         for index in range(n):
             rows = _dedup(candidates.read(index), holders.read(index), kept, superseded, counts)
@@ -229,6 +238,21 @@ def _spool(listed: Listed, listing: Buckets, partition: tuple[int, int] | None, 
         listing.add(batch, batch.column("uid"))
         if limit is not None and rank >= limit:
             break
+
+
+def _with_captions(listed: pd.DataFrame, captions: pd.DataFrame, counts: Counter) -> pd.DataFrame:
+    """One uid bucket's listed rows with the captions file's captions of their uid (a JSON list, in the
+    file's order); the source's own, if any, come first."""
+    if captions.empty:
+        return listed
+    joined = captions.groupby("uid", sort=False)["caption"].agg(list)
+    found = listed["uid"].map(joined)
+    for origin, n in listed.loc[found.notna(), "origin"].value_counts().items():
+        counts[(origin, "captioned")] += int(n)
+    own = listed["captions"].map(lambda text: json.loads(text) if isinstance(text, str) else [])
+    merged = [json.dumps([*o, *f], ensure_ascii=False) if isinstance(f, list) else (None if not o else json.dumps(o))
+              for o, f in zip(own, found)]  # fmt: skip
+    return listed.assign(captions=merged)
 
 
 def _diff(listed: pd.DataFrame, done: pd.DataFrame, retry_failed: bool, candidates: Buckets, holders: Buckets,

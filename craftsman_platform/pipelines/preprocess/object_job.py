@@ -27,7 +27,8 @@ from craftsman_platform.pipelines.preprocess.sources.fetch import fetched
 from craftsman_platform.pipelines.preprocess.sources.github import CloneFailed
 from craftsman_platform.pipelines.writers import WriterLost, hand_to_writer
 from craftsman_platform.shapedata.cameras import view_cameras
-from craftsman_platform.shapedata.sample import META, encode_sample
+from craftsman_platform.shapedata.captions import encode_captions, from_metadata
+from craftsman_platform.shapedata.sample import CAPTIONS, META, encode_sample
 
 PIPELINE_VERSION = "0.1.0"
 STAGES = ("load", "watertight", "sample", "render", "write")
@@ -68,6 +69,9 @@ def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str, writers:
 
         t = time.perf_counter()
         members = encode_sample(geo.samples.float16(), views)
+        captions = object_captions(ref, cfg.source.captions)
+        if captions:
+            members[CAPTIONS] = encode_captions(captions)
         timings["write"] = time.perf_counter() - t  # encoding the members
         record = geo.record()
         meta = {
@@ -78,6 +82,7 @@ def run_object(ref: ObjectRef, cfg: PreprocessConfig, config_hash: str, writers:
             "source_sha256": source_sha,
             "file_type": ref.file_type,
             "annotations": ref.annotations or None,
+            "captions": captions,
             "normalization": geo.loaded.normalization,
             "watertight": {
                 k: record[f"watertight_{k}"]
@@ -117,6 +122,13 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def object_captions(ref: ObjectRef, captions: str | None) -> list[str]:
+    """The object's captions: joined from the captions file by the listing, or from its metadata."""
+    if ref.captions:
+        return list(ref.captions)
+    return from_metadata(ref.annotations) if captions == "metadata" else []
+
+
 def row_base(ref: ObjectRef, config_hash: str) -> dict:
     """The manifest fields every row of the object has, whatever becomes of it."""
     return {
@@ -128,6 +140,8 @@ def row_base(ref: ObjectRef, config_hash: str) -> dict:
         "license": (ref.annotations or {}).get("license"),
         "file_type": ref.file_type,
         "lvis_category": (ref.annotations or {}).get("lvis_category"),
+        "caption": ref.captions[0] if ref.captions else None,
+        "n_captions": len(ref.captions),
     }
 
 
@@ -164,4 +178,6 @@ def manifest_row(meta: dict) -> dict:
         # for `craft pack select=...`: Objaverse's LVIS category (when selected by category) and license
         "lvis_category": (meta.get("annotations") or {}).get("lvis_category"),
         "license": (meta.get("annotations") or {}).get("license"),
+        "caption": (meta.get("captions") or [None])[0],
+        "n_captions": len(meta.get("captions") or []),
     }

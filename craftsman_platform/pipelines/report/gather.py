@@ -30,8 +30,8 @@ THUMB_PX, DETAIL_PX, CLOUD_PX = 96, 160, 200
 HISTOGRAMS = ("chamfer", "sign_agreement", "parts_lost", "n_faces", "time_load", "time_watertight",
               "time_sample", "time_render", "time_write")  # fmt: skip
 GALLERY_COLUMNS = ("uid", "status", "reason", "message", "chamfer", "sign_agreement", "parts_lost", "n_faces",
-                   "lvis_category", "watertight_method", "shard", "source")  # fmt: skip
-COUNTED = ("uid", "status", "reason", "message", "origin", "lvis_category", "chamfer")
+                   "lvis_category", "watertight_method", "shard", "source", "caption")  # fmt: skip
+COUNTED = ("uid", "status", "reason", "message", "origin", "lvis_category", "chamfer", "n_captions")
 EXAMPLES_PER_REASON = 3
 
 
@@ -48,7 +48,8 @@ def scan(out: Output) -> tuple[dict, dict[str, np.ndarray]]:
     """One streaming pass over the manifest, in bounded memory whatever its size: (counts by status,
     by failure reason with example uids and messages, by source, by LVIS category; what the gallery
     picks from per row: ok, failed, Chamfer and a stable hash of the uid)."""
-    stats: dict = {"objects": 0, "status": Counter(), "reasons": {}, "categories": {}, "origins": {}}
+    stats: dict = {"objects": 0, "status": Counter(), "reasons": {}, "categories": {}, "origins": {},
+                   "captions": Counter()}  # fmt: skip
     keep: dict[str, list] = {"ok": [], "failed": [], "chamfer": [], "uid_hash": []}
     for batch in _batches(out, COUNTED):
         table = pa.Table.from_batches([batch])
@@ -68,12 +69,17 @@ def scan(out: Output) -> tuple[dict, dict[str, np.ndarray]]:
                         entry = stats[target].setdefault(name or "unknown", Counter({"objects": 0}))
                         entry["objects"] += n
                         entry[state] += n
+        if "n_captions" in table.column_names:  # ok objects with and without a caption (text-conditioned training)
+            ok_captions = pc.fill_null(table.column("n_captions").filter(pc.equal(status, "ok")), 0)
+            with_caption = pc.sum(pc.greater(ok_captions, 0)).as_py() or 0
+            stats["captions"].update({"with": with_caption, "without": len(ok_captions) - with_caption})
         keep["ok"].append(pc.equal(status, "ok").to_numpy(zero_copy_only=False))
         keep["failed"].append(pc.equal(status, "failed").to_numpy(zero_copy_only=False))
         chamfer = table.column("chamfer") if "chamfer" in table.column_names else pa.nulls(table.num_rows, pa.float64())
         keep["chamfer"].append(chamfer.to_numpy(zero_copy_only=False).astype(float))
         keep["uid_hash"].append(uid_hash(table.column("uid").to_pylist()))
     stats["status"] = dict(stats["status"].most_common())
+    stats["captions"] = dict(stats["captions"])
     for target in ("origins", "categories"):
         stats[target] = {k: {"objects": v["objects"], **{s: v[s] for s in STATUSES}} for k, v in stats[target].items()}
     empty = {"ok": bool, "failed": bool, "chamfer": float, "uid_hash": np.uint32}

@@ -112,11 +112,20 @@ def _card(row: dict, pics: dict | None) -> str:
     )
     detail = {"views": [_b64(v) for v in (pics or {}).get("views", [])], "cloud": _b64((pics or {}).get("cloud"))}
     label = _e(row["reason"]) if failed else (f"chamfer {row['chamfer']:.4f}" if row.get("chamfer") is not None else "")
+    caption = f'<div class="caption">{_e(row["caption"][:80])}</div>' if row.get("caption") else ""
     return (
         f'<div class="card{" failed" if failed else ""}" data-uid="{_e(row["uid"])}" data-row="{_e(json.dumps(row))}" '
         f'data-pics="{_e(json.dumps(detail))}">{picture}<div class="uid">{_e(row["uid"][:28])}</div>'
-        f'<div class="label">{label}</div></div>'
+        f'<div class="label">{label}</div>{caption}</div>'
     )
+
+
+def _captions_line(captions: dict) -> str:
+    """How many good objects have captions (text-conditioned training needs them); nothing without captions."""
+    if not captions.get("with"):
+        return ""
+    return (f'<p id="captions">{captions["with"]} ok objects have captions, <b>{captions["without"]} have none</b> '
+            "(source.captions, or craft pack captions=FILE).</p>")  # fmt: skip
 
 
 def _options(element_id: str, label: str, values) -> str:
@@ -173,7 +182,7 @@ def render(
     )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{_e(title)}</title><style>{STYLE}</style></head>
 <body><h1>{_e(title)}</h1>
-<p id="total">{stats["objects"]} objects in the manifest.</p>
+<p id="total">{stats["objects"]} objects in the manifest.</p>{_captions_line(stats.get("captions") or {})}
 <h2>By status</h2><table id="by-status"><tr><th>status</th><th>objects</th></tr>{status_rows}</table>
 <h2>Failures by reason</h2><table id="by-reason">
 <tr><th>reason</th><th>objects</th><th>examples</th></tr>{reason_rows}</table>

@@ -29,6 +29,7 @@ LISTING_SCHEMA = pa.schema(
         ("file_type", pa.string()),
         ("group", pa.string()),  # objects fetched together (a GitHub repository at a commit), else null
         ("annotations", pa.string()),  # JSON carried into meta.json, else null
+        ("captions", pa.string()),  # JSON list of captions (joined from source.captions by the listing), else null
     ]
 )
 
@@ -49,6 +50,7 @@ class ObjectRef:
     file_type: Optional[str] = None  # the file's format where the URL does not say (e.g. "stl")
     group: Optional[str] = None  # fetched with the other objects of its group (one clone)
     last_in_group: bool = False  # its group's clone can go once it is done
+    captions: tuple[str, ...] = ()  # from source.captions
 
     @classmethod
     def from_row(cls, row: dict, last_in_group: bool = False) -> "ObjectRef":
@@ -64,6 +66,7 @@ class ObjectRef:
             row.get("file_type"),
             row.get("group"),
             last_in_group,
+            tuple(json.loads(row["captions"])) if row.get("captions") else (),
         )
 
 
