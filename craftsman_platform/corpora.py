@@ -53,6 +53,20 @@ DEMO_MESHES = [
 ]
 
 
+# Captions of the demo's meshes (several for some: training draws one per step), for its text model.
+DEMO_CAPTIONS = {
+    "duck.obj": ["a yellow rubber duck", "a bath toy duck"],
+    "random_urdfs/000/000.obj": ["a cluster of blocky parts"],
+    "random_urdfs/123/123.obj": ["a jointed procedural object"],
+    "husky/meshes/wheel.stl": ["a rugged robot wheel", "a knobbly tire"],
+    "textured_sphere_smooth.obj": ["a smooth round ball"],
+    "a1/meshes/trunk.obj": ["the trunk of a robot dog"],
+    "OBJ/spider.obj": ["a spider", "an eight-legged spider"],
+    "glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb": ["a two-cylinder engine"],
+    "STL/sphereWithHole.stl": ["a sphere with a hole"],
+}
+
+
 def demo_meshes() -> list[Path]:
     roots = {"pybullet": pybullet_data_dir, "assimp": assimp_models_dir}
     return [roots[corpus]() / rel for corpus, rel in DEMO_MESHES]

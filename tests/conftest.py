@@ -67,7 +67,7 @@ def shared(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
 # ones go first, so no long test is left to run alone at the end. `make test` runs with
 # --dist loadgroup: tests go to whichever worker is free, one by one, except those sharing a
 # module-scoped fixture, which are grouped on one worker so the fixture is built once.
-PREBUILT_ORDER = {"tiny_shards": 1, "vae_run": 2, "diffusion_run": 3}
+PREBUILT_ORDER = {"tiny_shards": 1, "vae_run": 2, "diffusion_run": 3, "text_run": 4}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -154,25 +154,27 @@ def vae_run(tiny_shards, tmp_path_factory) -> Path:
     return shared(tmp_path_factory, "vae_run", build)
 
 
+def _short_diffusion(tmp_path_factory, name: str, experiment: str, tiny_shards: Path, vae_run: Path) -> Path:
+    from helpers import craft
+    from prebuild import short_diffusion
+
+    def build(folder: Path) -> Path:
+        craft("train", *short_diffusion(experiment, tiny_shards, vae_run), f"run_dir={folder / 'run'}")
+        return folder / "run"
+
+    return shared(tmp_path_factory, name, build)
+
+
 @pytest.fixture(scope="session")
 def diffusion_run(tiny_shards, vae_run, tmp_path_factory) -> Path:
     """experiment=diffusion_tiny, briefly, on the frozen vae_run."""
-    from helpers import craft, shard_glob
+    return _short_diffusion(tmp_path_factory, "diffusion_run", "diffusion_tiny", tiny_shards, vae_run)
 
-    def build(folder: Path) -> Path:
-        craft(
-            "train",
-            "experiment=diffusion_tiny",
-            f"data.train_shards={shard_glob(tiny_shards)}",
-            f"run_dir={folder / 'run'}",
-            f"model.vae_checkpoint={vae_run}",
-            "trainer.max_steps=40",
-            "trainer.ckpt_every=20",
-            "logger=none",
-        )
-        return folder / "run"
 
-    return shared(tmp_path_factory, "diffusion_run", build)
+@pytest.fixture(scope="session")
+def text_run(tiny_shards, vae_run, tmp_path_factory) -> Path:
+    """experiment=text_diffusion_tiny, briefly, on the frozen vae_run, from the archive's captions."""
+    return _short_diffusion(tmp_path_factory, "text_run", "text_diffusion_tiny", tiny_shards, vae_run)
 
 
 # Packs of the tiny archive (`craft pack`), shared by the pack and training tests
@@ -190,12 +192,18 @@ def vae_pack(tiny_shards, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def latents_pack(tiny_shards, vae_run, tmp_path_factory) -> Path:
-    """A latents pack encoded by vae_run, views at diffusion_tiny's 64 px (2 chunks: the 2 view sets)."""
+    """A latents pack encoded by vae_run, views at diffusion_tiny's 64 px (2 chunks: the 2 view sets);
+    the archive's captions, the duck's replaced by a captions file given at pack time."""
     from helpers import craft
 
     def build(folder: Path) -> Path:
+        # captions attached at pack time: the duck's from this file replace the archive's
+        from helpers import manifest_rows
+
+        duck = next(r["uid"] for r in manifest_rows(tiny_shards) if r["source"].endswith("/duck.obj"))
+        (folder / "captions.tsv").write_text(f"uid\tcaption\n{duck}\ta duck given at pack time\n")
         craft("pack", "kind=latents", f"source={tiny_shards}", f"vae_checkpoint={vae_run}", "image_size=64",
-              f"output_dir={folder / 'pack'}", "workers=2")  # fmt: skip
+              f"output_dir={folder / 'pack'}", "workers=2", f"captions={folder / 'captions.tsv'}")  # fmt: skip
         return folder / "pack"
 
     return shared(tmp_path_factory, "latents_pack", build)

@@ -49,7 +49,8 @@ def evaluate_checkpoint(
     (out / "meshes" / tag).mkdir(parents=True, exist_ok=True)
     (out / "renders" / tag).mkdir(parents=True, exist_ok=True)
     models = load_models(ckpt, cfg.ema, device, cached)
-    reader = ObjectReader(cfg.data.eval_shards, cfg.data.max_objects, views=True)
+    text = models.gen is not None and models.gen.text  # objects without a caption cannot be asked for
+    reader = ObjectReader(cfg.data.eval_shards, cfg.data.max_objects, views=True, captions=text)
     rows: list[dict] = []
     with tqdm(desc=f"evaluate {tag}", unit="obj", total=cfg.data.max_objects) as bar:
         for batch in reader.batches(cfg.batch_size):
@@ -60,7 +61,7 @@ def evaluate_checkpoint(
             f"data.eval_shards={cfg.data.eval_shards}: no readable object "
             f"({reader.skipped} unreadable shards or samples skipped)"
         )
-    keys = [k for k in rows[0] if k not in ("uid",)]
+    keys = [k for k in rows[0] if k not in ("uid", "prompt")]
     agg = {k: float(np.nanmean([r[k] for r in rows])) for k in keys if k != "faces"}
     result = {
         "checkpoint": str(ckpt),
@@ -69,13 +70,14 @@ def evaluate_checkpoint(
         "weights": models.weights,
         "objects": len(rows),
         "skipped": reader.skipped,
+        "without_caption": reader.uncaptioned,  # text checkpoints: objects left out (no prompt to give)
         "device": str(device),
         "metrics": agg,
         "evaluated_at": time.time(),
         "output_root": str(out),
     }
     with open(out / "objects.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "uid", *keys])
+        writer = csv.DictWriter(f, fieldnames=["step", "uid", *(["prompt"] if text else []), *keys])
         writer.writeheader()
         writer.writerows({"step": step, **r} for r in rows)
     (out / "metrics.json").write_text(json.dumps(result, indent=1))

@@ -10,9 +10,11 @@ from typing import Iterator, Optional
 import numpy as np
 import webdataset as wds
 
+from craftsman_platform.shapedata.captions import decode_captions
 from craftsman_platform.shapedata.pack import open_pack, pack_root
 from craftsman_platform.shapedata.sample import (
     CAMERAS,
+    CAPTIONS,
     NEAR,
     SURFACE,
     VOL,
@@ -30,7 +32,7 @@ REQUIRED = (SURFACE, VOL, NEAR)
 class ObjectReader:
     """Iterates a shard glob's samples in order; `skipped` counts what could not be read."""
 
-    def __init__(self, shards: str, max_objects: Optional[int] = None, views: bool = False):
+    def __init__(self, shards: str, max_objects: Optional[int] = None, views: bool = False, captions: bool = False):
         root = pack_root(shards)
         self.keep: set[str] | None = None  # a pack: its objects, read whole from the archive it came from
         if root is None:
@@ -39,8 +41,9 @@ class ObjectReader:
             pack = open_pack(root)
             self.urls, self.keep = pack.archive_urls(), pack.uids()
             log.info("%s is a %s pack: scoring its %d objects on the archive's shards", root, pack.kind, len(self.keep))
-        self.max_objects, self.views = max_objects, views
+        self.max_objects, self.views, self.captions = max_objects, views, captions
         self.skipped = 0
+        self.uncaptioned = 0  # objects without captions, left out when `captions` (a text checkpoint's evaluation)
 
     def _skip(self, exn: Exception) -> bool:
         self.skipped += 1
@@ -64,6 +67,9 @@ class ObjectReader:
             if self.max_objects is not None and count >= self.max_objects:
                 return
             if self.keep is not None and raw.get("__key__") not in self.keep:
+                continue
+            if self.captions and not decode_captions(raw.get(CAPTIONS)):
+                self.uncaptioned += 1
                 continue
             try:
                 sample = self._check(raw)

@@ -100,14 +100,15 @@ def write_report(out: Path, history: list[dict], latest: dict) -> Path:
     body = "".join(
         "<tr>"
         + f'<td class="uid">{html.escape(r["uid"])}</td>'
-        + "".join(f'<td data-value="{r[c]}">{_fmt(r[c])}</td>' for c in cols)
+        + "".join(f'<td data-value="{html.escape(str(r[c]))}">{_fmt(r[c])}</td>' for c in cols)
         + "</tr>"
         for r in rows
     )
     tag = f"step-{latest['step']:07d}"
     gallery = "".join(
         f'<h3 id="render-{html.escape(r["uid"])}">{html.escape(r["uid"])}</h3>'
-        f"{_image(out / 'renders' / tag / (r['uid'] + '.png'))}"
+        + (f'<p class="prompt">prompt: &ldquo;{html.escape(r["prompt"])}&rdquo;</p>' if r.get("prompt") else "")
+        + f"{_image(out / 'renders' / tag / (r['uid'] + '.png'))}"
         for r in rows
     )
     summary = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in latest["metrics"].items())

@@ -1,7 +1,8 @@
 """Scoring one checkpoint: several held-out objects per forward pass, on the evaluation's device.
 
 VAE checkpoints: each object is encoded (posterior mean) and decoded; diffusion checkpoints: a mesh
-is generated from the object's 4 canonical views. The prediction is scored against the object's
+is generated from the object's 4 canonical views, or (text checkpoints) from its first caption.
+The prediction is scored against the object's
 stored ground truth and rendered from the shard's own cameras beside the shard's views.
 """
 
@@ -30,7 +31,8 @@ from craftsman_platform.inference.runtime import autocast
 from craftsman_platform.models.checkpoints import load_vae, read_meta
 from craftsman_platform.models.extraction import export_mesh
 from craftsman_platform.models.shape_vae import ShapeVAE
-from craftsman_platform.shapedata.sample import read_cameras
+from craftsman_platform.shapedata.captions import decode_captions
+from craftsman_platform.shapedata.sample import CAPTIONS, read_cameras
 from craftsman_platform.shapedata.views import SET_SIZE, shard_views
 
 
@@ -76,10 +78,18 @@ def predict_latents(models: Models, samples: list[dict], cfg, device: torch.devi
         points = torch.cat([encoder_input(s, models.vae.cfg.num_inputs, cfg.seed) for s in samples]).to(device)
         with autocast(device):
             return models.vae.encode(points, sample=False)
+    if models.gen.text:  # the object's caption: the first of its captions
+        context = models.gen.condition_text([prompt_of(s) for s in samples])
+        return models.gen.sample(context, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed)
     views = [canonical_views(s, models.gen.image_size) for s in samples]
     images = torch.from_numpy(np.stack([v[0] for v in views]))
     c2w = torch.from_numpy(np.stack([v[1] for v in views]))
     return models.gen.latents(images, c2w, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed)
+
+
+def prompt_of(sample: dict) -> str:
+    """A held-out object's prompt for a text checkpoint: its first caption."""
+    return decode_captions(sample.get(CAPTIONS))[0]
 
 
 def canonical_views(sample: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +106,8 @@ def score_batch(models: Models, samples: list[dict], cfg, device: torch.device, 
     for i, (sample, (mesh, _)) in enumerate(zip(samples, meshes)):
         t0 = time.perf_counter()
         uid = sample["__key__"]
-        row = {"uid": uid, **field_iou(models.vae, tokens[i : i + 1], sample)}
+        row = {"uid": uid, **({"prompt": prompt_of(sample)} if models.gen is not None and models.gen.text else {})}
+        row.update(field_iou(models.vae, tokens[i : i + 1], sample))
         if len(mesh.faces):
             gt = sample["surface"]
             row.update(

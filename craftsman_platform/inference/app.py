@@ -1,4 +1,5 @@
-"""`craft app checkpoint=PATH`: a Gradio app, images in, mesh out (3D viewer + download).
+"""`craft app checkpoint=PATH`: a Gradio app, images in (or a prompt, for a text-conditioned
+checkpoint), mesh out (3D viewer + download).
 
 Bound to 127.0.0.1 unless `host=` says otherwise; no public share link unless `share=true`.
 """
@@ -41,41 +42,53 @@ def build_app(cfg: AppConfig):
     out_root = Path(cfg.output_dir or tempfile.mkdtemp(prefix="craft-app-"))
     d = gen.cfg.diffusion
 
-    def run(front, right, back, left, guidance, steps, seed, depth, sampler):
-        if front is None:
-            raise gr.Error("A front view is needed.")
-        folder = out_root / f"seed{int(seed)}-{len(list(out_root.glob('*')))}"
-        paths = save_uploads(folder, (front, right, back, left))
-        cfg_gen = GenerateConfig(
-            checkpoint=cfg.checkpoint,
-            images=[paths["front"]],
-            right_view=paths.get("right"),
-            back_view=paths.get("back"),
-            left_view=paths.get("left"),
-            output_dir=str(folder),
-            guidance=float(guidance),
-            steps=int(steps),
-            seed=int(seed),
-            depth=int(depth),
-            sampler=sampler,
-        )
-        result = generate(cfg_gen, gen)
+    def settings(guidance, steps, seed, depth, sampler) -> dict:
+        return {"guidance": float(guidance), "steps": int(steps), "seed": int(seed), "depth": int(depth),
+                "sampler": sampler}  # fmt: skip
+
+    def answer(result: dict, source: str):
         glb = result["files"][0]
         stages = ", ".join(f"{k} {v:.2f} s" for k, v in result["stages_s"].items())
         info = (
-            f"{result['faces']:,} faces from {', '.join(result['views_given'])} in {result['total_s']:.2f} s "
-            f"on {result['device']} ({stages}; checkpoint step {result['checkpoint_step']}, "
-            f"{result['weights']} weights)"
+            f"{result['faces']:,} faces from {source} in {result['total_s']:.2f} s on {result['device']} "
+            f"({stages}; checkpoint step {result['checkpoint_step']}, {result['weights']} weights)"
         )
         return glb, [glb, result["files"][1]], info
 
-    with gr.Blocks(title="CraftsMan platform: images to mesh") as app:
-        gr.Markdown(
-            "## Images to mesh\nFront view required; right, back and left optional (RGBA images keep their "
-            "alpha; others go through background removal when it is available)."
-        )
-        with gr.Row():
-            views = [gr.Image(label=name, type="pil", image_mode="RGBA", elem_id=f"view-{name}") for name in VIEW_NAMES]
+    def folder_for(seed) -> Path:
+        return out_root / f"seed{int(seed)}-{len(list(out_root.glob('*')))}"
+
+    def run_views(front, right, back, left, *knobs):
+        if front is None:
+            raise gr.Error("A front view is needed.")
+        folder = folder_for(knobs[2])
+        paths = save_uploads(folder, (front, right, back, left))
+        cfg_gen = GenerateConfig(checkpoint=cfg.checkpoint, images=[paths["front"]], right_view=paths.get("right"),
+                                 back_view=paths.get("back"), left_view=paths.get("left"), output_dir=str(folder),
+                                 **settings(*knobs))  # fmt: skip
+        result = generate(cfg_gen, gen)
+        return answer(result, ", ".join(result["views_given"]))
+
+    def run_prompt(prompt, *knobs):
+        if not (prompt or "").strip():
+            raise gr.Error("A prompt is needed.")
+        folder = folder_for(knobs[2])
+        cfg_gen = GenerateConfig(checkpoint=cfg.checkpoint, prompt=prompt, output_dir=str(folder), **settings(*knobs))
+        return answer(generate(cfg_gen, gen), f"\u201c{prompt.strip()}\u201d")
+
+    what = "a prompt" if gen.text else "images"
+    with gr.Blocks(title=f"CraftsMan platform: {what} to mesh") as app:
+        if gen.text:
+            gr.Markdown("## Text to mesh\nA text-conditioned checkpoint: describe the object.")
+            inputs = [gr.Textbox(label="prompt", placeholder="a wooden chair", elem_id="prompt")]
+        else:
+            gr.Markdown(
+                "## Images to mesh\nFront view required; right, back and left optional (RGBA images keep their "
+                "alpha; others go through background removal when it is available)."
+            )
+            with gr.Row():
+                inputs = [gr.Image(label=name, type="pil", image_mode="RGBA", elem_id=f"view-{name}")
+                          for name in VIEW_NAMES]  # fmt: skip
         with gr.Row():
             guidance = gr.Slider(1.0, 15.0, value=d.guidance_scale, step=0.5, label="guidance scale")
             steps = gr.Slider(5, 100, value=d.sampling_steps, step=1, label="sampling steps")
@@ -86,7 +99,8 @@ def build_app(cfg: AppConfig):
         viewer = gr.Model3D(label="mesh", elem_id="mesh-viewer")
         files = gr.File(label="download (GLB, OBJ)", file_count="multiple", elem_id="mesh-files")
         info = gr.Markdown(elem_id="info")
-        button.click(run, [*views, guidance, steps, seed, depth, sampler], [viewer, files, info])
+        button.click(run_prompt if gen.text else run_views, [*inputs, guidance, steps, seed, depth, sampler],
+                     [viewer, files, info])  # fmt: skip
     return app
 
 

@@ -14,6 +14,8 @@ from craftsman_platform.models.extraction import DEFAULT_DEPTH
 class GenerateConfig:
     checkpoint: str = MISSING  # a diffusion run dir or checkpoint dir
     images: list[str] = field(default_factory=list)
+    prompt: Optional[str] = None  # text checkpoints: one prompt (one mesh)
+    prompts: Optional[str] = None  # text checkpoints: a file of prompts, one a line (a mesh each: NAME_000, ...)
     right_view: Optional[str] = None
     back_view: Optional[str] = None
     left_view: Optional[str] = None

@@ -2,7 +2,9 @@
 
 Also `images=[folder]`, or `images=[front.png]` plus optional `right_view=... back_view=... left_view=...`;
 views still missing come from a multi-view front end (`frontend=...`) or get the null condition.
-Writes DIR/NAME.glb and DIR/NAME.obj and prints where.
+A text-conditioned checkpoint takes `prompt="a wooden chair"`, or `prompts=FILE` (one a line: a
+mesh each, NAME_000, NAME_001, ..., made together). Writes DIR/NAME.glb and DIR/NAME.obj (and
+DIR/NAME.json: what was made, how fast) and prints where.
 """
 
 from __future__ import annotations
@@ -49,8 +51,29 @@ def load_views(cfg: GenerateConfig, size: int) -> tuple[np.ndarray, np.ndarray]:
     return arrays, np.array([v in imgs for v in VIEW_NAMES])
 
 
+def load_prompts(cfg: GenerateConfig) -> list[str]:
+    """The prompts of a text checkpoint: `prompt`, or the non-empty lines of `prompts`."""
+    if cfg.images:
+        raise ConfigError(f"{cfg.checkpoint} is a text-conditioned checkpoint: give prompt= or prompts=, not images=")
+    if cfg.prompt is not None and cfg.prompts:
+        raise ConfigError("prompt= and prompts= both given: one prompt, or a file of them")
+    if cfg.prompts:
+        try:
+            prompts = [line.strip() for line in Path(cfg.prompts).read_text(encoding="utf-8").splitlines()]
+        except OSError as err:
+            raise ConfigError(f"prompts={cfg.prompts}: {err.strerror}") from None
+        prompts = [p for p in prompts if p]
+        if not prompts:
+            raise ConfigError(f"prompts={cfg.prompts} holds no prompt")
+        return prompts
+    if not (cfg.prompt or "").strip():
+        raise ConfigError(f'{cfg.checkpoint} is a text-conditioned checkpoint: give prompt="..." or prompts=FILE')
+    return [cfg.prompt.strip()]
+
+
 def generate(cfg: GenerateConfig, generator: Generator | None = None) -> dict:
-    """Views -> GLB + OBJ; returns what was written and the seconds per stage."""
+    """Views (or prompts, for a text checkpoint) -> GLB + OBJ per mesh; returns what was written and
+    the seconds per stage."""
     if not 1 <= cfg.depth <= MAX_DEPTH:
         raise ConfigError(f"depth must be in [1, {MAX_DEPTH}], got {cfg.depth}")
     start = time.perf_counter()
@@ -63,28 +86,43 @@ def generate(cfg: GenerateConfig, generator: Generator | None = None) -> dict:
         load_s = 0.0
     gen = generator
     timer = StageTimer(gen.device)
-    images, mask = load_views(cfg, gen.image_size)
-    with timer("condition"):
-        context = gen.condition(
-            torch.from_numpy(images)[None], torch.from_numpy(canonical_c2w())[None], torch.from_numpy(mask)[None]
-        )
+    if gen.text:
+        prompts = load_prompts(cfg)
+        names = [cfg.name] if cfg.prompts is None else [f"{cfg.name}_{i:03d}" for i in range(len(prompts))]
+        with timer("condition"):
+            context = gen.condition_text(prompts)
+        given = []
+    else:
+        if cfg.prompt is not None or cfg.prompts:
+            raise ConfigError(f"{cfg.checkpoint} is an image-conditioned checkpoint: give images=, not a prompt")
+        prompts, names = [None], [cfg.name]
+        images, mask = load_views(cfg, gen.image_size)
+        with timer("condition"):
+            context = gen.condition(
+                torch.from_numpy(images)[None], torch.from_numpy(canonical_c2w())[None], torch.from_numpy(mask)[None]
+            )
+        given = [v for v, m in zip(VIEW_NAMES, mask) if m]
     with timer("sampling"):
         latents = gen.sample(context, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed)
     with timer("decode + extraction"):
-        ((mesh, stats),) = gen.meshes(latents, cfg.depth)
+        extracted = gen.meshes(latents, cfg.depth)
+    out, made = Path(cfg.output_dir), []
     with timer("export"):
-        mesh = remove_small_components(mesh, cfg.min_component_ratio)
-        out = Path(cfg.output_dir)
-        files = [str(export_mesh(mesh, out / f"{cfg.name}{ext}")) for ext in (".glb", ".obj")]
+        for name, prompt, (mesh, stats) in zip(names, prompts, extracted):
+            mesh = remove_small_components(mesh, cfg.min_component_ratio)
+            files = [str(export_mesh(mesh, out / f"{name}{ext}")) for ext in (".glb", ".obj")]
+            made.append({"name": name, "prompt": prompt, "files": files, "faces": len(mesh.faces),
+                         "queries": stats.queries})  # fmt: skip
     result = {
-        "files": files,
-        "faces": len(mesh.faces),
-        "views_given": [v for v, m in zip(VIEW_NAMES, mask) if m],
+        "files": [f for m in made for f in m["files"]],
+        "faces": sum(m["faces"] for m in made),
+        "meshes": made,
+        "views_given": given,
         "checkpoint_step": gen.step,
         "weights": gen.weights,
         "device": str(gen.device),
         "depth": cfg.depth,
-        "queries": stats.queries,
+        "queries": sum(m["queries"] for m in made),
         "stages_s": timer.seconds,
         "load_s": load_s,
         "total_s": sum(timer.seconds.values()),
@@ -98,8 +136,9 @@ def main(dcfg: DictConfig) -> None:
     cfg: GenerateConfig = OmegaConf.to_object(dcfg)
     result = generate(cfg)
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in result["stages_s"].items())
+    source = f"views {result['views_given']}" if result["views_given"] else f"{len(result['meshes'])} prompt(s)"
     print(
-        f"generate: {result['faces']:,} faces from views {result['views_given']} on {result['device']} in "
+        f"generate: {result['faces']:,} faces from {source} on {result['device']} in "
         f"{result['total_s']:.2f} s ({stages}; model load {result['load_s']:.1f} s apart)"
     )
     print("wrote " + "  ".join(result["files"]))

@@ -53,6 +53,11 @@ class Generator:
         return cls(model, vae, model_config(meta), meta["step"], which, device)
 
     @property
+    def text(self) -> bool:
+        """A text-conditioned checkpoint (prompts in), else an image one (views in)."""
+        return self.cfg.conditioner.kind == "text"
+
+    @property
     def image_size(self) -> int:
         return self.model.conditioner.image_size
 
@@ -74,6 +79,13 @@ class Generator:
             cond["view_mask"] = view_mask.to(self.device)
         with autocast(self.device):
             return self.model.encode_condition(cond)
+
+    @torch.no_grad()
+    def condition_text(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> context (CLIP text tokens; "" is the unconditional prompt)."""
+        ids = self.model.conditioner.tokenize(list(prompts)).to(self.device)
+        with autocast(self.device):
+            return self.model.encode_condition({"input_ids": ids})
 
     @torch.no_grad()
     def sample(

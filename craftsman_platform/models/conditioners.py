@@ -262,7 +262,7 @@ class TextEncoder(nn.Module):
                     attn_implementation="sdpa",
                 )
             )
-        self.tokenizer = text_tokenizer(cfg)
+        self._tokenizer = None  # loaded on first use (a parameter count on the meta device needs none)
         self.clip.requires_grad_(False).eval()
         self.hidden_size = self.clip.config.hidden_size
         self.max_length = self.clip.config.max_position_embeddings
@@ -271,6 +271,12 @@ class TextEncoder(nn.Module):
         super().train(mode)
         self.clip.eval()
         return self
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = text_tokenizer(self.cfg)
+        return self._tokenizer
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         if self.tokenizer is None:

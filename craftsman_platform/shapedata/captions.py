@@ -13,7 +13,7 @@ parquet; several rows may name one uid. A header names its columns: the uid colu
 from __future__ import annotations
 
 import csv
-import io
+import itertools
 import json
 from typing import Iterator
 
@@ -60,14 +60,15 @@ def _pick(url: str, names: list[str], wanted: tuple[str, ...], what: str) -> str
 
 
 def _delimited(url: str, fh) -> Iterator[pa.RecordBatch]:
-    text = io.TextIOWrapper(fh, encoding="utf-8-sig", newline="")
-    first = text.readline()
+    lines = _lines(url, fh)
+    first = next(lines, "")
     delimiter = "\t" if url.lower().endswith(".tsv") or ("\t" in first and "," not in first.split("\t")[0]) else ","
-    rows = csv.reader(_lines(url, first, text), delimiter=delimiter)
+    rows = csv.reader(itertools.chain([first], lines), delimiter=delimiter)
     columns, uids, captions = (0, 1), [], []
-    for line, row in enumerate(rows, 1):
-        if line == 1 and row and row[0].strip().lower() in UID_NAMES:  # a header
-            lowered = [c.strip().lower() for c in row]
+    for row in rows:
+        line = rows.line_num  # the file's line (a quoted caption may span several)
+        lowered = [c.strip().lower() for c in row]
+        if line == 1 and set(lowered) & set(UID_NAMES) and set(lowered) & set(CAPTION_NAMES):  # a header
             columns = (_index(url, lowered, UID_NAMES, "uid"), _index(url, lowered, CAPTION_NAMES, "caption"))
             continue
         if not row or not any(cell.strip() for cell in row):
@@ -86,19 +87,13 @@ def _delimited(url: str, fh) -> Iterator[pa.RecordBatch]:
         yield pa.RecordBatch.from_arrays([pa.array(uids), pa.array(captions)], schema=SCHEMA)
 
 
-def _lines(url: str, first: str, rest) -> Iterator[str]:
-    """The file's lines; a byte that is not UTF-8 is an error naming its line."""
-    yield first
-    line = 1
-    while True:
-        line += 1
+def _lines(url: str, fh) -> Iterator[str]:
+    """The file's lines as text; a line that is not UTF-8 is an error naming it."""
+    for line, raw in enumerate(fh, 1):
         try:
-            text = rest.readline()
+            yield raw.decode("utf-8-sig" if line == 1 else "utf-8")
         except UnicodeDecodeError as err:
             raise ConfigError(f"{url}:{line}: not UTF-8 text ({err.reason})") from None
-        if not text:
-            return
-        yield text
 
 
 def _index(url: str, header: list[str], wanted: tuple[str, ...], what: str) -> int:
@@ -109,13 +104,16 @@ def _index(url: str, header: list[str], wanted: tuple[str, ...], what: str) -> i
 
 
 def from_metadata(annotations: dict | None) -> list[str]:
-    """A caption from a source's own metadata, the weak fallback: its name, then up to five tags."""
+    """Captions from a source's own metadata, the weak fallback: its name with up to five tags, and
+    its description's first sentence (at most 200 characters), where it has them."""
     notes = annotations or {}
     name = str(notes.get("name") or notes.get("title") or "").replace("_", " ").strip()
     tags = [str(t).replace("_", " ") for t in notes.get("tags") or [] if t][:5]
-    if not name and not tags:
-        return []
-    return [", ".join([name, *tags]) if name else ", ".join(tags)]
+    found = [", ".join(part for part in [name, *tags] if part)] if name or tags else []
+    description = " ".join(str(notes.get("description") or "").split())
+    if description:
+        found.append(description.split(". ")[0][:200])
+    return found
 
 
 def encode_captions(captions: list[str]) -> bytes:

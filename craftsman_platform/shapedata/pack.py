@@ -17,7 +17,7 @@ Sample members of a pack shard:
             parse: the loader's cost per sample is mostly per member); sizes in pack.json's recipe
   latents:  mean.npy, logvar.npy (num_latents, embed_dim): the VAE posterior of one surface chunk;
             rgb_000.png .. rgb_003.png: one 4-view set already through shapedata/views.py
-            (RGB, size x size); cameras.json: their c2w
+            (RGB, size x size); cameras.json: their c2w; captions.json: the object's captions (if any)
 """
 
 from __future__ import annotations
@@ -31,14 +31,15 @@ import numpy as np
 from PIL import Image
 
 from craftsman_platform.errors import ConfigError, MissingInput
-from craftsman_platform.shapedata.sample import npy_bytes, read_npy, view_member
+from craftsman_platform.shapedata.captions import decode_captions, encode_captions
+from craftsman_platform.shapedata.sample import CAPTIONS, npy_bytes, read_npy, view_member
 
 PACK_FILE = "pack.json"
 PACK_VERSION = 1
 KINDS = ("vae", "latents")
 MEAN, LOGVAR, POINTS = "mean.npy", "logvar.npy", "points.npy"
 POINT_LAYOUT = (("surface", 6), ("vol", 4), ("near", 4))  # a vae sample's arrays, in points.npy order
-LATENT_MEMBERS = (MEAN, LOGVAR, "cameras.json")
+LATENT_MEMBERS = (MEAN, LOGVAR, "cameras.json", CAPTIONS)
 
 
 def pack_shard_index(part: int, chunk: int, chunks: int) -> int:
@@ -74,14 +75,19 @@ def decode_vae_sample(raw: dict, recipe: dict) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 
 
-def encode_latent_sample(mean: np.ndarray, logvar: np.ndarray, images: np.ndarray, c2w: np.ndarray, dtype: str):
-    """Members of one latents sample: posterior (in `dtype`), views (uint8 (V, 3, S, S)) as RGB PNGs."""
+def encode_latent_sample(
+    mean: np.ndarray, logvar: np.ndarray, images: np.ndarray, c2w: np.ndarray, dtype: str, captions: list[str] = ()
+):
+    """Members of one latents sample: posterior (in `dtype`), views (uint8 (V, 3, S, S)) as RGB PNGs,
+    the object's captions (when it has some)."""
     members = {MEAN: npy_bytes(mean.astype(dtype)), LOGVAR: npy_bytes(logvar.astype(dtype))}
     for i, img in enumerate(images):
         buf = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0))).save(buf, format="PNG", compress_level=6)
         members[view_member(i)] = buf.getvalue()
     members["cameras.json"] = json.dumps({"c2w": np.asarray(c2w).tolist()}).encode()
+    if captions:
+        members[CAPTIONS] = encode_captions(captions)
     return members
 
 
@@ -90,11 +96,12 @@ def _rgb(png: bytes) -> np.ndarray:
 
 
 def decode_latent_sample(raw: dict, views: int) -> dict:
-    """A latents sample's raw members -> float32 mean/logvar, uint8 images (views, 3, S, S), c2w."""
-    c2w = np.asarray(json.loads(raw["cameras.json"])["c2w"], dtype=np.float32)
+    """A latents sample's raw members -> float32 mean/logvar, uint8 images (views, 3, S, S) and c2w
+    (none when views=0: a text-conditioned run reads no views), captions."""
+    c2w = np.asarray(json.loads(raw["cameras.json"])["c2w"], dtype=np.float32) if views else np.zeros((0, 4, 4))
     if len(c2w) < views:
         raise ValueError(f"{raw.get('__key__')}: {len(c2w)} views stored, {views} wanted")
-    images = np.stack([_rgb(raw[view_member(i)]) for i in range(views)])
+    images = np.stack([_rgb(raw[view_member(i)]) for i in range(views)]) if views else np.zeros((0, 3, 1, 1))
     mean, logvar = read_npy(raw[MEAN]).astype(np.float32), read_npy(raw[LOGVAR]).astype(np.float32)
     if not (np.isfinite(mean).all() and np.isfinite(logvar).all()):
         raise ValueError(f"{raw.get('__key__')}: non-finite values in the stored posterior")
@@ -103,6 +110,7 @@ def decode_latent_sample(raw: dict, views: int) -> dict:
         "logvar": logvar,
         "images": images,
         "c2w": c2w[:views],
+        "captions": decode_captions(raw.get(CAPTIONS)),
     }
 
 

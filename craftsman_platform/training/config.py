@@ -28,6 +28,7 @@ class DataConfig:
     num_vol: int = 1024  # volume queries
     num_near: int = 1024  # near-surface queries
     rotation_augment: bool = False  # one random rotation per sample for points and cameras together
+    condition: str = "image"  # diffusion: what conditions it: image (views + cameras) or text (captions.json)
     views: int = 4  # condition views per sample (diffusion)
     view_set: str = "random"  # random: one of the rendered 4-view sets; canonical: the first
     image_size: int = 224

@@ -22,33 +22,22 @@ from typing import Iterator
 import numpy as np
 import torch
 import webdataset as wds
-from scipy.spatial.transform import Rotation
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from craftsman_platform.errors import ConfigError
 from craftsman_platform.shapedata.pack import (
-    LATENT_MEMBERS,
-    POINTS,
     Pack,
-    decode_latent_sample,
-    decode_vae_sample,
     open_pack,
     pack_root,
 )
 from craftsman_platform.shapedata.sample import (
-    CAMERAS,
-    NEAR,
-    SURFACE,
-    VOL,
     expand_urls,
-    is_view_member,
     open_shards,
-    read_npy,
 )
-from craftsman_platform.shapedata.views import SET_SIZE, shard_views, view_sets
 from craftsman_platform.training import stop
 from craftsman_platform.training.config import DataConfig
 from craftsman_platform.training.damage import Damage, Tracker
+from craftsman_platform.training.decode import collate, decode_sample, member_filter
 
 
 @dataclass
@@ -68,6 +57,11 @@ class TrainingData:
         self.sample_kind = "archive" if self.pack is None else self.pack.kind
         if self.pack is not None:
             _check_pack(self.pack, spec, cfg, task_kind)
+        if cfg.condition == "text" and self.pack is not None and not self.pack.info.get("captioned"):
+            raise ConfigError(
+                f"data.train_shards={spec}: the pack holds no captions (data.condition=text): pack with "
+                "captions=FILE, or from an archive made with source.captions"
+            )
         canonical = self.sample_kind == "latents" and cfg.view_set == "canonical"
         self._canonical_sets = self.pack.recipe["view_sets"] if canonical else None
 
@@ -108,6 +102,8 @@ def _check_pack(pack: Pack, spec: str, cfg: DataConfig, task_kind: str) -> None:
                     f"repack with {key}={getattr(cfg, key)} or lower data.{key}"
                 )
         return
+    if cfg.condition == "text":
+        return  # the pack's views are not read
     if cfg.image_size != recipe["image_size"]:
         raise ConfigError(f"data.image_size={cfg.image_size} but the pack's views are {recipe['image_size']} px")
     if cfg.views > recipe["views_per_set"]:
@@ -116,85 +112,8 @@ def _check_pack(pack: Pack, spec: str, cfg: DataConfig, task_kind: str) -> None:
         raise ConfigError("data.rotation_augment=true cannot rotate pre-encoded latents: train from the archive")
 
 
-def member_filter(kind: str):
-    """Tar members a task reads: others (normal and depth maps, sharp points, meta) are skipped while
-    streaming, so they never reach the shuffle buffer. `kind`: vae or diffusion on an archive,
-    vae_pack or latents on a pack."""
-    wanted = {SURFACE, VOL, NEAR} | ({CAMERAS} if kind == "diffusion" else set())
-    if kind in ("latents", "vae_pack"):
-        wanted = set(LATENT_MEMBERS) if kind == "latents" else {POINTS}
-
-    def select(name: str) -> bool:
-        member = name.rsplit("/", 1)[-1].split(".", 1)[-1]
-        return member in wanted or (kind in ("diffusion", "latents") and is_view_member(member))
-
-    return select
-
-
 def _rng_seed(*parts: int) -> int:
     return zlib.crc32(json.dumps(parts).encode())
-
-
-# ----------------------------------------------------------------------------------------------
-# Decoding one sample
-# ----------------------------------------------------------------------------------------------
-def _subset(arr: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    if len(arr) == 0:
-        raise ValueError("empty point array")
-    if len(arr) == n:  # a pack's chunk: already a random slice of the step's size
-        out = arr.astype(np.float32)
-    else:
-        out = arr[rng.choice(len(arr), n, replace=len(arr) < n)].astype(np.float32)
-    if not np.isfinite(out.sum()):  # a damaged member can still parse as an array: skip, count it (one pass)
-        raise ValueError("non-finite values in a point array")
-    return out
-
-
-def _rotate(points: np.ndarray, rot: np.ndarray, with_normals: bool) -> np.ndarray:
-    out = points.copy()
-    out[:, :3] = points[:, :3] @ rot.T
-    if with_normals:
-        out[:, 3:6] = points[:, 3:6] @ rot.T
-    return out
-
-
-def decode_sample(raw: dict, cfg: DataConfig, kind: str, rng: np.random.Generator, recipe: dict | None = None) -> dict:
-    """Raw tar members -> subsampled float32 arrays (+ uint8 views and c2w for diffusion); a vae pack's
-    sample the same way (its arrays sized by the pack's `recipe`); a latents pack's sample -> its
-    posterior, views and cameras."""
-    if kind == "latents":
-        return {"uid": raw["__key__"], **decode_latent_sample(raw, cfg.views)}
-    if kind == "vae_pack":
-        arrays = decode_vae_sample(raw, recipe)
-    else:
-        arrays = {name: read_npy(raw[member]) for name, member in (("surface", SURFACE), ("vol", VOL), ("near", NEAR))}
-    surface = _subset(arrays["surface"], cfg.num_surface, rng)
-    vol = _subset(arrays["vol"], cfg.num_vol, rng)
-    near = _subset(arrays["near"], cfg.num_near, rng)
-    rot = Rotation.random(random_state=rng).as_matrix().astype(np.float32) if cfg.rotation_augment else None
-    if rot is not None:
-        surface, vol, near = _rotate(surface, rot, True), _rotate(vol, rot, False), _rotate(near, rot, False)
-    out = {"uid": raw["__key__"], "surface": surface, "vol": vol, "near": near}
-    if kind == "diffusion":
-        n_sets = view_sets(raw)
-        if n_sets == 0:
-            raise ValueError("no complete 4-view set in cameras.json")
-        first = SET_SIZE * (int(rng.integers(n_sets)) if cfg.view_set == "random" else 0)
-        images, c2w = shard_views(raw, range(first, first + cfg.views), cfg.image_size)
-        if rot is not None:  # the cameras turn with the object: the images stay valid
-            rot4 = np.eye(4, dtype=np.float32)
-            rot4[:3, :3] = rot
-            c2w = rot4 @ c2w
-        out["images"], out["c2w"] = images, c2w
-    return out
-
-
-def collate(samples: list[dict]) -> dict:
-    batch = {"uid": [s["uid"] for s in samples]}
-    for key in samples[0]:
-        if key != "uid":
-            batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
-    return batch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,7 +173,7 @@ class ShardStream(IterableDataset):
         files = wds.tariterators.tar_file_expander(
             open_shards(tracker.sources(self._shards(worker, workers)), tracker.on_unopened),
             handler=tracker.on_read_error,
-            select_files=member_filter(self.kind),
+            select_files=member_filter(self.kind, self.cfg.condition == "text"),
         )
         raw = wds.tariterators.group_by_keys(tracker.members(files), handler=tracker.on_read_error)
         raw = wds.filters._shuffle(raw, self.cfg.shuffle_buffer, min(self.cfg.shuffle_buffer, 32), random.Random(seed))

@@ -73,9 +73,15 @@ class DiffusionTask:
             # frozen, and only encodes: bf16 weights when training in bf16 (the model casts its inputs)
             dtype = torch.bfloat16 if cfg.trainer.precision == "bf16" else torch.float32
             self.vae.requires_grad_(False).eval().to(device, dtype)
+        self.text = cfg.model.conditioner.kind == "text"
+        if self.text != (cfg.data.condition == "text"):
+            raise ConfigError(
+                f"model.conditioner.kind={cfg.model.conditioner.kind} but data.condition={cfg.data.condition}: "
+                "a text conditioner trains on captions (data.condition=text), an image one on views (image)"
+            )
         self.model = build_diffusion(cfg.model)
         size = getattr(self.model.conditioner, "image_size", cfg.data.image_size)
-        if size != cfg.data.image_size:
+        if size != cfg.data.image_size and not self.text:
             raise ConfigError(f"data.image_size={cfg.data.image_size} but the conditioner takes {size} px views")
         # a frozen pretrained CLIP is reloaded from model.conditioner.pretrained, not copied into every
         # checkpoint; its trained parts (the ModLN modulation) are
@@ -107,7 +113,10 @@ class DiffusionTask:
     def loss(self, engine, batch: dict) -> tuple[torch.Tensor, dict]:
         b = _to(batch, self.device)
         gen = _generator(batch, self.device)
-        cond = {"images": b["images"], "c2w": b["c2w"]}  # uint8 views: the conditioner scales them
+        if self.text:  # one of each object's captions, drawn by the loader; CFG drops to the empty prompt
+            cond = {"input_ids": self.model.conditioner.tokenize(batch["caption"]).to(self.device)}
+        else:
+            cond = {"images": b["images"], "c2w": b["c2w"]}  # uint8 views: the conditioner scales them
         return engine(self._latents(b, gen), cond, gen)
 
 

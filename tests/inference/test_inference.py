@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
@@ -119,26 +120,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium (make setup installs it)")
-def test_app_in_headless_chromium(diffusion_run, view_folder, tmp_path):
+@contextlib.contextmanager
+def app_page(checkpoint: Path, out: Path):
+    """`craft app` on a free loopback port, and a headless Chromium page on it."""
     from playwright.sync_api import sync_playwright
 
     port = _free_port()
     app = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "craftsman_platform.cli",
-            "app",
-            f"checkpoint={diffusion_run}",
-            f"port={port}",
-            f"output_dir={tmp_path}",
-        ],
-        env={**ENV, "GRADIO_ANALYTICS_ENABLED": "False"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+        [sys.executable, "-m", "craftsman_platform.cli", "app", f"checkpoint={checkpoint}", f"port={port}",
+         f"output_dir={out}"],
+        env={**ENV, "GRADIO_ANALYTICS_ENABLED": "False"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
     try:
         deadline = time.time() + 120
         line = ""
@@ -156,16 +148,63 @@ def test_app_in_headless_chromium(diffusion_run, view_folder, tmp_path):
                 except Exception:
                     time.sleep(0.3)
             page.wait_for_selector("#generate")
-            for name in VIEWS:
-                page.locator(f"#view-{name} input[type=file]").set_input_files(str(view_folder / f"{name}.png"))
-            page.locator("#generate").click()
-            page.wait_for_selector("#mesh-files a", timeout=180_000)
-            links = [a.get_attribute("href") for a in page.locator("#mesh-files a").all()]
-            assert any(h.endswith(".glb") for h in links) and any(h.endswith(".obj") for h in links)
-            assert "faces from front, right, back, left" in page.locator("#info").inner_text()
-            assert page.locator("#mesh-viewer canvas").count() == 1
+            yield page
             browser.close()
     finally:
         app.terminate()
         app.wait(timeout=30)
+
+
+def _wait_for_mesh(page) -> None:
+    page.locator("#generate").click()
+    page.wait_for_selector("#mesh-files a", timeout=180_000)
+    links = [a.get_attribute("href") for a in page.locator("#mesh-files a").all()]
+    assert any(h.endswith(".glb") for h in links) and any(h.endswith(".obj") for h in links)
+    assert page.locator("#mesh-viewer canvas").count() == 1
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium (make setup installs it)")
+def test_app_in_headless_chromium(diffusion_run, view_folder, tmp_path):
+    with app_page(diffusion_run, tmp_path) as page:
+        for name in VIEWS:
+            page.locator(f"#view-{name} input[type=file]").set_input_files(str(view_folder / f"{name}.png"))
+        _wait_for_mesh(page)
+        assert "faces from front, right, back, left" in page.locator("#info").inner_text()
     assert list(tmp_path.glob("*/mesh.glb"))
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium (make setup installs it)")
+def test_app_takes_a_prompt_for_a_text_checkpoint(text_run, tmp_path):
+    with app_page(text_run, tmp_path) as page:
+        assert page.locator("#view-front").count() == 0  # no image inputs for a text checkpoint
+        page.locator("#prompt textarea").fill("a yellow rubber duck")
+        page.locator("input[type=range]").nth(1).fill("5")  # sampling steps: a few (the tiny model)
+        _wait_for_mesh(page)
+        assert "faces from “a yellow rubber duck”" in page.locator("#info").inner_text()
+    assert list(tmp_path.glob("*/mesh.glb"))
+
+
+def test_generate_from_prompts_and_the_keys_each_checkpoint_takes(text_run, diffusion_run, tmp_path):
+    one = craft("generate", f"checkpoint={text_run}", "prompt=a yellow rubber duck", f"output_dir={tmp_path}",
+                "depth=5", "steps=4")  # fmt: skip
+    assert (tmp_path / "mesh.glb").is_file() and "1 prompt(s)" in one.stdout
+    (tmp_path / "prompts.txt").write_text("a plain cube\n\nune chaise en bois ✓\n")
+    craft("generate", f"checkpoint={text_run}", f"prompts={tmp_path / 'prompts.txt'}", f"output_dir={tmp_path}",
+          "name=batch", "depth=5", "steps=4")  # fmt: skip
+    made = json.loads((tmp_path / "batch.json").read_text())["meshes"]
+    assert [m["prompt"] for m in made] == ["a plain cube", "une chaise en bois ✓"]
+    assert all(Path(f).is_file() for m in made for f in m["files"]) and made[1]["name"] == "batch_001"
+    for checkpoint, wrong, said in ((text_run, [], "give prompt="), (diffusion_run, ["prompt=a duck"], "give images=")):
+        bad = craft("generate", f"checkpoint={checkpoint}", *wrong, f"output_dir={tmp_path / 'bad'}", check=False)
+        assert bad.returncode == 2 and said in bad.stderr
+
+
+def test_evaluate_a_text_checkpoint_on_the_objects_captions(text_run, tiny_shards, tmp_path):
+    out = tmp_path / "eval"
+    craft("evaluate", f"checkpoint={text_run}", f"data.eval_shards={tiny_shards}/shards/*.tar", f"output_dir={out}",
+          "data.max_objects=2", "depth=5", "steps=4", "surface_samples=5000", "logger=none")  # fmt: skip
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["objects"] == 2 and result["without_caption"] == 0 and "chamfer" in result["metrics"]
+    rows = (out / "objects.csv").read_text().splitlines()
+    assert rows[0].startswith("step,uid,prompt,")
+    assert "prompt: &ldquo;" in (out / "report.html").read_text()  # the prompt beside each render

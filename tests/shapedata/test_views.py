@@ -18,7 +18,7 @@ from craftsman_platform.inference.generate import GenerateConfig, load_views
 from craftsman_platform.shapedata.sample import view_member
 from craftsman_platform.shapedata.views import VIEW_NAMES, condition_image
 from craftsman_platform.training.config import DataConfig
-from craftsman_platform.training.data import decode_sample, member_filter
+from craftsman_platform.training.decode import decode_sample, member_filter
 
 SIZE = 48
 

@@ -89,3 +89,21 @@ def test_shards_that_are_all_unreadable_stop_with_a_clear_error(tmp_path, resamp
     )
     with pytest.raises(RuntimeError, match="unreadable"):
         take(stream, 1)
+
+
+def test_text_batches_draw_one_of_each_objects_captions_and_read_no_views(tiny_shards):
+    from craftsman_platform.training.decode import member_filter, pick_caption
+
+    cfg = DataConfig(**{**SMALL, "condition": "text", "epoch_samples": 8, "batch_size": 4})
+    urls = expand_urls(str(tiny_shards / "shards" / "*.tar"))
+    seen: dict[str, set] = {}
+    for epoch in range(4):
+        for batch in take(ShardStream(urls, cfg, "diffusion", state=StreamState(epoch, 0)), 2):
+            assert "images" not in batch and batch["surface"].shape == (4, 256, 6)
+            for uid, caption in zip(batch["uid"], batch["caption"]):
+                seen.setdefault(uid, set()).add(caption)
+    assert len(seen) == 8 and all(seen.values())
+    assert any(len(c) == 2 for c in seen.values())  # several captions: another one drawn on another read
+    assert not member_filter("diffusion", text=True)("x.rgb_000.png")  # views are not read
+    assert member_filter("latents", text=True)("x.captions.json")
+    assert pick_caption([], np.random.default_rng(0)) == ""  # no caption: the empty (unconditional) prompt

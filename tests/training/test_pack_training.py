@@ -77,3 +77,20 @@ def test_a_damaged_pack_shard_is_skipped_and_counted(vae_pack, tmp_path):
     # one bad shard, however often it was read (damaged, or unreadable if the cut falls in its first
     # member); a cut inside a one-member sample loses that member whole, so at most one lost sample
     assert damaged + unreadable == 1 and lost <= 1, it.damage.state()
+
+
+def test_text_model_from_a_latents_pack_follows_the_archive(latents_pack, text_run, vae_run, tmp_path):
+    import webdataset as wds
+
+    info = json.loads((latents_pack / "pack.json").read_text())
+    assert info["captioned"] == info["objects"] == 8 and info["recipe"]["captions"]["sha256"]
+    captions = {s["__key__"]: json.loads(s["captions.json"]) for s in wds.WebDataset(
+        sorted(str(p) for p in (latents_pack / "shards").glob("*.tar")), shardshuffle=False)}  # fmt: skip
+    assert ["a duck given at pack time"] in captions.values()  # the pack-time file replaced the archive's
+    assert ["a plain cube", "a box"] in captions.values()  # the others kept theirs
+    args = ["experiment=text_diffusion_tiny", "trainer.ckpt_every=20", "logger=none", f"model.vae_checkpoint={vae_run}"]
+    from_pack = train(tmp_path / "pack", *args, f"data.train_shards={latents_pack}", "trainer.max_steps=40")
+    archive = losses(text_run)  # the same recipe from the archive's shards (tests/prebuild.py)
+    assert sorted(from_pack) == sorted(archive) == [10, 20, 30, 40]
+    for step in from_pack:
+        assert from_pack[step] == pytest.approx(archive[step], rel=0.15), (step, from_pack, archive)

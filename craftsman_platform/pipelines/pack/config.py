@@ -34,6 +34,7 @@ class PackConfig:
     num_near: int = 2048  # vae: near-surface queries per chunk
     image_size: int = 224  # latents: the conditioner's input size (views are stored through shapedata/views.py)
     vae_checkpoint: Optional[str] = None  # latents: the VAE (run dir or checkpoint); its EMA weights when present
+    captions: Optional[str] = None  # latents: a captions file (uid, caption) whose captions replace the archive's
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     seed: int = 0  # which points go to which chunk
     ray: RayConfig = field(default_factory=RayConfig)

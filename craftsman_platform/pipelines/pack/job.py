@@ -27,6 +27,7 @@ from craftsman_platform.pipelines.pack.select import column_names, select_rows
 from craftsman_platform.pipelines.preprocess.job import validate_output
 from craftsman_platform.pipelines.shardstore import ShardStore, shard_name
 from craftsman_platform.pipelines.storage import Output
+from craftsman_platform.shapedata.captions import caption_batches
 from craftsman_platform.shapedata.manifest import has_manifest, manifest_columns, read_manifest
 from craftsman_platform.shapedata.pack import KINDS, PACK_FILE, PACK_VERSION, pack_shard_index
 from craftsman_platform.shapedata.views import SET_SIZE
@@ -84,6 +85,7 @@ def make_recipe(cfg: PackConfig, archive_config: dict) -> tuple[dict, dict | Non
         "image_size": cfg.image_size,
         "latent_dtype": cfg.encode.dtype,
         "seed": cfg.seed,
+        "captions": _file_identity(cfg.captions, cfg.storage_options) if cfg.captions else None,
     }
     vae = {**weights_identity(ckpt, prefer_ema=True), "model": model["vae"]}
     return recipe, vae
@@ -108,6 +110,37 @@ def validate(cfg: PackConfig) -> None:
 # ---------------------------------------------------------------------------------------------
 # Identity: a pack is resumed only by the same command
 # ---------------------------------------------------------------------------------------------
+
+
+def _file_identity(url: str, storage_options: dict) -> dict:
+    """A pack-time input by name and content (a resume with another captions file is refused)."""
+    import hashlib
+
+    import fsspec
+
+    digest = hashlib.sha256()
+    try:
+        with fsspec.open(url, "rb", **storage_options) as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise MissingInput(f"captions={url}: no such file") from None
+    return {"file": url, "sha256": digest.hexdigest()}
+
+
+def pack_captions(cfg: PackConfig, uids: set[str]) -> dict[str, list[str]]:
+    """uid -> captions from `captions=FILE`, for the packed objects only ({} without a file)."""
+    if not cfg.captions:
+        return {}
+    if cfg.kind != "latents":
+        raise ConfigError("captions=FILE: only latents packs hold captions (a vae pack trains the VAE)")
+    found: dict[str, list[str]] = {}
+    for batch in caption_batches(cfg.captions, cfg.storage_options):
+        for uid, caption in zip(batch.column("uid").to_pylist(), batch.column("caption").to_pylist()):
+            if uid in uids:
+                found.setdefault(uid, []).append(caption)
+    log.info("captions: %d of the %d objects have some in %s", len(found), len(uids), cfg.captions)
+    return found
 
 
 def check_identity(out: Output, identity: dict) -> None:
@@ -141,6 +174,7 @@ def pack(cfg: PackConfig) -> dict:
     if missing:
         raise MissingInput(f"source={cfg.source}: the manifest names shards that are not there: {missing[:3]}")
     recipe, vae = make_recipe(cfg, archive_config)
+    given = pack_captions(cfg, set(chosen["uid"]))
     shards = sorted(set(chosen["shard"]))
     identity = {
         "kind": cfg.kind,
@@ -165,8 +199,8 @@ def pack(cfg: PackConfig) -> dict:
         todo = []
         for part, shard in enumerate(shards):
             left = [c for c in range(chunks) if _journal(part, c, chunks) not in committed]
-            if left:
-                uids = set(chosen.loc[chosen["shard"] == shard, "uid"])
+            if left:  # the part's objects, with the captions given for them at pack time (None: the archive's)
+                uids = {u: given.get(u) for u in chosen.loc[chosen["shard"] == shard, "uid"]}
                 todo.append((part, src.display("shards/" + shard), left, uids))
         log.info("%d archive shards, %d to pack (%d objects) -> %s", len(shards), len(todo), len(chosen), out.url)
         t0 = time.monotonic()
@@ -186,6 +220,7 @@ def pack(cfg: PackConfig) -> dict:
             "complete": not errors and len(parts) == len({r["source_shard"] for r in rows.values()}),
             "parts": parts,
             "objects": len(rows),
+            "captioned": sum(1 for r in rows.values() if r["n_captions"]),  # objects a text model can learn from
             "failed": len(failed),
             "bytes": sum(out.sizes("shards").values()),
         }
@@ -211,7 +246,8 @@ def _manifest_rows(out: Output, shards: list[str], chunks: int) -> dict[str, dic
         name = "journal/" + _journal(part, 0, chunks)
         if out.exists(name):
             for row in out.read_json(name)["rows"]:
-                rows[row["uid"]] = {"uid": row["uid"], "status": "ok", "source_shard": shard, "part": part}
+                rows[row["uid"]] = {"uid": row["uid"], "status": "ok", "source_shard": shard, "part": part,
+                                    "n_captions": row.get("n_captions", 0)}  # fmt: skip
     return rows
 
 

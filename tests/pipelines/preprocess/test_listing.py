@@ -205,3 +205,37 @@ def test_a_groups_objects_come_in_runs_of_at_most_group_max():
     with make_plan(Listed(iter([listing_batch(cols)]), 6), iter([]), False, None, None, 2) as plan:
         runs = [[(r.uid, r.last_in_group) for r in run] for run in plan.groups()]
     assert runs == [[("g0", False), ("g1", True)], [("g2", False), ("g3", True)], [("g4", True)], [("solo", True)]]
+
+
+def test_captions_files_join_by_uid_and_malformed_ones_name_the_line(tmp_path):
+    from craftsman_platform.shapedata.captions import caption_batches
+
+    def read(path) -> list[tuple]:
+        return [(r["uid"], r["caption"]) for b in caption_batches(str(path)) for r in b.to_pylist()]
+
+    cap3d = tmp_path / "Cap3D.csv"  # Cap3D's layout: no header, commas inside quoted captions
+    cap3d.write_text('a1,"a red chair, wooden legs"\nb2,une chaise ✓ café\na1,a chair\n', encoding="utf-8")
+    assert read(cap3d) == [("a1", "a red chair, wooden legs"), ("b2", "une chaise ✓ café"), ("a1", "a chair")]
+    tsv = tmp_path / "caps.tsv"
+    tsv.write_text("caption\tuid\textra\nthe cube\tc3\tx\n")  # a header names the columns, in any order
+    assert read(tsv) == [("c3", "the cube")]
+    pq.write_table(pa.table({"object_uid": ["d4"], "text": ["a lamp"]}), tmp_path / "caps.parquet")
+    assert read(tmp_path / "caps.parquet") == [("d4", "a lamp")]
+    for body, line in (("a1,ok\nb2\n", ":2:"), ("a1,ok\n,missing uid\n", ":2: an empty uid"),
+                       ("a1,ok\nb2,x,y\n", ":2:")):  # fmt: skip
+        (tmp_path / "bad.csv").write_text(body)
+        with pytest.raises(ConfigError, match=f"bad.csv{line}"):
+            read(tmp_path / "bad.csv")
+    (tmp_path / "latin.csv").write_bytes(b"a1,ok\nb2,caf\xe9\n")
+    with pytest.raises(ConfigError, match="latin.csv:2: not UTF-8"):
+        read(tmp_path / "latin.csv")
+    # joined in the listing: several captions kept in order, an object without any has none
+    cols = {"uid": ["a1", "b2", "z9"], "source": ["s1", "s2", "s3"], "origin": ["list"] * 3}
+    with make_plan(Listed(iter([listing_batch(cols)]), 3), iter([]), False, None, None, 8,
+                   captions=caption_batches(str(cap3d))) as plan:  # fmt: skip
+        got = {r.uid: r.captions for run in plan.groups() for r in run}
+    assert got == {"a1": ("a red chair, wooden legs", "a chair"), "b2": ("une chaise ✓ café",), "z9": ()}
+    from craftsman_platform.shapedata.captions import from_metadata
+
+    note = {"name": "old_chair", "tags": ["wood", "antique"], "description": "A chair.  Made in 1900. More."}
+    assert from_metadata(note) == ["old chair, wood, antique", "A chair"] and from_metadata({}) == []
