@@ -46,7 +46,7 @@ demo: setup
 	$(VENV)/bin/craft generate checkpoint=$(DEMO)/runs/diffusion 'images=[$(DEMO)/views]' \
 	    output_dir=$(DEMO)/generated name=duck depth=7
 	$(VENV)/bin/craft train experiment=text_diffusion_tiny data.train_shards=$(DEMO)/packs/latents \
-	    model.vae_checkpoint=$(DEMO)/runs/vae run_dir=$(DEMO)/runs/text trainer.max_steps=1500
+	    model.vae_checkpoint=$(DEMO)/runs/vae run_dir=$(DEMO)/runs/text trainer.max_steps=4000
 	$(VENV)/bin/craft generate checkpoint=$(DEMO)/runs/text 'prompt=a yellow rubber duck' \
 	    output_dir=$(DEMO)/generated name=duck_from_text depth=7
 	@echo

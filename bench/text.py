@@ -6,6 +6,10 @@ others. Also: bytes per sample of a latents pack with captions against one witho
 After `make demo` (its archive has captions; runs/text is a text_diffusion_tiny run on them):
 
   python bench/text.py --data outputs/demo/data --run outputs/demo/runs/text --pack outputs/demo/packs/latents
+  python bench/text.py --craftsman-pack      # a latents pack of the same objects at the craftsman recipe
+
+The craftsman-recipe pack is encoded by a VAE of vae_craftsman's shape with random weights (the
+bytes of a posterior do not depend on the weights), its views at 224 px.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import argparse
 import glob
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,6 +67,32 @@ def pack_bytes(pack: Path) -> tuple[float, float]:
     return total / max(1, samples), caption / max(1, samples)
 
 
+def craftsman_pack(data: Path, work: Path) -> Path:
+    """A latents pack of `data` at the craftsman recipe (224 px views, vae_craftsman's posterior)."""
+    from dataclasses import asdict
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    from craftsman_platform.models.build import build_vae
+    from craftsman_platform.paths import CONF_DIR
+    from craftsman_platform.schemas import register
+
+    register()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = OmegaConf.to_object(compose(config_name="train", overrides=["experiment=vae_craftsman"]))
+    ckpt = work / "vae" / "checkpoints" / "step-0000000"
+    ckpt.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in build_vae(cfg.model).state_dict().items()}, ckpt / "weights.safetensors")
+    (ckpt / "meta.json").write_text(json.dumps({"step": 0, "kind": "vae", "config": {"model": asdict(cfg.model)}}))
+    out = work / "pack"
+    subprocess.run([sys.executable, "-m", "craftsman_platform.cli", "pack", "kind=latents", f"source={data}",
+                    f"vae_checkpoint={work / 'vae'}", f"output_dir={out}", "workers=2", "encode.batch_size=4"],
+                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="outputs/demo/data")
@@ -68,7 +101,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2, help="meshes per caption")
     ap.add_argument("--depth", type=int, default=6)
     ap.add_argument("--points", type=int, default=5000)
+    ap.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's")
+    ap.add_argument("--craftsman-pack", action="store_true", help="only measure a craftsman-recipe pack's bytes")
     args = ap.parse_args()
+    if args.craftsman_pack:
+        with tempfile.TemporaryDirectory() as work:
+            pack = craftsman_pack(Path(args.data), Path(work))
+            per, caption = pack_bytes(pack)
+            print(f"craftsman recipe (224 px views, 256 x 64 float16 posterior): {per / 1e3:.1f} KB per sample, of "
+                  f"which captions {caption:.0f} bytes")  # fmt: skip
+        return
     objs = objects(Path(args.data), args.points)
     uids = sorted(objs)
     gen = Generator.load(args.run, True, "cpu")
@@ -77,7 +119,7 @@ def main() -> None:
     rows = []
     for seed in range(args.seeds):
         context = gen.condition_text([c for _, c in prompts])
-        meshes = gen.meshes(gen.sample(context, seed=seed), args.depth)
+        meshes = gen.meshes(gen.sample(context, guidance=args.guidance, seed=seed), args.depth)
         for (uid, caption), (mesh, _) in zip(prompts, meshes):
             pts = sample_surface(mesh, args.points, seed)[0] if len(mesh.faces) else np.zeros((1, 3), np.float32)
             dist = {other: chamfer(pts, objs[other]["surface"]) for other in uids}
