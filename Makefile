@@ -28,7 +28,7 @@ test-fast: setup
 # pack -> a mesh from a prompt.
 # The demo scores the objects it trained on: 9 objects are too few to hold any out.
 demo: setup
-	mkdir -p $(DEMO)
+	rm -rf $(DEMO) && mkdir -p $(DEMO)  # from scratch: a demo folder of an earlier version would be resumed
 	$(PY) -m craftsman_platform.corpora demo-list $(DEMO)/meshes
 	$(PY) -m craftsman_platform.pipelines.preprocess.tiny_shards demo-captions $(DEMO)/meshes/meshes.txt
 	$(VENV)/bin/craft preprocess source.path=$(DEMO)/meshes/meshes.txt source.captions=$(DEMO)/meshes/captions.csv \
