@@ -32,6 +32,8 @@ REASONS = {
     "zero_extent": "all vertices coincide: the object has no size",
     "too_many_faces": "the object has more faces than load.max_faces",
     "draco_no_decoder": "the glTF is Draco-compressed and no Draco decoder (DracoPy) is installed",
+    "malformed_gltf": "the glTF's JSON breaks the glTF schema where geometry is read (an array given as an "
+    "object, a primitive or accessor of the wrong shape)",
     "watertight_failed": "the watertight conversion did not give a closed, consistently wound surface",
 }
 
@@ -83,10 +85,53 @@ def _gltf_json(path: Path) -> dict | None:
         return None
 
 
+_GLTF_ARRAYS = ("accessors", "bufferViews", "buffers", "meshes", "nodes", "materials", "textures", "images", "scenes")
+_MATERIAL_OBJECTS = ("pbrMetallicRoughness", "normalTexture", "occlusionTexture", "emissiveTexture")
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def check_gltf(doc: dict) -> None:
+    """The parts of a glTF's JSON that geometry is read through, as the schema wants them; a
+    MeshRejected("malformed_gltf") naming the first that is not (trimesh's own error would be a
+    Python one: "'str' object has no attribute 'get'")."""
+
+    def bad(where: str, want: str, value) -> MeshRejected:
+        return MeshRejected("malformed_gltf", f"{where} must be {want} (glTF schema), it is {_kind(value)}")
+
+    for key in _GLTF_ARRAYS:
+        items = doc.get(key, [])
+        if not isinstance(items, list):
+            raise bad(f"'{key}'", "an array", items)
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise bad(f"{key}[{i}]", "an object", item)
+    for i, mesh in enumerate(doc.get("meshes", [])):
+        prims = mesh.get("primitives", [])
+        if not isinstance(prims, list):
+            raise bad(f"meshes[{i}].primitives", "an array", prims)
+        for j, prim in enumerate(prims):
+            if not isinstance(prim, dict):
+                raise bad(f"meshes[{i}].primitives[{j}]", "an object", prim)
+            if not isinstance(prim.get("attributes", {}), dict):
+                raise bad(f"meshes[{i}].primitives[{j}].attributes", "an object", prim["attributes"])
+    for i, material in enumerate(doc.get("materials", [])):
+        for key in _MATERIAL_OBJECTS:
+            if key in material and not isinstance(material[key], dict):
+                raise bad(f"materials[{i}].{key}", "an object", material[key])
+    for i, accessor in enumerate(doc.get("accessors", [])):
+        for key, want in (("count", int), ("componentType", int), ("type", str)):
+            if key in accessor and not isinstance(accessor[key], want):
+                raise bad(f"accessors[{i}].{key}", "an integer" if want is int else "a string", accessor[key])
+
+
 def _uses_draco(path: Path) -> bool:
     doc = _gltf_json(path)
     if not doc:
         return False
+    check_gltf(doc)
     for mesh in doc.get("meshes", []):
         for prim in mesh.get("primitives", []):
             if "KHR_draco_mesh_compression" in prim.get("extensions", {}):

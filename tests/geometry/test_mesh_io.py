@@ -152,6 +152,14 @@ def test_indices_out_of_range(assimp_dir, rel):
     assert rejected(assimp_dir / rel).code == "index_out_of_range"
 
 
+def test_a_gltf_breaking_the_schema_says_where(assimp_dir):
+    bad = rejected(assimp_dir / "glTF2/wrongTypes/badArray.gltf")  # primitives given as an object
+    assert bad.code == "malformed_gltf" and "meshes[0].primitives must be an array" in bad.message
+    bad = rejected(assimp_dir / "glTF2/wrongTypes/badObject.gltf")  # a material's object given as an array
+    assert bad.code == "malformed_gltf" and "materials[0].pbrMetallicRoughness must be an object" in bad.message
+    load_mesh(assimp_dir / "glTF2/wrongTypes/badString.gltf")  # a wrong type outside what is read: loads
+
+
 def test_zero_extent(tmp_path):
     path = write_obj(tmp_path / "point.obj", [[0.3, 0.3, 0.3]] * 4, [[0, 1, 2], [0, 2, 3]])
     assert rejected(path).code == "zero_extent"
