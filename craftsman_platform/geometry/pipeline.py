@@ -58,6 +58,7 @@ def process_mesh(path: str | Path, uid: str, cfg: GeometryConfig) -> GeometryOut
         scene=wt.scene,
         grid=wt.grid,
         sampler=wt.sampler,
+        distance=wt.distance,
     )
     timings["sample"] = time.perf_counter() - t
     return GeometryOutput(uid=uid, loaded=loaded, watertight=wt, samples=samples, timings=timings)

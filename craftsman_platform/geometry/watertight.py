@@ -29,6 +29,7 @@ import trimesh
 from skimage import measure
 
 from craftsman_platform.geometry.config import WatertightConfig, compute_threads
+from craftsman_platform.geometry.distance import MeshDistance
 from craftsman_platform.geometry.mesh_io import MeshRejected
 from craftsman_platform.geometry.meshops import (
     SurfaceSampler,
@@ -54,11 +55,23 @@ def surface_lattice(mesh: trimesh.Trimesh | np.ndarray, spacing: float) -> np.nd
 
     Each triangle is cut into rows parallel to its longest edge, at most `spacing` apart, with
     points at most `spacing` apart along each row. The count follows the area (plus the
-    perimeter), so long thin slivers cost no more than their size. Takes a mesh or (F, 3, 3)
-    triangles.
+    perimeter), so long thin slivers cost no more than their size. Triangles whose edges are
+    all shorter than `spacing` are covered by their corners (no point of a triangle is farther
+    than longest edge / sqrt(3) from a corner), each vertex once: a mesh of a million tiny faces
+    costs its vertex count, not 4 points a face. Takes a mesh or (F, 3, 3) triangles.
     """
     tris = mesh.triangles if isinstance(mesh, trimesh.Trimesh) else np.asarray(mesh)
     edges = np.linalg.norm(tris - np.roll(tris, -1, axis=1), axis=2)  # edge i: vertex i -> i+1
+    tiny = edges.max(axis=1) <= spacing
+    corners = np.zeros((0, 3))
+    if tiny.any():
+        if isinstance(mesh, trimesh.Trimesh):
+            used = np.zeros(len(mesh.vertices), dtype=bool)
+            used[np.asarray(mesh.faces)[tiny].ravel()] = True
+            corners = np.asarray(mesh.vertices)[used]
+        else:
+            corners = tris[tiny].reshape(-1, 3)
+        tris, edges = tris[~tiny], edges[~tiny]
     longest = edges.argmax(axis=1)
     f = np.arange(len(tris))
     a, b, c = tris[f, longest], tris[f, (longest + 1) % 3], tris[f, (longest + 2) % 3]
@@ -72,7 +85,7 @@ def surface_lattice(mesh: trimesh.Trimesh | np.ndarray, spacing: float) -> np.nd
     per_row = np.ceil(length[row_tri] * (1.0 - t[:, 0]) / spacing).astype(np.int64) + 1
     point_row = np.repeat(np.arange(len(row_tri)), per_row)
     u = (_ramp(per_row) / np.maximum(per_row - 1, 1)[point_row])[:, None]
-    return start[point_row] + u * (end[point_row] - start[point_row])
+    return np.concatenate([corners, start[point_row] + u * (end[point_row] - start[point_row])])
 
 
 def _spread(mask: np.ndarray, below: int, above: int) -> np.ndarray:
@@ -177,9 +190,12 @@ class SdfGrid:
 
 
 def udf_watertight(
-    mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict | None = None
+    mesh: trimesh.Trimesh, cfg: WatertightConfig, timings: dict | None = None, distance: MeshDistance | None = None
 ) -> tuple[trimesh.Trimesh, SdfGrid]:
-    """Closed, consistently wound outer shell at distance eps around `mesh` (any mesh), and its grid."""
+    """Closed, consistently wound outer shell at distance eps around `mesh` (any mesh), and its grid.
+
+    `distance`: a MeshDistance of `mesh`, when the caller has one.
+    """
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
     h = 2.0 / cfg.resolution
@@ -204,19 +220,22 @@ def udf_watertight(
     del marked
     t1 = time.perf_counter()
 
-    scene = raycasting_scene(mesh)
+    distance = distance or MeshDistance(mesh)
     far = np.float32(eps + 2 * h)  # stands for "farther than eps" where no distance is computed
 
-    def exact(where: np.ndarray) -> int:
+    def exact(where: np.ndarray, max_dist: float) -> int:
         idx = np.flatnonzero(where)
         xyz = np.stack(np.unravel_index(idx, dims), axis=1).astype(np.float32) * np.float32(h) + origin.astype(
             np.float32
         )
-        udf.flat[idx] = scene.compute_distance(o3d.core.Tensor(xyz), nthreads=compute_threads()).numpy()
+        udf.flat[idx] = distance.distance(xyz, max_dist)
         return len(idx)
 
     udf = np.full(dims, far, dtype=np.float32)
-    n_a = exact(band)
+    # Searching only up to `far` changes no output: a point on an edge that marching cubes
+    # interpolates is within h of a blocked point (udf <= eps), so its udf is < eps + h < far;
+    # every other value only contributes its sign, and udf >= far is outside like the rest.
+    n_a = exact(band, far)
     blocked = udf <= eps  # exact: the band holds every point with udf <= eps
     t2 = time.perf_counter()
 
@@ -243,7 +262,7 @@ def udf_watertight(
     # Stage B: marching cubes interpolates along grid edges from a blocked point to an outside
     # one (an unblocked neighbour is either outside or, with no sign change, interior), so
     # outside 6-neighbours of blocked points beyond the band need exact distances too.
-    n_b = exact(_grow6(blocked) & outside & ~band)
+    n_b = exact(_grow6(blocked) & outside & ~band, far)
     t4 = time.perf_counter()
     sdf = udf - np.float32(eps)
     np.negative(np.abs(sdf, out=sdf), out=sdf, where=~outside)
@@ -290,6 +309,7 @@ class WatertightResult:
     scene: o3d.t.geometry.RaycastingScene | None = None  # of `mesh`, shared by later stages
     grid: SdfGrid | None = None  # UDF path only: exact signs away from the surface
     sampler: SurfaceSampler | None = None  # area-uniform points on `mesh`
+    distance: MeshDistance | None = None  # exact distances to `mesh`
 
     def record(self) -> dict:
         """The JSON-able quality record stored per object."""
@@ -313,33 +333,37 @@ def surface_fidelity(
     tol: float,
     out_scene: o3d.t.geometry.RaycastingScene | None = None,
     out_sampler: SurfaceSampler | None = None,
+    out_distance: MeshDistance | None = None,
+    src_distance: MeshDistance | None = None,
+    out_grid: SdfGrid | None = None,
 ) -> tuple[float, int]:
     """(Chamfer distance, parts lost) of a converted mesh `out` against its source `src`.
 
     Chamfer: mean distance from n area-uniform samples of each surface to the other surface,
     summed over both directions (point-to-surface, exact). A source part is lost when most of
     its samples are farther than `tol` from `out` and outside it (swallowed parts are inside).
+    The scene, sampler and distances of the meshes are built here unless given; `out_grid`, the
+    conversion grid of `out`, answers inside/outside for the far points.
     """
-    out_scene = out_scene or raycasting_scene(out)
     src_pts, src_face = SurfaceSampler(src)(n, rng)
     out_pts, _ = (out_sampler or SurfaceSampler(out))(n, rng)
-    d_src = out_scene.compute_distance(o3d.core.Tensor(src_pts.astype(np.float32)), nthreads=compute_threads()).numpy()
-    d_out = (
-        raycasting_scene(src)
-        .compute_distance(o3d.core.Tensor(out_pts.astype(np.float32)), nthreads=compute_threads())
-        .numpy()
-    )
+    d_src = (out_distance or MeshDistance(out)).distance(src_pts)
+    d_out = (src_distance or MeshDistance(src)).distance(out_pts)
     chamfer = float(d_src.mean() + d_out.mean())
     far = d_src > tol
     lost = 0
     if far.any():
         inside = np.zeros(len(src_pts), dtype=bool)
-        inside[far] = (
-            out_scene.compute_occupancy(
+        if out_grid is not None and tol > np.sqrt(3.0) * out_grid.h:
+            # a point farther than a cell's diagonal from the surface is in a cell without a
+            # sign change: the grid's sign is exact there
+            inside[far] = out_grid.sign(src_pts[far]) < 0
+        else:
+            out_scene = out_scene or raycasting_scene(out)
+            occupancy = out_scene.compute_occupancy(
                 o3d.core.Tensor(src_pts[far].astype(np.float32)), nsamples=3, nthreads=compute_threads()
-            ).numpy()
-            > 0
-        )
+            )
+            inside[far] = occupancy.numpy() > 0
         part = component_labels(src)[src_face]
         missing = np.bincount(part, weights=(far & ~inside), minlength=part.max() + 1)
         total = np.bincount(part, minlength=part.max() + 1)
@@ -354,11 +378,12 @@ def make_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig | None = None, 
     src = mesh.copy()
     refusal = fast_path_refusal(src) if cfg.fast_path else "fast path disabled"
     timings: dict = {}
-    grid = None
+    grid = src_distance = None
     if refusal is None:
         out, method = src, "fast_path"
     else:
-        (out, grid), method = udf_watertight(src, cfg, timings), "udf"
+        src_distance = MeshDistance(src)
+        (out, grid), method = udf_watertight(src, cfg, timings, src_distance), "udf"
     seconds = time.perf_counter() - t0
     is_watertight = closed_and_oriented(out)
     if not is_watertight:
@@ -366,10 +391,24 @@ def make_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig | None = None, 
             "watertight_failed",
             f"{method} output: watertight={out.is_watertight}, winding consistent={out.is_winding_consistent}",
         )
-    rng = np.random.default_rng(seed)
-    tol = (cfg.eps_voxels + 2.0) * 2.0 / cfg.resolution
-    scene, sampler = raycasting_scene(out), SurfaceSampler(out)
-    chamfer, lost = surface_fidelity(src, out, cfg.quality_samples, rng, tol, scene, sampler)
+    scene, sampler, distance = raycasting_scene(out), SurfaceSampler(out), MeshDistance(out)
+    if method == "fast_path":
+        chamfer, lost = 0.0, 0  # the output is the input: nothing moved, nothing lost
+    else:
+        rng = np.random.default_rng(seed)
+        tol = (cfg.eps_voxels + 2.0) * 2.0 / cfg.resolution
+        chamfer, lost = surface_fidelity(
+            src,
+            out,
+            cfg.quality_samples,
+            rng,
+            tol,
+            scene,
+            sampler,
+            out_distance=distance,
+            src_distance=src_distance,
+            out_grid=grid,
+        )
     return WatertightResult(
         mesh=out,
         method=method,
@@ -384,4 +423,5 @@ def make_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig | None = None, 
         scene=scene,
         grid=grid,
         sampler=sampler,
+        distance=distance,
     )

@@ -291,3 +291,16 @@ def test_stored_distances_are_exact_against_libigl(pybullet_dir):
     assert (np.abs(s.vol[:, 3]) < 0.1).mean() > 0.05  # the exact band is really exercised
     winding = igl.fast_winding_number(V, F, s.vol[:, :3].astype(np.float64))
     assert np.mean((s.vol[:, 3] < 0) == (winding > 0.5)) > 0.9999
+
+
+def test_surface_lattice_of_tiny_faces_is_their_vertices():
+    mesh = trimesh.creation.icosphere(subdivisions=5)  # edges ~0.04
+    rng = np.random.default_rng(0)
+    for spacing in (0.05, 0.02):  # every face tiny; then none
+        lattice = surface_lattice(mesh, spacing)
+        probes, _ = trimesh.sample.sample_surface(mesh, 20_000, seed=rng)
+        from scipy.spatial import cKDTree
+
+        dist, _ = cKDTree(lattice).query(probes)
+        assert dist.max() <= spacing / np.sqrt(2) + 1e-9
+    assert len(surface_lattice(mesh, 0.05)) == len(mesh.vertices)

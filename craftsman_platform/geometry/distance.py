@@ -1,0 +1,152 @@
+"""Exact point-to-mesh distances with NVIDIA Warp's BVH, on one CPU core.
+
+Why not open3d's `compute_distance`: its embree point query has no search radius, so a point
+0.1 away from a 200k-face mesh costs ~5-10 us; Warp's `mesh_query_point_no_sign` takes a
+`max_dist` and prunes everything beyond it. Measured on one core (bench/object_cost.py): points
+near the surface 1.5x faster, volume points with the 0.1 truncation ~30x faster. Values are
+the same exact point-to-triangle distances (float32; open3d agrees to ~1e-7).
+
+Warp runs CPU kernels on the calling thread: one object per core, as the cluster plan counts.
+The kernel is compiled once per machine into Warp's kernel cache (~1.5 s), then loaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from functools import cache
+
+import numpy as np
+import trimesh
+import warp as wp
+
+wp.config.log_level = wp.LOG_WARNING  # no banner or per-module compile lines on the console
+wp.set_module_options({"enable_backward": False})  # queries only: half the compile time
+
+_DEVICE = "cpu"
+UNBOUNDED = 1.0e6  # a search radius beyond any normalised mesh
+
+
+@wp.kernel
+def _distance_kernel(
+    mesh: wp.uint64,
+    points: wp.array(dtype=wp.vec3),
+    radius: wp.array(dtype=float),
+    dist: wp.array(dtype=float),
+    closest: wp.array(dtype=wp.vec3),
+    side: wp.array(dtype=wp.int8),
+    found: wp.array(dtype=wp.int8),
+):
+    i = wp.tid()
+    p = points[i]
+    q = wp.mesh_query_point_no_sign(mesh, p, radius[i])
+    if q.result:
+        c = wp.mesh_eval_position(mesh, q.face, q.u, q.v)
+        d = wp.length(c - p)
+        dist[i] = d
+        closest[i] = c
+        found[i] = wp.int8(1)
+        # A closest point inside a face (not on its edges or corners) lies straight below or
+        # above p along the face's normal: that normal's side is p's side, exactly. Elsewhere
+        # (or too close to tell) the side stays 0: undecided.
+        w = 1.0 - q.u - q.v
+        if q.u > 1.0e-5 and q.v > 1.0e-5 and w > 1.0e-5 and d > 1.0e-6:
+            a = wp.mesh_eval_position(mesh, q.face, 1.0, 0.0)
+            b = wp.mesh_eval_position(mesh, q.face, 0.0, 1.0)
+            o = wp.mesh_eval_position(mesh, q.face, 0.0, 0.0)
+            n = wp.normalize(wp.cross(b - a, o - a))
+            along = wp.dot(p - c, n)
+            if along > 0.5 * d:
+                side[i] = wp.int8(1)
+            elif along < -0.5 * d:
+                side[i] = wp.int8(-1)
+            else:
+                side[i] = wp.int8(0)
+        else:
+            side[i] = wp.int8(0)
+    else:
+        dist[i] = radius[i]
+        closest[i] = p
+        side[i] = wp.int8(0)
+        found[i] = wp.int8(0)
+
+
+class Closest:
+    """Results of one query: distance, closest point, and the side of the surface (+1 where a
+    face's normal points towards the query point, -1 behind it, 0 undecided)."""
+
+    def __init__(self, dist: np.ndarray, points: np.ndarray, side: np.ndarray):
+        self.dist, self.points, self.side = dist, points, side
+
+
+def _cuda_driver_present() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+@cache
+def init_warp() -> None:
+    """Initialise Warp once per process. On a machine without the CUDA driver (CPU nodes, this
+    one) Warp's native library prints a warning to stderr that only says so: kept off the console."""
+    if _cuda_driver_present():
+        wp.init()
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            wp.init()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class MeshDistance:
+    """Unsigned distance and closest points from query points to one triangle mesh."""
+
+    def __init__(self, mesh: trimesh.Trimesh):
+        init_warp()
+        self._points = wp.array(np.asarray(mesh.vertices, dtype=np.float32), dtype=wp.vec3, device=_DEVICE)
+        self._faces = wp.array(np.asarray(mesh.faces, dtype=np.int32).ravel(), dtype=wp.int32, device=_DEVICE)
+        self._mesh = wp.Mesh(points=self._points, indices=self._faces)
+
+    def _launch(self, pts: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, ...]:
+        n = len(pts)
+        out = (
+            wp.empty(n, dtype=float, device=_DEVICE),
+            wp.empty(n, dtype=wp.vec3, device=_DEVICE),
+            wp.empty(n, dtype=wp.int8, device=_DEVICE),
+            wp.empty(n, dtype=wp.int8, device=_DEVICE),
+        )
+        if n:
+            inputs = [self._mesh.id, wp.array(pts, dtype=wp.vec3, device=_DEVICE),
+                      wp.array(radius, dtype=float, device=_DEVICE), *out]  # fmt: skip
+            wp.launch(_distance_kernel, dim=n, inputs=inputs, device=_DEVICE)
+        return tuple(a.numpy() for a in out)
+
+    def query(self, pts: np.ndarray, max_dist: float = UNBOUNDED, guess: float | np.ndarray | None = None) -> Closest:
+        """Closest points of the mesh to `pts`, searched up to `max_dist` (beyond: distance
+        `max_dist`, the point itself, side 0). `guess`: a likely bound on each point's distance
+        (a scalar or one per point); points with nothing that close are searched again up to
+        `max_dist`, so a guess changes the time, never the result."""
+        pts = np.ascontiguousarray(pts, dtype=np.float32).reshape(-1, 3)
+        first = np.minimum(np.broadcast_to(np.float32(max_dist if guess is None else guess), len(pts)), max_dist)
+        dist, closest, side, found = self._launch(pts, np.ascontiguousarray(first, dtype=np.float32))
+        again = np.flatnonzero(~found.astype(bool) & (first < max_dist))
+        if len(again):
+            d2, c2, s2, _ = self._launch(pts[again], np.full(len(again), max_dist, dtype=np.float32))
+            dist[again], closest[again], side[again] = d2, c2, s2
+        return Closest(dist, closest, side)
+
+    def distance(
+        self, pts: np.ndarray, max_dist: float = UNBOUNDED, guess: float | np.ndarray | None = None
+    ) -> np.ndarray:
+        """Distance of every point to the mesh (float32); `max_dist` where it is farther than that."""
+        return self.query(pts, max_dist, guess).dist
+
+    def closest_points(self, pts: np.ndarray) -> np.ndarray:
+        """The closest point of the mesh to every point, (n, 3) float32."""
+        return self.query(pts).points
