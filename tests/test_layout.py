@@ -9,12 +9,13 @@ from pathlib import Path
 import craftsman_platform
 
 ROOT = Path(craftsman_platform.__file__).parent
-BASE = {"errors", "paths", "corpora"}
+BASE = {"errors", "paths", "corpora", "warp_setup"}
 # what each part may import from the package (besides itself)
 ALLOWED = {
     "errors": set(),
     "paths": set(),
     "corpora": set(),
+    "warp_setup": set(),
     "logger": BASE,
     "shapedata": BASE,
     "geometry": BASE | {"shapedata"},

@@ -12,15 +12,12 @@ The kernel is compiled once per machine into Warp's kernel cache (~1.5 s), then 
 
 from __future__ import annotations
 
-import ctypes
-import os
-from functools import cache
-
 import numpy as np
 import trimesh
 import warp as wp
 
-wp.config.log_level = wp.LOG_WARNING  # no banner or per-module compile lines on the console
+from craftsman_platform.warp_setup import init_warp
+
 wp.set_module_options({"enable_backward": False})  # queries only: half the compile time
 
 _DEVICE = "cpu"
@@ -71,37 +68,46 @@ def _distance_kernel(
         found[i] = wp.int8(0)
 
 
+@wp.kernel
+def _parity_kernel(
+    mesh: wp.uint64,
+    points: wp.array(dtype=wp.vec3),
+    d0: wp.vec3,
+    d1: wp.vec3,
+    d2: wp.vec3,
+    votes: wp.array(dtype=wp.int8),
+):
+    i = wp.tid()
+    p = points[i]
+    odd = wp.mesh_query_ray_count_intersections(mesh, p, d0) % 2
+    odd += wp.mesh_query_ray_count_intersections(mesh, p, d1) % 2
+    odd += wp.mesh_query_ray_count_intersections(mesh, p, d2) % 2
+    votes[i] = wp.int8(odd)
+
+
+def _spread_bits(x: np.ndarray) -> np.ndarray:
+    """The low 10 bits of x, two zero bits after each (for 30-bit Morton codes)."""
+    x = (x | (x << 16)) & 0x030000FF
+    x = (x | (x << 8)) & 0x0300F00F
+    x = (x | (x << 4)) & 0x030C30C3
+    return (x | (x << 2)) & 0x09249249
+
+
+def morton_order(pts: np.ndarray) -> np.ndarray:
+    """Indices that put points in Z-order (Morton order of a 1024^3 grid over their box).
+    Neighbouring queries then walk the same BVH nodes: 1.1-2x faster on random points."""
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    cell = ((pts - lo) * (1023.0 / np.maximum(hi - lo, 1e-12))).astype(np.int64)
+    code = _spread_bits(cell[:, 0]) | (_spread_bits(cell[:, 1]) << 1) | (_spread_bits(cell[:, 2]) << 2)
+    return np.argsort(code, kind="stable")
+
+
 class Closest:
     """Results of one query: distance, closest point, and the side of the surface (+1 where a
     face's normal points towards the query point, -1 behind it, 0 undecided)."""
 
     def __init__(self, dist: np.ndarray, points: np.ndarray, side: np.ndarray):
         self.dist, self.points, self.side = dist, points, side
-
-
-def _cuda_driver_present() -> bool:
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
-
-@cache
-def init_warp() -> None:
-    """Initialise Warp once per process. On a machine without the CUDA driver (CPU nodes, this
-    one) Warp's native library prints a warning to stderr that only says so: kept off the console."""
-    if _cuda_driver_present():
-        wp.init()
-        return
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            wp.init()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 class MeshDistance:
@@ -127,19 +133,47 @@ class MeshDistance:
             wp.launch(_distance_kernel, dim=n, inputs=inputs, device=_DEVICE)
         return tuple(a.numpy() for a in out)
 
-    def query(self, pts: np.ndarray, max_dist: float = UNBOUNDED, guess: float | np.ndarray | None = None) -> Closest:
+    def query(
+        self,
+        pts: np.ndarray,
+        max_dist: float = UNBOUNDED,
+        guess: float | np.ndarray | None = None,
+        ordered: bool = False,
+    ) -> Closest:
         """Closest points of the mesh to `pts`, searched up to `max_dist` (beyond: distance
         `max_dist`, the point itself, side 0). `guess`: a likely bound on each point's distance
         (a scalar or one per point); points with nothing that close are searched again up to
-        `max_dist`, so a guess changes the time, never the result."""
+        `max_dist`, so a guess changes the time, never the result. `ordered`: the points are in
+        an order with locality already (a grid's), else they are queried in Morton order."""
         pts = np.ascontiguousarray(pts, dtype=np.float32).reshape(-1, 3)
         first = np.minimum(np.broadcast_to(np.float32(max_dist if guess is None else guess), len(pts)), max_dist)
+        if len(pts) > 1024 and not ordered:
+            order = morton_order(pts)
+            result = self.query(pts[order], max_dist, first[order], ordered=True)
+            back = np.empty_like(order)
+            back[order] = np.arange(len(order))
+            return Closest(result.dist[back], result.points[back], result.side[back])
         dist, closest, side, found = self._launch(pts, np.ascontiguousarray(first, dtype=np.float32))
         again = np.flatnonzero(~found.astype(bool) & (first < max_dist))
         if len(again):
             d2, c2, s2, _ = self._launch(pts[again], np.full(len(again), max_dist, dtype=np.float32))
             dist[again], closest[again], side[again] = d2, c2, s2
         return Closest(dist, closest, side)
+
+    def parity_inside(self, pts: np.ndarray, directions: np.ndarray) -> np.ndarray:
+        """Inside by ray parity: True where at least two of three rays from the point, along the
+        three `directions`, cross the surface an odd number of times."""
+        pts = np.ascontiguousarray(pts, dtype=np.float32).reshape(-1, 3)
+        if len(pts) == 0:
+            return np.zeros(0, dtype=bool)
+        order = morton_order(pts)
+        votes = wp.empty(len(pts), dtype=wp.int8, device=_DEVICE)
+        dirs = [wp.vec3(*map(float, d)) for d in directions]
+        inputs = [self._mesh.id, wp.array(pts[order], dtype=wp.vec3, device=_DEVICE), *dirs, votes]
+        wp.launch(_parity_kernel, dim=len(pts), inputs=inputs, device=_DEVICE)
+        inside = np.empty(len(pts), dtype=bool)
+        inside[order] = votes.numpy() >= 2
+        return inside
 
     def distance(
         self, pts: np.ndarray, max_dist: float = UNBOUNDED, guess: float | np.ndarray | None = None

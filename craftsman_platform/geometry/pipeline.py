@@ -55,7 +55,6 @@ def process_mesh(path: str | Path, uid: str, cfg: GeometryConfig) -> GeometryOut
         cfg.sample,
         uid,
         max_sharp_offset=(cfg.watertight.eps_voxels + 1.0) * voxel,
-        scene=wt.scene,
         grid=wt.grid,
         sampler=wt.sampler,
         distance=wt.distance,

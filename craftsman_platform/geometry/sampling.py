@@ -13,12 +13,11 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-import open3d as o3d
 import trimesh
 
-from craftsman_platform.geometry.config import SampleConfig, compute_threads
+from craftsman_platform.geometry.config import SampleConfig
 from craftsman_platform.geometry.distance import MeshDistance
-from craftsman_platform.geometry.meshops import SurfaceSampler, raycasting_scene
+from craftsman_platform.geometry.meshops import SurfaceSampler
 from craftsman_platform.geometry.watertight import SdfGrid
 
 # Smallest positive float16 (subnormal): a non-zero sdf never rounds to a sign-less zero.
@@ -29,6 +28,10 @@ _F16_TINY = np.float32(np.finfo(np.float16).smallest_subnormal)
 # axes and from each other, and far from (1, 1, 1), the direction of open3d's check vote.
 _RAYS = np.array([[0.36, 0.48, 0.80], [-0.62, 0.21, 0.756], [0.48, -0.86, 0.173]], dtype=np.float32)
 _RAYS /= np.linalg.norm(_RAYS, axis=1, keepdims=True)
+# The check's rays: three other fixed directions, (1, 1, 1) among them, none near the above.
+_CHECK_RAYS = np.array([[1.0, 1.0, 1.0], [-0.3, 0.9, -0.31], [-0.85, -0.2, -0.48]], dtype=np.float32)
+_CHECK_RAYS /= np.linalg.norm(_CHECK_RAYS, axis=1, keepdims=True)
+CHECK_POINTS = 50_000  # volume points the check re-tests (a share estimated to +-5e-5 at 1e-4)
 
 
 def object_rng(seed: int, uid: str) -> np.random.Generator:
@@ -72,28 +75,19 @@ class Samples:
 class SignedDistance:
     """Exact signed distance to a closed mesh, and an independent check of its inside test.
 
-    Inside: exact from the conversion grid where it decides (UDF path), else the majority of
-    three ray-parity casts along fixed directions (embree through open3d; deterministic).
+    Inside: exact from the conversion grid where it decides (UDF path), else from the distance
+    query when the closest point lies inside a face (the face's normal gives the side), else the
+    majority of three ray-parity casts along fixed directions (deterministic).
     Distance: exact point-to-triangle distance (geometry/distance.py); with a `truncation` the
     search stops there, so points farther away cost almost nothing and read `truncation`.
-    Check: open3d's 3-ray occupancy vote, cast along (1, 1, 1): another direction, so a mesh
-    whose parity depends on the direction (overlapping or leaking shells) shows as disagreement.
+    Check: a second 3-ray parity vote along three other directions on CHECK_POINTS of the
+    volume points: a mesh whose parity depends on the direction (overlapping or leaking shells)
+    shows as disagreement.
     """
 
-    def __init__(self, mesh: trimesh.Trimesh, scene=None, grid: SdfGrid | None = None, distance=None):
-        self._scene = scene if scene is not None else raycasting_scene(mesh)
+    def __init__(self, mesh: trimesh.Trimesh, grid: SdfGrid | None = None, distance: MeshDistance | None = None):
         self._grid = grid
         self._distance = distance or MeshDistance(mesh)
-
-    def _parity(self, pts: np.ndarray) -> np.ndarray:
-        """Inside by ray parity: True where at least two of the three casts cross an odd count."""
-        votes = np.zeros(len(pts), dtype=np.int32)
-        for direction in _RAYS:
-            rays = np.empty((len(pts), 6), dtype=np.float32)
-            rays[:, :3], rays[:, 3:] = pts, direction
-            hits = self._scene.count_intersections(o3d.core.Tensor(rays), nthreads=compute_threads()).numpy()
-            votes += hits % 2
-        return votes >= 2
 
     def inside(self, pts: np.ndarray, side: np.ndarray | None = None) -> np.ndarray:
         """Inside the mesh, exactly: the grid's sign where it decides, else `side` (from the
@@ -103,7 +97,7 @@ class SignedDistance:
             sign = np.where(sign == 0, side, sign)
         undecided = sign == 0
         if undecided.any():
-            sign[undecided] = np.where(self._parity(pts[undecided]), -1, 1)
+            sign[undecided] = np.where(self._distance.parity_inside(pts[undecided], _RAYS), -1, 1)
         return sign < 0
 
     def __call__(self, pts: np.ndarray, truncation: float | None = None, bound: np.ndarray | None = None) -> np.ndarray:
@@ -117,13 +111,12 @@ class SignedDistance:
         return np.where(self.inside(pts, closest.side), -closest.dist, closest.dist).astype(np.float32)
 
     def agreement(self, pts: np.ndarray, sdf: np.ndarray) -> float:
-        """Share of points where open3d's occupancy vote agrees with the sign of `sdf`."""
+        """Share of (the first CHECK_POINTS of) `pts` where the check's parity vote agrees with the
+        sign of `sdf`."""
         if len(pts) == 0:
             return 1.0
-        vote = self._scene.compute_occupancy(
-            o3d.core.Tensor(np.ascontiguousarray(pts, dtype=np.float32)), nsamples=3, nthreads=compute_threads()
-        ).numpy()
-        return float(np.mean((sdf < 0) == (vote > 0)))
+        pts, sdf = pts[:CHECK_POINTS], sdf[:CHECK_POINTS]
+        return float(np.mean((sdf < 0) == self._distance.parity_inside(pts, _CHECK_RAYS)))
 
 
 def _surface(mesh: trimesh.Trimesh, sampler: SurfaceSampler, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -175,24 +168,21 @@ def sample_object(
     cfg: SampleConfig,
     uid: str,
     max_sharp_offset: float = 0.03,
-    scene=None,
     grid: SdfGrid | None = None,
     sampler: SurfaceSampler | None = None,
     distance: MeshDistance | None = None,
 ) -> Samples:
     """All point sets of one object from its watertight `mesh` (and its `source` for sharp edges).
 
-    `scene` (an open3d scene of `mesh`), `grid` (its conversion grid), `sampler` and `distance`
-    are reused when given.
+    `grid` (its conversion grid), `sampler` and `distance` are reused when given.
     """
-    scene = scene if scene is not None else raycasting_scene(mesh)
     sampler = sampler or SurfaceSampler(mesh)
     distance = distance or MeshDistance(mesh)
     rng = object_rng(cfg.seed, uid)
     surface = _surface(mesh, sampler, cfg.surface, rng)
     sharp = sharp_edge_samples(source, mesh, cfg, rng, max_sharp_offset, distance)
     vol_pts = round_f16(rng.uniform(-cfg.volume_bound, cfg.volume_bound, size=(cfg.volume, 3)))
-    signed = SignedDistance(mesh, scene, grid, distance)
+    signed = SignedDistance(mesh, grid, distance)
     vol_sdf = signed(vol_pts, truncation=cfg.vol_truncation)
     blocks = []
     for sigma in cfg.near_sigmas:

@@ -228,7 +228,7 @@ def udf_watertight(
         xyz = np.stack(np.unravel_index(idx, dims), axis=1).astype(np.float32) * np.float32(h) + origin.astype(
             np.float32
         )
-        udf.flat[idx] = distance.distance(xyz, max_dist)
+        udf.flat[idx] = distance.query(xyz, max_dist, ordered=True).dist  # grid order has locality
         return len(idx)
 
     udf = np.full(dims, far, dtype=np.float32)
@@ -306,7 +306,6 @@ class WatertightResult:
     seconds: float
     fast_path_refusal: str | None = None
     timings: dict = field(default_factory=dict)
-    scene: o3d.t.geometry.RaycastingScene | None = None  # of `mesh`, shared by later stages
     grid: SdfGrid | None = None  # UDF path only: exact signs away from the surface
     sampler: SurfaceSampler | None = None  # area-uniform points on `mesh`
     distance: MeshDistance | None = None  # exact distances to `mesh`
@@ -391,7 +390,7 @@ def make_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig | None = None, 
             "watertight_failed",
             f"{method} output: watertight={out.is_watertight}, winding consistent={out.is_winding_consistent}",
         )
-    scene, sampler, distance = raycasting_scene(out), SurfaceSampler(out), MeshDistance(out)
+    sampler, distance = SurfaceSampler(out), MeshDistance(out)
     if method == "fast_path":
         chamfer, lost = 0.0, 0  # the output is the input: nothing moved, nothing lost
     else:
@@ -403,8 +402,7 @@ def make_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig | None = None, 
             cfg.quality_samples,
             rng,
             tol,
-            scene,
-            sampler,
+            out_sampler=sampler,
             out_distance=distance,
             src_distance=src_distance,
             out_grid=grid,
@@ -420,7 +418,6 @@ def make_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig | None = None, 
         seconds=seconds,
         fast_path_refusal=refusal,
         timings=timings,
-        scene=scene,
         grid=grid,
         sampler=sampler,
         distance=distance,

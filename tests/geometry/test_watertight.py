@@ -280,7 +280,7 @@ def test_stored_distances_are_exact_against_libigl(pybullet_dir):
     loaded = load_mesh(pybullet_dir / "random_urdfs/123/123.obj")
     wt = make_watertight(loaded.mesh, WatertightConfig(resolution=128, quality_samples=5000))
     cfg = SampleConfig(surface=1000, sharp_max=0, volume=20_000, near=10_000, vol_truncation=0.1)
-    s = sample_object(wt.mesh, loaded.mesh, cfg, "exact", scene=wt.scene, grid=wt.grid, sampler=wt.sampler)
+    s = sample_object(wt.mesh, loaded.mesh, cfg, "exact", grid=wt.grid, sampler=wt.sampler, distance=wt.distance)
     V, F = np.asarray(wt.mesh.vertices, dtype=np.float64), np.asarray(wt.mesh.faces, dtype=np.int64)
     tree = igl.AABB()
     tree.init(V, F)
