@@ -128,6 +128,19 @@ SUBCOMMANDS = {
             "craft generate checkpoint=runs/diff 'images=[views/]' depth=8 device=cuda:1",
         ],
     ),
+    "refine": Subcommand(
+        "craftsman_platform.inference.refine_job",
+        "refine",
+        "a coarse mesh + normal maps with cameras -> the mesh refined to match them (CPU or GPU)",
+        "craftsman_platform.inference.config:RefineConfig",
+        (),
+        [
+            "craft refine mesh=out/mesh.glb normals=normal_maps/ output_dir=out/   # cameras.json + normal_000.png ...",
+            "craft refine mesh=coarse.obj normals=views/   # front.png right.png back.png left.png, canonical cameras",
+            "craft refine mesh=coarse.glb archive='data/shards/*.tar' uid=chair-1a2b3c4d refiner.iterations=500",
+            "Writes OUT/NAME.glb, OUT/NAME.obj and OUT/NAME.json (normal loss and silhouette IoU before/after).",
+        ],
+    ),
     "app": Subcommand(
         "craftsman_platform.inference.app",
         "app",

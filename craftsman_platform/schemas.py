@@ -8,7 +8,7 @@ from hydra.core.config_store import ConfigStore
 
 from craftsman_platform.evaluation.config import EvalConfig
 from craftsman_platform.geometry.config import InspectConfig
-from craftsman_platform.inference.config import AppConfig, GenerateConfig
+from craftsman_platform.inference.config import AppConfig, GenerateConfig, RefineConfig
 from craftsman_platform.pipelines.pack.config import PackConfig
 from craftsman_platform.pipelines.preprocess.config import PreprocessConfig
 from craftsman_platform.pipelines.report.config import ReportConfig
@@ -22,6 +22,7 @@ SCHEMAS = {
     "train": TrainConfig,
     "evaluate": EvalConfig,
     "generate": GenerateConfig,
+    "refine": RefineConfig,
     "app": AppConfig,
     "convert": ConvertConfig,
 }

@@ -42,9 +42,18 @@ def build_app(cfg: AppConfig):
     out_root = Path(cfg.output_dir or tempfile.mkdtemp(prefix="craft-app-"))
     d = gen.cfg.diffusion
 
-    def settings(guidance, steps, seed, depth, sampler) -> dict:
-        return {"guidance": float(guidance), "steps": int(steps), "seed": int(seed), "depth": int(depth),
-                "sampler": sampler}  # fmt: skip
+    def settings(guidance, steps, seed, depth, sampler, refine, *normal_maps) -> dict:
+        out = {"guidance": float(guidance), "steps": int(steps), "seed": int(seed), "depth": int(depth),
+               "sampler": sampler}  # fmt: skip
+        if refine:
+            if all(m is None for m in normal_maps):
+                raise gr.Error("Refining needs normal maps: upload at least one (front, right, back or left).")
+            folder = Path(tempfile.mkdtemp(prefix="normals-", dir=out_root))
+            for name, img in zip(VIEW_NAMES, normal_maps):
+                if img is not None:
+                    img.save(folder / f"{name}.png")
+            out.update(refine=True, normals=str(folder))
+        return out
 
     def answer(result: dict, source: str):
         glb = result["files"][0]
@@ -53,6 +62,10 @@ def build_app(cfg: AppConfig):
             f"{result['faces']:,} faces from {source} in {result['total_s']:.2f} s on {result['device']} "
             f"({stages}; checkpoint step {result['checkpoint_step']}, {result['weights']} weights)"
         )
+        refined = result["meshes"][0].get("refine")
+        if refined:
+            info += (f"; refined: normal loss {refined['normal_loss_before']:.4f} -> "
+                     f"{refined['normal_loss_after']:.4f}")  # fmt: skip
         return glb, [glb, result["files"][1]], info
 
     def folder_for(seed) -> Path:
@@ -89,6 +102,12 @@ def build_app(cfg: AppConfig):
             with gr.Row():
                 inputs = [gr.Image(label=name, type="pil", image_mode="RGBA", elem_id=f"view-{name}")
                           for name in VIEW_NAMES]  # fmt: skip
+        with gr.Accordion("refine with normal maps", open=False):
+            refine = gr.Checkbox(value=False, label="refine the mesh so that its normals match these maps",
+                                 elem_id="refine")  # fmt: skip
+            with gr.Row():
+                normal_maps = [gr.Image(label=f"{name} normals", type="pil", image_mode="RGBA",
+                                        elem_id=f"normals-{name}") for name in VIEW_NAMES]  # fmt: skip
         with gr.Row():
             guidance = gr.Slider(1.0, 15.0, value=d.guidance_scale, step=0.5, label="guidance scale")
             steps = gr.Slider(5, 100, value=d.sampling_steps, step=1, label="sampling steps")
@@ -99,8 +118,8 @@ def build_app(cfg: AppConfig):
         viewer = gr.Model3D(label="mesh", elem_id="mesh-viewer")
         files = gr.File(label="download (GLB, OBJ)", file_count="multiple", elem_id="mesh-files")
         info = gr.Markdown(elem_id="info")
-        button.click(run_prompt if gen.text else run_views, [*inputs, guidance, steps, seed, depth, sampler],
-                     [viewer, files, info])  # fmt: skip
+        knobs = [guidance, steps, seed, depth, sampler, refine, *normal_maps]
+        button.click(run_prompt if gen.text else run_views, [*inputs, *knobs], [viewer, files, info])
     return app
 
 

@@ -11,6 +11,34 @@ from craftsman_platform.models.extraction import DEFAULT_DEPTH
 
 
 @dataclass
+class RefineSettings:
+    """The normal-based refiner (inference/refine.py): how hard and how finely to refine."""
+
+    iterations: int = 300
+    rays_per_step: int = 16_384  # target pixels per step, drawn from all views
+    lr: float = 0.4  # Adam step, in units of the mean edge length (decays to 0, cosine)
+    edge_px: float = 2.0  # split faces until the mean edge spans at most this many pixels
+    max_faces: int = 400_000  # no split past this many faces
+    laplacian: float = 4.0  # weight of the Laplacian of the offsets from the coarse mesh
+    normal_consistency: float = 0.05  # weight of the change of adjacent faces' dihedral cosines
+    seed: int = 0
+
+
+@dataclass
+class RefineConfig:
+    """`craft refine`: a mesh + normal maps with cameras -> a refined mesh."""
+
+    mesh: str = MISSING  # the coarse mesh (any format craft loads: glb, obj, ply, stl, ...)
+    normals: Optional[str] = None  # a folder: cameras.json + normal_000.png ..., or front/right/back/left.png
+    archive: Optional[str] = None  # or an archive's shards (a glob) ...
+    uid: Optional[str] = None  # ... and the object whose normal renders are the targets
+    output_dir: str = "outputs/refine"
+    name: str = "refined"
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    refiner: RefineSettings = field(default_factory=RefineSettings)
+
+
+@dataclass
 class GenerateConfig:
     checkpoint: str = MISSING  # a diffusion run dir or checkpoint dir
     images: list[str] = field(default_factory=list)
@@ -34,6 +62,9 @@ class GenerateConfig:
     ema: bool = True
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     compile: bool = False  # torch.compile the denoiser (CUDA graphs on a GPU); pays off over many meshes
+    refine: bool = False  # refine the coarse mesh with normal maps: the front end's (Wonder3D) or normals=
+    normals: Optional[str] = None  # a folder of normal maps with cameras (see craft refine) for refine=true
+    refiner: RefineSettings = field(default_factory=RefineSettings)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from craftsman_platform.errors import ConfigError, MissingInput
@@ -79,13 +80,38 @@ class MultiViewFrontEnd:
 
 
 class Wonder3D(MultiViewFrontEnd):
-    """6 views (front, front-right, right, back, left, front-left) + normals; we keep 4."""
+    """6 views (front, front-right, right, back, left, front-left) + their normal maps; we keep 4.
+
+    The pipeline returns the 6 normal maps, then the 6 colour views (Wonder3D's two domains, one
+    batch). Normals are in the input view's camera frame, OpenGL axes (x right, y up, z towards
+    the viewer), encoded (n + 1) / 2 * 255; `normal_maps` turns them to the world frame of our
+    canonical cameras (front camera at -y, z up). Unmeasured here: no Wonder3D weights offline.
+    """
 
     name, hf_id = "wonder3d", "flamehaze1115/wonder3d-v1.0"
+    KEEP = {"front": 0, "right": 2, "back": 3, "left": 4}
+
+    def __init__(self, weights: str | None, trust_remote_code: bool = False):
+        super().__init__(weights, trust_remote_code)
+        self.last_normals: dict[str, Image.Image] = {}
 
     def views(self, front: Image.Image) -> dict[str, Image.Image]:
         out = self.pipeline(front, num_inference_steps=50, output_type="pil").images
-        return {"right": out[2], "back": out[3], "left": out[4]}
+        normals, colours = (out[:6], out[6:]) if len(out) == 12 else ([], out)
+        self.last_normals = {k: normals[i] for k, i in self.KEEP.items()} if normals else {}
+        return {k: colours[i] for k, i in self.KEEP.items() if k != "front"}
+
+    def normal_maps(self) -> dict[str, np.ndarray]:
+        """The last run's normal maps of the canonical views, world frame, uint8 RGB(A)."""
+        maps = {}
+        for name, img in self.last_normals.items():
+            arr = np.asarray(img.convert("RGBA") if img.mode == "RGBA" else img.convert("RGB")).copy()
+            n = arr[..., :3].astype(np.float32) / 127.5 - 1.0
+            world = np.stack([n[..., 0], -n[..., 2], n[..., 1]], axis=-1)  # camera (x, y up, z out) -> world
+            background = np.all(arr[..., :3] == 255, axis=2) | np.all(arr[..., :3] == 0, axis=2)
+            arr[..., :3] = np.where(background[..., None], arr[..., :3], np.round((world + 1.0) * 127.5))
+            maps[name] = arr
+        return maps
 
 
 class ImageDream(MultiViewFrontEnd):

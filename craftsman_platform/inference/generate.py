@@ -24,31 +24,49 @@ from craftsman_platform.errors import ConfigError
 from craftsman_platform.inference.config import GenerateConfig
 from craftsman_platform.inference.frontends import build_frontend
 from craftsman_platform.inference.images import find_views, remove_background
+from craftsman_platform.inference.normal_maps import NormalView, views_from_arrays, views_from_folder
 from craftsman_platform.inference.pipeline import Generator
+from craftsman_platform.inference.refine import check_settings, refine_mesh
+from craftsman_platform.inference.refine_job import summary_line
 from craftsman_platform.inference.runtime import StageTimer, resolve_device
 from craftsman_platform.models.extraction import MAX_DEPTH, export_mesh, remove_small_components
 from craftsman_platform.paths import CONF_DIR
-from craftsman_platform.shapedata.cameras import canonical_c2w
+from craftsman_platform.shapedata.cameras import canonical_c2w, intrinsics
 from craftsman_platform.shapedata.views import VIEW_NAMES, condition_image
 
 log = logging.getLogger("craft.generate")
 
 
-def load_views(cfg: GenerateConfig, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(4, 3, size, size) uint8 views and a (4,) mask of the views given or made by the front end."""
+def load_views(cfg: GenerateConfig, size: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(4, 3, size, size) uint8 views, a (4,) mask of the views given or made by the front end, and
+    the normal maps the front end made ({view name: image}; Wonder3D only)."""
     paths = find_views(cfg.images, {"right": cfg.right_view, "back": cfg.back_view, "left": cfg.left_view})
     imgs = {v: remove_background(Image.open(p), cfg.remove_background) for v, p in paths.items()}
     missing = [v for v in VIEW_NAMES if v not in imgs]
-    if missing:
+    normals: dict[str, np.ndarray] = {}
+    if missing or (cfg.refine and not cfg.normals):
         frontend = build_frontend(cfg.frontend, cfg.frontend_weights, cfg.frontend_trust_remote_code)
         if frontend is not None:
             made = frontend.views(imgs["front"])
             imgs.update({v: made[v] for v in missing})
+            normals = frontend.normal_maps() if hasattr(frontend, "normal_maps") else {}
         else:
             log.warning("views %s not given and frontend=none: they get the null condition", ", ".join(missing))
     blank = np.full((3, size, size), 255, dtype=np.uint8)
     arrays = np.stack([condition_image(imgs[v], size) if v in imgs else blank for v in VIEW_NAMES])
-    return arrays, np.array([v in imgs for v in VIEW_NAMES])
+    return arrays, np.array([v in imgs for v in VIEW_NAMES]), normals
+
+
+def refine_targets(cfg: GenerateConfig, made: dict[str, np.ndarray]) -> list[NormalView]:
+    """The normal maps a refine=true run refines with: normals=FOLDER, else the front end's."""
+    if cfg.normals:
+        return views_from_folder(cfg.normals)
+    if not made:
+        raise ConfigError(f"refine=true: frontend={cfg.frontend} made no normal maps; give normals=FOLDER")
+    c2w = canonical_c2w()
+    names = [v for v in VIEW_NAMES if v in made]
+    Ks = [intrinsics(made[v].shape[1], made[v].shape[0]) for v in names]
+    return views_from_arrays([made[v] for v in names], [c2w[VIEW_NAMES.index(v)] for v in names], Ks)
 
 
 def load_prompts(cfg: GenerateConfig) -> list[str]:
@@ -76,6 +94,10 @@ def generate(cfg: GenerateConfig, generator: Generator | None = None) -> dict:
     the seconds per stage."""
     if not 1 <= cfg.depth <= MAX_DEPTH:
         raise ConfigError(f"depth must be in [1, {MAX_DEPTH}], got {cfg.depth}")
+    if cfg.refine:
+        check_settings(cfg.refiner)
+        if not cfg.normals and cfg.frontend != "wonder3d":
+            raise ConfigError("refine=true needs normal maps: normals=FOLDER, or frontend=wonder3d (which makes them)")
     start = time.perf_counter()
     if generator is None:
         generator = Generator.load(cfg.checkpoint, cfg.ema, resolve_device(cfg.device))
@@ -86,6 +108,7 @@ def generate(cfg: GenerateConfig, generator: Generator | None = None) -> dict:
         load_s = 0.0
     gen = generator
     timer = StageTimer(gen.device)
+    made_normals: dict[str, np.ndarray] = {}
     if gen.text:
         prompts = load_prompts(cfg)
         names = [cfg.name] if cfg.prompts is None else [f"{cfg.name}_{i:03d}" for i in range(len(prompts))]
@@ -96,7 +119,7 @@ def generate(cfg: GenerateConfig, generator: Generator | None = None) -> dict:
         if cfg.prompt is not None or cfg.prompts:
             raise ConfigError(f"{cfg.checkpoint} is an image-conditioned checkpoint: give images=, not a prompt")
         prompts, names = [None], [cfg.name]
-        images, mask = load_views(cfg, gen.image_size)
+        images, mask, made_normals = load_views(cfg, gen.image_size)
         with timer("condition"):
             context = gen.condition(
                 torch.from_numpy(images)[None], torch.from_numpy(canonical_c2w())[None], torch.from_numpy(mask)[None]
@@ -107,12 +130,20 @@ def generate(cfg: GenerateConfig, generator: Generator | None = None) -> dict:
     with timer("decode + extraction"):
         extracted = gen.meshes(latents, cfg.depth)
     out, made = Path(cfg.output_dir), []
+    meshes = [remove_small_components(mesh, cfg.min_component_ratio) for mesh, _ in extracted]
+    reports: list[dict | None] = [None] * len(meshes)
+    if cfg.refine:
+        targets = refine_targets(cfg, made_normals)
+        with timer("refine"):
+            for i, mesh in enumerate(meshes):
+                meshes[i], report = refine_mesh(mesh, targets, cfg.refiner, gen.device)
+                reports[i] = report.as_dict()
+                log.info(summary_line(report))
     with timer("export"):
-        for name, prompt, (mesh, stats) in zip(names, prompts, extracted):
-            mesh = remove_small_components(mesh, cfg.min_component_ratio)
+        for name, prompt, mesh, (_, stats), report in zip(names, prompts, meshes, extracted, reports):
             files = [str(export_mesh(mesh, out / f"{name}{ext}")) for ext in (".glb", ".obj")]
             made.append({"name": name, "prompt": prompt, "files": files, "faces": len(mesh.faces),
-                         "queries": stats.queries})  # fmt: skip
+                         "queries": stats.queries, "refine": report})  # fmt: skip
     result = {
         "files": [f for m in made for f in m["files"]],
         "faces": sum(m["faces"] for m in made),

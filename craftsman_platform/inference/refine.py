@@ -32,35 +32,16 @@ import trimesh
 from tqdm import tqdm
 
 from craftsman_platform.errors import ConfigError
+from craftsman_platform.inference.config import RefineSettings
 from craftsman_platform.inference.normal_maps import NormalView
 from craftsman_platform.inference.raycast import RayCaster
 
 log = logging.getLogger("craft.refine")
-
-
-@dataclass
-class RefineSettings:
-    """How hard and how finely to refine (the `refine.*` keys of craft refine / craft generate)."""
-
-    iterations: int = 300
-    rays_per_step: int = 16_384  # target pixels per step, drawn from all views
-    lr: float = 0.2  # Adam step, in units of the mean edge length
-    edge_px: float = 2.0  # split faces until the mean edge spans at most this many pixels
-    max_faces: int = 400_000  # no split past this many faces
-    laplacian: float = 4.0  # weight of the offsets' Laplacian (relative to the mean edge length)
-    normal_consistency: float = 0.05  # weight of the change of adjacent faces' dihedral cosines
-    seed: int = 0
-
-    def check(self) -> None:
-        for key in ("iterations", "rays_per_step", "max_faces"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"refine.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("lr", "edge_px"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"refine.{key} must be > 0, got {getattr(self, key)}")
-        for key in ("laplacian", "normal_consistency"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"refine.{key} must be >= 0, got {getattr(self, key)}")
+# Adam's eps, times 1 / (edge x faces), the size of a vertex's normal-loss gradient at a misfit of
+# about a radian: Adam's steps are ~lr whatever the gradient's size, so without it an already
+# matching mesh would random-walk on its targets' 8-bit rounding; with it small misfits take
+# proportionally small steps (a mesh at its own renders moves < 0.3 px, tests/inference).
+EPS_SCALE = 10.0
 
 
 @dataclass
@@ -79,6 +60,19 @@ class RefineReport:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def check_settings(s: RefineSettings) -> None:
+    """A bad setting fails before any work, naming its key."""
+    for key in ("iterations", "rays_per_step", "max_faces"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"refiner.{key} must be >= 1, got {getattr(s, key)}")
+    for key in ("lr", "edge_px"):
+        if getattr(s, key) <= 0:
+            raise ConfigError(f"refiner.{key} must be > 0, got {getattr(s, key)}")
+    for key in ("laplacian", "normal_consistency"):
+        if getattr(s, key) < 0:
+            raise ConfigError(f"refiner.{key} must be >= 0, got {getattr(s, key)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +124,7 @@ def uniform_laplacian(n_vertices: int, faces: torch.Tensor) -> torch.Tensor:
     deg = torch.bincount(e[:, 0], minlength=n_vertices).clamp(min=1).float()
     idx = torch.cat([e.T, torch.arange(n_vertices, device=faces.device).repeat(2, 1)], dim=1)
     val = torch.cat([-1.0 / deg[e[:, 0]], torch.ones(n_vertices, device=faces.device)])
-    return torch.sparse_coo_tensor(idx, val, (n_vertices, n_vertices)).coalesce()
+    return torch.sparse_coo_tensor(idx, val, (n_vertices, n_vertices), check_invariants=False).coalesce()
 
 
 def face_pairs(faces: np.ndarray) -> np.ndarray:
@@ -197,13 +191,15 @@ def refine_mesh(
 ) -> tuple[trimesh.Trimesh, RefineReport]:
     """`mesh` moved so that its normals, rendered at the views' cameras, match the views' normals."""
     s = settings or RefineSettings()
-    s.check()
+    check_settings(s)
     if len(mesh.faces) == 0:
         raise ConfigError("refine: the mesh has no faces")
     start = time.perf_counter()
     device = torch.device(device)
     rays = PixelRays(views, device)
     gen = torch.Generator(device="cpu").manual_seed(s.seed)
+    mesh = mesh.copy()
+    mesh.merge_vertices(merge_tex=True, merge_norm=True)  # one surface across UV and normal seams
     v_np, f_np = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
     faces_in = len(f_np)
     before = score(torch.tensor(v_np, dtype=torch.float32, device=device), torch.tensor(f_np, device=device), rays)
@@ -221,7 +217,7 @@ def refine_mesh(
     with torch.no_grad():
         n0 = face_normals(base, faces)
         cos0 = (n0[pairs[:, 0]] * n0[pairs[:, 1]]).sum(dim=1)  # the coarse mesh's dihedral cosines
-    opt = torch.optim.Adam([vertices], lr=s.lr * edge)
+    opt = torch.optim.Adam([vertices], lr=s.lr * edge, eps=EPS_SCALE / (edge * len(f_np)))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, s.iterations)
     caster = RayCaster(vertices, faces)
     steps = tqdm(range(s.iterations), desc="refine", unit="step", disable=not progress, leave=False)
