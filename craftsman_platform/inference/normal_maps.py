@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from craftsman_platform.errors import ConfigError, MissingInput
 from craftsman_platform.shapedata.cameras import DEFAULT_DISTANCE, DEFAULT_FOV_DEG, canonical_c2w, intrinsics
 from craftsman_platform.shapedata.sample import CAMERAS, expand_urls, normal_member, open_shards, view_member
 from craftsman_platform.shapedata.views import VIEW_NAMES
+
+log = logging.getLogger("craft.refine")
 
 
 class BadNormalMaps(ConfigError):
@@ -61,12 +64,21 @@ def decode_normals(img: np.ndarray, name: str, mask: np.ndarray | None = None) -
         raise BadNormalMaps(
             f"{name}: its mask is {mask.shape[1]}x{mask.shape[0]}, the map {img.shape[1]}x{img.shape[0]}"
         )
-    if not mask.any():
-        raise BadNormalMaps(f"{name}: the mask is empty (no pixel of the object in this view)")
     n = rgb / 127.5 - 1.0
     length = np.linalg.norm(n, axis=2, keepdims=True)
     n = np.where(mask[..., None], n / np.maximum(length, 1e-6), 0.0).astype(np.float32)
     return NormalView(normal=n, mask=mask, c2w=np.eye(4), K=np.eye(3), name=name)
+
+
+def usable(views: list[NormalView], where: str) -> list[NormalView]:
+    """The views whose masks hold a pixel of the object (a thin part seen edge-on may show none);
+    an error when none does."""
+    empty = [v.name for v in views if not v.mask.any()]
+    if empty and len(empty) == len(views):
+        raise BadNormalMaps(f"{where}: every mask is empty ({len(views)} views): no pixel of the object to refine with")
+    if empty:
+        log.warning("refine: %d view(s) with an empty mask left out: %s", len(empty), ", ".join(empty))
+    return [v for v in views if v.mask.any()]
 
 
 def _with_camera(view: NormalView, c2w: np.ndarray, K: np.ndarray, width: int, height: int) -> NormalView:
@@ -82,7 +94,7 @@ def _read_png(raw: bytes | Path) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(raw) if isinstance(raw, bytes) else raw))
 
 
-def _sample_views(members: dict[str, bytes], where: str) -> list[NormalView]:
+def views_from_sample(members: dict[str, bytes], where: str) -> list[NormalView]:
     """Views of an archive-like set of members (cameras.json + normal_NNN.png [+ rgb/mask])."""
     cams = json.loads(members[CAMERAS])["views"]
     views = []
@@ -102,7 +114,7 @@ def _sample_views(members: dict[str, bytes], where: str) -> list[NormalView]:
         views.append(_with_camera(view, cam["c2w"], cam["K"], cam["width"], cam["height"]))
     if not views:
         raise BadNormalMaps(f"{where}: cameras.json lists {len(cams)} views but no normal_NNN.png is there")
-    return views
+    return usable(views, where)
 
 
 def views_from_folder(folder: str | Path) -> list[NormalView]:
@@ -112,7 +124,7 @@ def views_from_folder(folder: str | Path) -> list[NormalView]:
         raise MissingInput(f"normals={folder}: no such folder")
     if (folder / CAMERAS).exists():
         members = {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix in (".png", ".json")}
-        return _sample_views(members, str(folder))
+        return views_from_sample(members, str(folder))
     found = [(i, folder / f"{name}.png") for i, name in enumerate(VIEW_NAMES) if (folder / f"{name}.png").exists()]
     if not found:
         raise BadNormalMaps(
@@ -125,7 +137,7 @@ def views_from_folder(folder: str | Path) -> list[NormalView]:
         view = decode_normals(_read_png(path), str(path))
         h, w = view.size
         views.append(_with_camera(view, c2w[i], intrinsics(w, h, DEFAULT_FOV_DEG), w, h))
-    return views
+    return usable(views, str(folder))
 
 
 def views_from_archive(shards: str, uid: str) -> list[NormalView]:
@@ -137,7 +149,7 @@ def views_from_archive(shards: str, uid: str) -> list[NormalView]:
         if raw.get("__key__") == uid:
             if CAMERAS not in raw:
                 raise BadNormalMaps(f"{shards}: object {uid} has no cameras.json")
-            return _sample_views(raw, f"{shards}:{uid}")
+            return views_from_sample(raw, f"{shards}:{uid}")
     raise MissingInput(f"{shards}: no object {uid}")
 
 
@@ -149,4 +161,4 @@ def views_from_arrays(normals: list[np.ndarray], c2ws: list[np.ndarray], Ks: lis
     for i, (img, c2w, K) in enumerate(zip(normals, c2ws, Ks)):
         view = decode_normals(np.asarray(img), f"normal map {i}")
         views.append(_with_camera(view, c2w, K, view.size[1], view.size[0]))
-    return views
+    return usable(views, "normal maps")

@@ -194,6 +194,8 @@ def refine_mesh(
     check_settings(s)
     if len(mesh.faces) == 0:
         raise ConfigError("refine: the mesh has no faces")
+    if not np.isfinite(mesh.vertices).all():
+        raise ConfigError("refine: the mesh has vertices with non-finite coordinates (NaN or inf)")
     start = time.perf_counter()
     device = torch.device(device)
     rays = PixelRays(views, device)
