@@ -170,6 +170,11 @@ def test_app_in_headless_chromium(diffusion_run, view_folder, tmp_path):
             page.locator(f"#view-{name} input[type=file]").set_input_files(str(view_folder / f"{name}.png"))
         _wait_for_mesh(page)
         assert "faces from front, right, back, left" in page.locator("#info").inner_text()
+        # the refine toggle: without normal maps it says what it needs
+        page.get_by_text("refine with normal maps").click()
+        page.locator("#refine input[type=checkbox]").check()
+        page.locator("#generate").click()
+        page.wait_for_selector("text=Refining needs normal maps", timeout=60_000)
     assert list(tmp_path.glob("*/mesh.glb"))
 
 
