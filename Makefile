@@ -64,6 +64,8 @@ bench: setup
 	$(PY) bench/models.py
 	$(PY) bench/training.py
 	$(PY) bench/inference.py
+	$(PY) bench/object_cost.py --baseline 17d1785
+	$(PY) bench/refine.py --vae $(DEMO)/runs/vae
 
 clean:
 	rm -rf $(VENV) .pytest_cache outputs
