@@ -27,13 +27,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSIMP_EXTRA = [
-    "OBJ/spider.obj",
-    "glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb",
-    "STL/sphereWithHole.stl",
-    "OFF/Wuson.off",
-    "PLY/Wuson.ply",
-]
 # (corpus, file, subdivision levels): ~1k, ~10k, ~100k, ~1M faces where the base mesh allows
 LADDER = [
     ("pybullet", "bunny.obj", (0, 2, 4, 5)),  # 902 faces, closed: the fast path
@@ -111,9 +104,9 @@ def run_side(tree: Path, paths: list[Path], core: int) -> list[dict]:
 
 
 def real_sample(count: int) -> list[Path]:
-    from craftsman_platform.corpora import assimp_models_dir, fixed_sample
+    from craftsman_platform.corpora import ASSIMP_BENCH_MESHES, assimp_models_dir, fixed_sample
 
-    return fixed_sample(count) + [assimp_models_dir() / p for p in ASSIMP_EXTRA]
+    return fixed_sample(count) + [assimp_models_dir() / p for p in ASSIMP_BENCH_MESHES]
 
 
 def subdivided(src: Path, level: int, folder: Path) -> Path:

@@ -22,19 +22,11 @@ import point_cloud_utils as pcu
 import trimesh
 from tqdm import tqdm
 
-from craftsman_platform.corpora import assimp_models_dir, fixed_sample
+from craftsman_platform.corpora import ASSIMP_BENCH_MESHES, assimp_models_dir, fixed_sample
 from craftsman_platform.geometry.config import WatertightConfig
 from craftsman_platform.geometry.mesh_io import MeshRejected, load_mesh
 from craftsman_platform.geometry.meshops import signed_volume
 from craftsman_platform.geometry.watertight import make_watertight, surface_fidelity
-
-ASSIMP_EXTRA = [
-    "OBJ/spider.obj",
-    "glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb",
-    "STL/sphereWithHole.stl",
-    "OFF/Wuson.off",
-    "PLY/Wuson.ply",
-]
 
 
 def run_pcu(mesh: trimesh.Trimesh) -> tuple[trimesh.Trimesh, float]:
@@ -62,7 +54,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    files = fixed_sample(args.count, args.seed) + [assimp_models_dir() / p for p in ASSIMP_EXTRA]
+    files = fixed_sample(args.count, args.seed) + [assimp_models_dir() / p for p in ASSIMP_BENCH_MESHES]
     cfg = WatertightConfig(resolution=args.resolution, quality_samples=args.quality_samples)
     tol = (cfg.eps_voxels + 2.0) * 2.0 / cfg.resolution
     rows = []

@@ -72,6 +72,16 @@ def demo_meshes() -> list[Path]:
     return [roots[corpus]() / rel for corpus, rel in DEMO_MESHES]
 
 
+# The assimp test models the benchmarks add to the fixed sample: many parts, a hole, two formats.
+ASSIMP_BENCH_MESHES = [
+    "OBJ/spider.obj",
+    "glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb",
+    "STL/sphereWithHole.stl",
+    "OFF/Wuson.off",
+    "PLY/Wuson.ply",
+]
+
+
 def fixed_sample(n: int, seed: int = 0) -> list[Path]:
     """A fixed, seeded sample of n pybullet meshes: half procedural objects, half the rest."""
     meshes = pybullet_meshes()
