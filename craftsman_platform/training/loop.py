@@ -105,7 +105,9 @@ def train_worker(cfg_dict: dict) -> dict:
     )
     run_dir = Path(cfg.run_dir)
     (run_dir / "workers").mkdir(parents=True, exist_ok=True)
-    (run_dir / "workers" / f"rank-{rank}.pid").write_text(str(os.getpid()))
+    pid_file = run_dir / "workers" / f"rank-{rank}.pid"  # whole or absent for readers: written, then renamed
+    pid_file.with_suffix(".pid.tmp").write_text(str(os.getpid()))
+    os.replace(pid_file.with_suffix(".pid.tmp"), pid_file)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     data = TrainingData(cfg.data.train_shards, cfg.data, cfg.model.kind)
     task = make_task(cfg, device, data)

@@ -45,10 +45,10 @@ def test_the_same_view_is_the_same_tensor_through_all_four_paths(duck, tiny_shar
     files.mkdir()
     for name, img in zip(VIEW_NAMES, rgba):
         img.save(files / f"{name}.png")
-    generation, mask = load_views(GenerateConfig(checkpoint="unused", images=[str(files)]), SIZE)
+    generation, mask, _ = load_views(GenerateConfig(checkpoint="unused", images=[str(files)]), SIZE)
     # the app: the browser's uploads saved, then generate's path
     paths = save_uploads(tmp_path / "app", rgba)
-    app, _ = load_views(
+    app, _, _ = load_views(
         GenerateConfig(
             checkpoint="unused",
             images=[paths["front"]],

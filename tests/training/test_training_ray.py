@@ -31,6 +31,16 @@ from two_node import two_node_cluster
 from craftsman_platform.models.checkpoints import latest_checkpoint, read_meta
 
 
+def read_pid(path: Path) -> int:
+    """A rank's pid file; a new rank may be writing it (empty for an instant): read again."""
+    for _ in range(100):
+        text = path.read_text().strip()
+        if text:
+            return int(text)
+        time.sleep(0.05)
+    raise AssertionError(f"{path} stayed empty")
+
+
 def worker_summaries(run):
     return [json.loads(p.read_text()) for p in sorted((run / "workers").glob("rank-*.json"))]
 
@@ -107,13 +117,13 @@ def test_stops_and_a_lost_worker_keep_the_one_process_curve(one_rank_curve, tiny
 
             proc = train_in_background(*args, env=env)
             wait_for_rows(proc, run, first_stop + 3)
-            lost = int(rank_1.read_text())
+            lost = read_pid(rank_1)
             os.kill(lost, signal.SIGKILL)
             deadline = time.time() + 300
-            while int(rank_1.read_text()) == lost or len(metrics(run)) < first_stop + 6:  # the new group's steps
+            while read_pid(rank_1) == lost or len(metrics(run)) < first_stop + 6:  # the new group's steps
                 assert proc.poll() is None and time.time() < deadline, "the group did not come back"
                 time.sleep(0.2)
-            os.kill(int(rank_1.read_text()), signal.SIGTERM)
+            os.kill(read_pid(rank_1), signal.SIGTERM)
             last = stopped(proc, first_stop + 6)
             # every step once, through both stops and the lost worker: the one-process curve's
             assert_follows(losses(run), {s: one_rank_curve[s] for s in range(1, last + 1)}, last)
