@@ -26,8 +26,6 @@ from craftsman_platform.inference.frontends import build_frontend
 from craftsman_platform.inference.images import find_views, remove_background
 from craftsman_platform.inference.normal_maps import NormalView, views_from_arrays, views_from_folder
 from craftsman_platform.inference.pipeline import Generator
-from craftsman_platform.inference.refine import check_settings, refine_mesh
-from craftsman_platform.inference.refine_job import summary_line
 from craftsman_platform.inference.runtime import StageTimer, resolve_device
 from craftsman_platform.models.extraction import MAX_DEPTH, export_mesh, remove_small_components
 from craftsman_platform.paths import CONF_DIR
@@ -95,6 +93,8 @@ def generate(cfg: GenerateConfig, generator: Generator | None = None) -> dict:
     if not 1 <= cfg.depth <= MAX_DEPTH:
         raise ConfigError(f"depth must be in [1, {MAX_DEPTH}], got {cfg.depth}")
     if cfg.refine:
+        from craftsman_platform.inference.refine import check_settings  # Warp only when refining
+
         check_settings(cfg.refiner)
         if not cfg.normals and cfg.frontend != "wonder3d":
             raise ConfigError("refine=true needs normal maps: normals=FOLDER, or frontend=wonder3d (which makes them)")
@@ -133,6 +133,9 @@ def generate(cfg: GenerateConfig, generator: Generator | None = None) -> dict:
     meshes = [remove_small_components(mesh, cfg.min_component_ratio) for mesh, _ in extracted]
     reports: list[dict | None] = [None] * len(meshes)
     if cfg.refine:
+        from craftsman_platform.inference.refine import refine_mesh
+        from craftsman_platform.inference.refine_job import summary_line
+
         targets = refine_targets(cfg, made_normals)
         with timer("refine"):
             for i, mesh in enumerate(meshes):
