@@ -245,7 +245,7 @@ def generation(args) -> dict:
     return out
 
 
-def evaluation(checkpoint: Path, shards: str, out: Path) -> dict:
+def evaluation(checkpoint: Path, shards: str, out: Path, max_objects: int | None) -> dict:
     cmd = [
         sys.executable,
         "-m",
@@ -255,6 +255,7 @@ def evaluation(checkpoint: Path, shards: str, out: Path) -> dict:
         f"data.eval_shards={shards}",
         f"output_dir={out}",
         "logger=none",
+        f"data.max_objects={max_objects or 'null'}",
     ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -265,7 +266,7 @@ def evaluation(checkpoint: Path, shards: str, out: Path) -> dict:
     return {"objects": result["objects"], "wall_s": wall, "per_object_s": result["metrics"]["seconds"]}
 
 
-def inference_rows(vae_ckpt: Path, diffusion_ckpt: Path, shards: str, tmp: Path) -> None:
+def inference_rows(vae_ckpt: Path, diffusion_ckpt: Path, shards: str, tmp: Path, max_objects: int | None) -> None:
     proc = subprocess.run(
         [sys.executable, __file__, "--shards", shards, "--generate", str(diffusion_ckpt)],
         cwd=ROOT,
@@ -290,7 +291,7 @@ def inference_rows(vae_ckpt: Path, diffusion_ckpt: Path, shards: str, tmp: Path)
     print("\n`craft evaluate` (IoU, Chamfer, F-score, renders; model load included in the wall time):")
     print("| checkpoint | objects | seconds per object | wall s | 100 objects, projected s |\n|---|---|---|---|---|")
     for name, ckpt in (("vae", vae_ckpt), ("diffusion", diffusion_ckpt)):
-        e = evaluation(ckpt, shards, tmp / f"eval-{name}")
+        e = evaluation(ckpt, shards, tmp / f"eval-{name}", max_objects)
         print(
             f"| {name} | {e['objects']} | {e['per_object_s']:.2f} | {e['wall_s']:.1f} | {100 * e['per_object_s']:.0f} |"
         )
@@ -321,6 +322,12 @@ def main() -> None:
     ap.add_argument("--allow-cpu", action="store_true", help="run the procedure on the CPU with the tiny experiments")
     ap.add_argument("--out", default=None, help="also write the figures as JSON here")
     ap.add_argument("--no-inference", action="store_true", help="skip the generate / evaluate timings")
+    ap.add_argument(
+        "--inference-only",
+        action="store_true",
+        help="only the generate / evaluate timings, with checkpoints from one-step `craft train` runs",
+    )
+    ap.add_argument("--eval-objects", type=int, default=None, help="evaluate at most this many objects")
     ap.add_argument("--bare", default=None, help=argparse.SUPPRESS)  # internal: one bare measurement
     ap.add_argument("--generate", default=None, help=argparse.SUPPRESS)  # internal: generation timings
     ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
@@ -356,6 +363,15 @@ def main() -> None:
     kinds = [args.only] if args.only else ["vae", "diffusion"]
     modes = (False,) if args.no_compile else (False, True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    if args.inference_only:  # untrained weights: the octree extraction sees a noisy surface (its worst case)
+        print(f"# bench/gpu.py --inference-only on {name}, torch {torch.__version__}")
+        vae = Path(args.vae_checkpoint) if args.vae_checkpoint else tmp / "vae"
+        if not args.vae_checkpoint:
+            real(experiments["vae"], common, vae, 1, 0)
+        clip = f"model.conditioner.pretrained={args.clip or 'null'}"
+        real(experiments["diffusion"], common + [f"model.vae_checkpoint={vae}", clip], tmp / "diffusion", 1, 0)
+        inference_rows(vae, tmp / "diffusion", args.shards, tmp, args.eval_objects)
+        return
     vae_checkpoint = args.vae_checkpoint
     if "diffusion" in kinds and "vae" not in kinds and vae_checkpoint is None:  # the frozen VAE: a 1-step run
         vae_checkpoint = tmp / "vae-for-diffusion"
@@ -396,7 +412,7 @@ def main() -> None:
             )
             results[f"{kind}-{mode}"] = {"bare": b, "real": r, "ratio": ratio}
     if not args.no_inference and not args.only:
-        inference_rows(Path(vae_checkpoint), tmp / "diffusion-eager", args.shards, tmp)
+        inference_rows(Path(vae_checkpoint), tmp / "diffusion-eager", args.shards, tmp, args.eval_objects)
     if args.out:
         Path(args.out).write_text(json.dumps({"device": name, "results": results}, indent=1))
 

@@ -8,6 +8,8 @@ triangle's normal with respect to its vertices (inference/refine.py).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import warp as wp
 
@@ -41,16 +43,24 @@ class RayCaster:
         init_warp()
         self.device = vertices.device
         self._wp_device = wp.device_from_torch(vertices.device)
+        # on a GPU, Warp works on PyTorch's current stream: its kernels then see the tensors torch
+        # just wrote, and torch sees the hits, without a device-wide synchronisation
+        self._stream = wp.stream_from_torch(vertices.device) if vertices.is_cuda else None
         self._vertices = vertices.detach().float().contiguous().clone()  # Warp reads this memory
         self._faces = faces.to(torch.int32).flatten().contiguous().clone()
-        self._mesh = wp.Mesh(
-            points=wp.from_torch(self._vertices, dtype=wp.vec3), indices=wp.from_torch(self._faces, dtype=wp.int32)
-        )
+        with self._on_stream():
+            self._mesh = wp.Mesh(
+                points=wp.from_torch(self._vertices, dtype=wp.vec3), indices=wp.from_torch(self._faces, dtype=wp.int32)
+            )
+
+    def _on_stream(self) -> contextlib.AbstractContextManager:
+        return wp.ScopedStream(self._stream) if self._stream is not None else contextlib.nullcontext()
 
     def update(self, vertices: torch.Tensor) -> None:
         """New vertex positions (same faces): the BVH is refit."""
         self._vertices.copy_(vertices.detach())
-        self._mesh.refit()
+        with self._on_stream():
+            self._mesh.refit()
 
     def cast(self, origins: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(face index per ray, -1 where it misses; distance along `dirs` to the hit)."""
@@ -65,5 +75,6 @@ class RayCaster:
                 wp.from_torch(face),
                 wp.from_torch(t),
             ]
-            wp.launch(_cast, dim=n, inputs=inputs, device=self._wp_device)
+            with self._on_stream():
+                wp.launch(_cast, dim=n, inputs=inputs, device=self._wp_device)
         return face.long(), t
