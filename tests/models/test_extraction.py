@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import open3d as o3d
 import pytest
 import torch
@@ -19,6 +20,7 @@ from craftsman_platform.models.extraction import (
     grid_to_mesh,
     octree_grid,
     octree_grids,
+    remove_small_components,
 )
 
 
@@ -84,3 +86,15 @@ def test_marching_cubes_visits_only_refined_cells_and_finds_the_same_surface(duc
     assert visit.mean() < 0.3  # most of the grid is skipped
     full, masked = grid_to_mesh(values), grid_to_mesh(values, visit=visit)
     assert len(full.faces) == len(masked.faces) and abs(full.vertices - masked.vertices).max() == 0
+
+
+def test_small_parts_are_dropped_and_the_rest_kept_face_for_face():
+    big = trimesh.creation.icosphere(subdivisions=3)  # 1280 faces
+    small = trimesh.creation.icosphere(subdivisions=1, radius=0.1)  # 80 faces
+    small.apply_translation([3.0, 0, 0])
+    both = trimesh.util.concatenate([big, small])
+    kept = remove_small_components(both, 0.1)
+    assert len(kept.faces) == len(big.faces) and len(kept.vertices) == len(big.vertices)
+    assert np.allclose(np.sort(kept.area_faces), np.sort(big.area_faces))
+    assert len(remove_small_components(both, 0.05).faces) == len(both.faces)  # 80 >= 0.05 x 1280
+    assert remove_small_components(both, 0.0) is both
