@@ -116,7 +116,8 @@ def write_prepared(out: Path, uid: str, gt: trimesh.Trimesh, members: dict, coar
 
 def prepared_objects(root: Path) -> Iterator[tuple[str, trimesh.Trimesh, list, dict[str, trimesh.Trimesh]]]:
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        coarse = {p.stem.removeprefix("coarse_"): trimesh.load(p, process=False) for p in sorted(d.glob("coarse_*.ply"))}
+        files = sorted(d.glob("coarse_*.ply"))
+        coarse = {p.stem.removeprefix("coarse_"): trimesh.load(p, process=False) for p in files}
         yield d.name, trimesh.load(d / "gt.ply", process=False), views_from_folder(d / "views"), coarse
 
 
@@ -128,6 +129,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     ap.add_argument("--prepare", type=Path, help="write the objects and coarse meshes here and exit")
     ap.add_argument("--from", dest="source", type=Path, help="refine objects written by --prepare")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a refiner setting (refiner.KEY)")
+    ap.add_argument("--coarse", nargs="+", default=["vae", "smoothed"], help="which coarse meshes to refine")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -142,11 +145,14 @@ def main() -> None:
         objects = ((uid, gt, views_from_sample(m, uid), c) for uid, gt, m, c in archive_objects(args))
     device = resolve_device(args.device)
     settings = RefineSettings(iterations=args.iterations)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        setattr(settings, key, type(getattr(settings, key))(value))
     rows = []
     for uid, gt, views, coarse in objects:
         gt_samples = sample_surface(gt, 100_000, seed=0)
         for kind, mesh in coarse.items():
-            if len(mesh.faces) == 0:
+            if len(mesh.faces) == 0 or kind not in args.coarse:
                 continue
             start = time.perf_counter()
             refined, report = refine_mesh(mesh, views, settings, device, progress=False)
@@ -158,7 +164,8 @@ def main() -> None:
             print(f"{r['uid'][:28]:28s} {kind:8s} " + "  ".join(
                 f"{m} {r['before'][m]:.4f} -> {r['after'][m]:.4f}" for m in METRICS)
                 + f"  IoU {r['iou_before']:.3f} -> {r['iou_after']:.3f}  {r['seconds']:.1f} s", flush=True)  # fmt: skip
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
+    threads = f"CPU, {torch.get_num_threads()} torch threads"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else threads
     print(f"\n## Refiner on held-out objects ({where}; the first mesh's seconds include Warp's kernel build)\n")
     print("| coarse | objects | median Chamfer before / after | median F@0.01 before / after "
           "| median NC before / after | NC and F@0.01 up | silhouette kept | median s |")  # fmt: skip

@@ -16,10 +16,13 @@ class RefineSettings:
 
     iterations: int = 300
     rays_per_step: int = 16_384  # target pixels per step, drawn from all views
-    lr: float = 0.4  # Adam step, in units of the mean edge length (decays to 0, cosine)
-    edge_px: float = 2.0  # split faces until the mean edge spans at most this many pixels
+    lr: float = 0.4  # Adam step, in units of the edge after the uniform split (decays to 0, cosine)
+    edge_px: float = 2.0  # split every face until the mean edge spans at most this many pixels
+    remesh_rounds: int = 1  # after the uniform split to edge_px, rounds halving the faces that miss detail
+    detail_error: float = 0.02  # ... a face's mean 1 - cos to its target pixels above this (~11 deg)
     max_faces: int = 400_000  # no split past this many faces
-    laplacian: float = 4.0  # weight of the Laplacian of the offsets from the coarse mesh
+    laplacian: float = 16.0  # weight of the Laplacian of the offsets from the coarse mesh
+    anchor: float = 0.5  # weight of the offsets' squared length (same units): no low-frequency drift
     normal_consistency: float = 0.05  # weight of the change of adjacent faces' dihedral cosines
     seed: int = 0
 

@@ -9,15 +9,20 @@ CPU or a GPU:
   * a random batch of the target pixels per step (all views pooled), Adam on the vertices.
 What that gives up against an edge-sampling renderer (Mitsuba 3 / nvdiffrast): no gradient at
 silhouette edges, so the outline cannot move outward to a target's; it is kept (not fitted) by
-the offset Laplacian and reported as mask IoU before and after.
+the guard below and reported as mask IoU before and after.
 Regularisers: the uniform Laplacian of the vertices' offsets from the coarse mesh (smooth
-displacements are cheap, noisy ones are not) and the change of adjacent faces' dihedral cosines
-from the coarse mesh's (creases are neither made nor flattened for nothing). Both are zero on the
-coarse mesh, so a mesh that already matches its targets stays where it is. The step size decays
-to zero over the iterations (cosine).
-Remeshing: every face is split (midpoints, the same surface) until the mean edge is at most
-`edge_px` pixels of the views (or the next split would pass `max_faces`); edges are never
-collapsed, and the split is uniform, not only where detail is missing.
+displacements are cheap, noisy ones are not), the offsets' squared length (`anchor`: normals fix a
+surface only up to a slow drift, which this keeps off) and the change of adjacent faces' dihedral
+cosines from the coarse mesh's (creases are neither made nor flattened for nothing). All are zero
+on the coarse mesh, so a mesh that already matches its targets stays where it is. The step size
+decays to zero over the iterations (cosine).
+Remeshing (inference/remesh.py): every face is first split at its midpoints (the same surface)
+until the mean edge spans at most `edge_px` pixels; the iterations are cut into `remesh_rounds` + 1
+phases, and between phases the faces whose normals still miss their targets' by more than
+`detail_error` are split in half (red-green, conforming), down to edge_px / 2^rounds: vertices go
+where detail is missing, not everywhere. Edges are never collapsed (at most `max_faces`).
+The silhouette guard, last: vertices whose moves lost a target pixel or covered one outside the
+masks go back to the coarse surface (with their one-ring) until the silhouette IoU is no lower.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from craftsman_platform.errors import ConfigError
 from craftsman_platform.inference.config import RefineSettings
 from craftsman_platform.inference.normal_maps import NormalView
 from craftsman_platform.inference.raycast import RayCaster
+from craftsman_platform.inference.remesh import face_pairs, mean_edge, split_marked, split_uniform
 
 log = logging.getLogger("craft.refine")
 # Adam's eps, times 1 / (edge x faces), the size of a vertex's normal-loss gradient at a misfit of
@@ -42,6 +48,7 @@ log = logging.getLogger("craft.refine")
 # matching mesh would random-walk on its targets' 8-bit rounding; with it small misfits take
 # proportionally small steps (a mesh at its own renders moves < 0.3 px, tests/inference).
 EPS_SCALE = 10.0
+GUARD_ROUNDS = 4  # silhouette guard: rounds of putting vertices back (each a full render)
 
 
 @dataclass
@@ -70,7 +77,9 @@ def check_settings(s: RefineSettings) -> None:
     for key in ("lr", "edge_px"):
         if getattr(s, key) <= 0:
             raise ConfigError(f"refiner.{key} must be > 0, got {getattr(s, key)}")
-    for key in ("laplacian", "normal_consistency"):
+    if s.remesh_rounds < 0:
+        raise ConfigError(f"refiner.remesh_rounds must be >= 0, got {s.remesh_rounds}")
+    for key in ("laplacian", "normal_consistency", "anchor", "detail_error"):
         if getattr(s, key) < 0:
             raise ConfigError(f"refiner.{key} must be >= 0, got {getattr(s, key)}")
 
@@ -127,28 +136,11 @@ def uniform_laplacian(n_vertices: int, faces: torch.Tensor) -> torch.Tensor:
     return torch.sparse_coo_tensor(idx, val, (n_vertices, n_vertices), check_invariants=False).coalesce()
 
 
-def face_pairs(faces: np.ndarray) -> np.ndarray:
-    """(E, 2) faces sharing an edge."""
-    return trimesh.Trimesh(vertices=np.zeros((int(faces.max()) + 1, 3)), faces=faces, process=False).face_adjacency
-
-
-def mean_edge(vertices: np.ndarray, faces: np.ndarray) -> float:
-    e = vertices[faces] - vertices[np.roll(faces, -1, axis=1)]
-    return float(np.linalg.norm(e, axis=2).mean())
-
-
 def pixel_size(views: list[NormalView], vertices: np.ndarray) -> float:
     """World size of one pixel at the mesh's distance, the finest over the views."""
     centre = vertices.mean(axis=0)
     sizes = [np.linalg.norm(v.c2w[:3, 3] - centre) / v.K[0, 0] for v in views]
     return float(min(sizes))
-
-
-def split_to(vertices: np.ndarray, faces: np.ndarray, edge: float, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
-    """Midpoint-split every face until the mean edge is <= `edge` or the next split passes max_faces."""
-    while mean_edge(vertices, faces) > edge and 4 * len(faces) <= max_faces:
-        vertices, faces = trimesh.remesh.subdivide(vertices, faces)
-    return vertices, faces
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,24 +149,78 @@ def split_to(vertices: np.ndarray, faces: np.ndarray, edge: float, max_faces: in
 
 
 @torch.no_grad()
-def score(vertices: torch.Tensor, faces: torch.Tensor, rays: PixelRays, chunk: int = 1 << 18) -> tuple[float, float]:
-    """(mean 1 - cos over target pixels the mesh covers, silhouette IoU) over every pixel."""
+def render_faces(vertices: torch.Tensor, faces: torch.Tensor, rays: PixelRays, chunk: int = 1 << 18) -> torch.Tensor:
+    """The face each pixel's ray hits first (-1 where it misses), every pixel of every view."""
     caster = RayCaster(vertices, faces)
-    normals = face_normals(vertices, faces)
-    loss_sum, covered, hit_all = 0.0, 0, torch.zeros(len(rays.mask), dtype=torch.bool, device=vertices.device)
-    for start in range(0, len(rays.mask), chunk):
+    hit = torch.empty(len(rays.mask), dtype=torch.long, device=vertices.device)
+    for start in range(0, len(hit), chunk):
         sl = slice(start, start + chunk)
-        face, _ = caster.cast(rays.origins[sl], rays.dirs[sl])
-        hit = face >= 0
-        hit_all[sl] = hit
-        both = hit & rays.mask[sl]
-        if both.any():
-            n = rendered_normals(normals, face[both], rays.dirs[sl][both])
-            loss_sum += float((1.0 - (n * rays.target[sl][both]).sum(dim=1)).sum())
-            covered += int(both.sum())
-    union = int((hit_all | rays.mask).sum())
-    iou = int((hit_all & rays.mask).sum()) / max(union, 1)
-    return loss_sum / max(covered, 1), iou
+        hit[sl] = caster.cast(rays.origins[sl], rays.dirs[sl])[0]
+    return hit
+
+
+@dataclass
+class Score:
+    loss: float  # mean 1 - cos over target pixels the mesh covers
+    iou: float  # silhouette IoU, all views pooled
+    face_error: torch.Tensor  # (F,) mean 1 - cos over the target pixels each face shows (0 where none)
+    face: torch.Tensor  # (P,) the face hit per pixel
+
+
+@torch.no_grad()
+def score(vertices: torch.Tensor, faces: torch.Tensor, rays: PixelRays) -> Score:
+    face = render_faces(vertices, faces, rays)
+    hit = face >= 0
+    both = hit & rays.mask
+    n = rendered_normals(face_normals(vertices, faces), face[both], rays.dirs[both])
+    err = 1.0 - (n * rays.target[both]).sum(dim=1)
+    sums = torch.zeros(len(faces), device=vertices.device).index_add_(0, face[both], err)
+    counts = torch.zeros(len(faces), device=vertices.device).index_add_(0, face[both], torch.ones_like(err))
+    iou = int(both.sum()) / max(int((hit | rays.mask).sum()), 1)
+    return Score(float(err.mean()) if len(err) else 0.0, iou, sums / counts.clamp(min=1), face)
+
+
+def marked_for_detail(
+    vertices: np.ndarray, faces: np.ndarray, err: np.ndarray, s: RefineSettings, px: float
+) -> np.ndarray:
+    """Faces to split: their normals miss the targets' by more than `detail_error` and their longest
+    edge spans more than `edge_px` pixels; the worst first when `max_faces` allows only some."""
+    longest = np.linalg.norm(vertices[faces] - vertices[np.roll(faces, -1, axis=1)], axis=2).max(axis=1)
+    marked = (err > s.detail_error) & (longest > s.edge_px / 2**s.remesh_rounds * px)
+    room = max((s.max_faces - len(faces)) // 5, 0)  # a red split adds 3 faces, its green neighbours 3 more
+    if marked.sum() > room:
+        worst = np.argsort(-np.where(marked, err, -1.0))[:room]
+        marked = np.zeros_like(marked)
+        marked[worst] = True
+    return marked
+
+
+# ---------------------------------------------------------------------------------------------
+# Keeping the silhouette
+# ---------------------------------------------------------------------------------------------
+
+
+def guard_silhouette(
+    vertices: torch.Tensor, base: torch.Tensor, faces: torch.Tensor, rays: PixelRays, before: Score, after: Score
+) -> tuple[torch.Tensor, Score, int]:
+    """Vertices whose moves lost target pixels (covered before, not now) or covered pixels outside
+    the targets' masks go back to the coarse mesh, with their neighbours, until the silhouette IoU
+    is no lower than before (the refiner has no silhouette gradient to fit it with). Returns the
+    vertices, their score and how many were put back."""
+    back = torch.zeros(len(vertices), dtype=torch.bool, device=vertices.device)
+    for _ in range(GUARD_ROUNDS):
+        if after.iou >= before.iou:
+            break
+        lost = rays.mask & (before.face >= 0) & (after.face < 0)
+        gained = ~rays.mask & (before.face < 0) & (after.face >= 0)
+        culprits = torch.cat([before.face[lost], after.face[gained]])
+        ring = torch.zeros(len(vertices), dtype=torch.bool, device=vertices.device)
+        ring[faces[culprits].flatten()] = True
+        ring[faces[ring[faces].any(dim=1)].flatten()] = True  # and their one-ring
+        back |= ring
+        vertices = torch.where(back[:, None], base, vertices)
+        after = score(vertices, faces, rays)
+    return vertices, after, int(back.sum())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,51 +250,37 @@ def refine_mesh(
     mesh.merge_vertices(merge_tex=True, merge_norm=True)  # one surface across UV and normal seams
     v_np, f_np = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
     faces_in = len(f_np)
-    before = score(torch.tensor(v_np, dtype=torch.float32, device=device), torch.tensor(f_np, device=device), rays)
+    first = score(torch.tensor(v_np, dtype=torch.float32, device=device), torch.tensor(f_np, device=device), rays)
 
+    # uniform faces of at most edge_px pixels, then each round splits (in half) the faces whose
+    # normals still miss the targets' (detail the mesh cannot hold yet)
     px = pixel_size(views, v_np)
-    v_np, f_np = split_to(v_np, f_np, s.edge_px * px, s.max_faces)
-    edge = mean_edge(v_np, f_np)
-    if edge > s.edge_px * px:
-        log.info("refine: stopped splitting at %d faces (refine.max_faces), edges of %.1f px", len(f_np), edge / px)
-    base = torch.tensor(v_np, dtype=torch.float32, device=device)
-    vertices = base.clone().requires_grad_(True)
-    faces = torch.tensor(f_np, device=device)
-    lap = uniform_laplacian(len(v_np), faces)
-    pairs = torch.tensor(face_pairs(f_np), device=device)
-    with torch.no_grad():
-        n0 = face_normals(base, faces)
-        cos0 = (n0[pairs[:, 0]] * n0[pairs[:, 1]]).sum(dim=1)  # the coarse mesh's dihedral cosines
-    opt = torch.optim.Adam([vertices], lr=s.lr * edge, eps=EPS_SCALE / (edge * len(f_np)))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, s.iterations)
-    caster = RayCaster(vertices, faces)
-    steps = tqdm(range(s.iterations), desc="refine", unit="step", disable=not progress, leave=False)
-    for it in steps:
-        caster.update(vertices)
-        pick = rays.inside[torch.randint(len(rays.inside), (s.rays_per_step,), generator=gen).to(device)]
-        face, _ = caster.cast(rays.origins[pick], rays.dirs[pick])
-        hit = face >= 0
-        normals = face_normals(vertices, faces)
-        n = rendered_normals(normals, face[hit], rays.dirs[pick][hit])
-        loss_n = (1.0 - (n * rays.target[pick][hit]).sum(dim=1)).mean() if hit.any() else vertices.sum() * 0
-        offsets = (vertices - base) / edge
-        loss_lap = torch.sparse.mm(lap, offsets).pow(2).sum(dim=1).mean()
-        loss_nc = ((normals[pairs[:, 0]] * normals[pairs[:, 1]]).sum(dim=1) - cos0).pow(2).mean()
-        loss = loss_n + s.laplacian * loss_lap + s.normal_consistency * loss_nc
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if it % 25 == 0:
-            steps.set_postfix(normal=f"{float(loss_n.detach()):.4f}", faces=len(f_np))
-    out_v = vertices.detach()
-    after = score(out_v, faces, rays)
-    refined = trimesh.Trimesh(out_v.cpu().double().numpy(), f_np, process=False)
+    # step sizes and the offsets' scale in one length through all rounds: the uniform split's edge
+    unit = min(mean_edge(v_np, f_np), s.edge_px * px)
+    (v_np, base_np), f_np = split_uniform([v_np, v_np], f_np, s.edge_px * px, s.max_faces)
+    phases = np.array_split(np.arange(s.iterations), s.remesh_rounds + 1)
+    steps = tqdm(total=s.iterations, desc="refine", unit="step", disable=not progress, leave=False)
+    vertices, faces = torch.tensor(v_np, dtype=torch.float32, device=device), torch.tensor(f_np, device=device)
+    for phase, its in enumerate(phases):
+        if phase:
+            now = score(vertices, faces, rays)
+            marked = marked_for_detail(v_np, f_np, now.face_error.cpu().numpy(), s, px)
+            if marked.any():
+                (v_np, base_np), f_np = split_marked([vertices.cpu().double().numpy(), base_np], f_np, marked)
+        vertices, faces, base = fit(v_np, base_np, f_np, rays, s, its, gen, steps, unit)
+        v_np = vertices.cpu().double().numpy()
+    steps.close()
+    after = score(vertices, faces, rays)
+    before = score(base, faces, rays)  # the coarse surface at the final faces: the same silhouette as `first`
+    vertices, after, restored = guard_silhouette(vertices, base, faces, rays, before, after)
+    if restored:
+        log.info("refine: %d vertices put back on the coarse mesh to keep its silhouette", restored)
+    refined = trimesh.Trimesh(vertices.cpu().double().numpy(), f_np, process=False)
     report = RefineReport(
-        normal_loss_before=before[0],
-        normal_loss_after=after[0],
-        mask_iou_before=before[1],
-        mask_iou_after=after[1],
+        normal_loss_before=first.loss,
+        normal_loss_after=after.loss,
+        mask_iou_before=first.iou,
+        mask_iou_after=after.iou,
         faces_in=faces_in,
         faces_out=len(f_np),
         iterations=s.iterations,
@@ -256,3 +288,51 @@ def refine_mesh(
         device=str(device),
     )
     return refined, report
+
+
+def fit(
+    v_np: np.ndarray,
+    base_np: np.ndarray,
+    f_np: np.ndarray,
+    rays: PixelRays,
+    s: RefineSettings,
+    its: np.ndarray,
+    gen: torch.Generator,
+    steps: tqdm,
+    unit: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps `its` (of s.iterations, for the cosine decay) of Adam on the vertices at fixed faces;
+    `unit` the length of steps (x lr) and of offsets in the Laplacian term."""
+    device = rays.origins.device
+    base = torch.tensor(base_np, dtype=torch.float32, device=device)
+    vertices = torch.tensor(v_np, dtype=torch.float32, device=device).requires_grad_(True)
+    faces = torch.tensor(f_np, device=device)
+    edge = mean_edge(base_np, f_np)
+    lap = uniform_laplacian(len(v_np), faces)
+    pairs = torch.tensor(face_pairs(f_np), device=device)
+    with torch.no_grad():
+        n0 = face_normals(base, faces)
+        cos0 = (n0[pairs[:, 0]] * n0[pairs[:, 1]]).sum(dim=1)  # the coarse mesh's dihedral cosines
+    opt = torch.optim.Adam([vertices], lr=s.lr * unit, eps=EPS_SCALE / (edge * len(f_np)))
+    caster = RayCaster(vertices, faces)
+    for it in its:
+        opt.param_groups[0]["lr"] = s.lr * unit * 0.5 * (1 + np.cos(np.pi * it / s.iterations))
+        caster.update(vertices)
+        pick = rays.inside[torch.randint(len(rays.inside), (s.rays_per_step,), generator=gen).to(device)]
+        face, _ = caster.cast(rays.origins[pick], rays.dirs[pick])
+        hit = face >= 0
+        normals = face_normals(vertices, faces)
+        n = rendered_normals(normals, face[hit], rays.dirs[pick][hit])
+        loss_n = (1.0 - (n * rays.target[pick][hit]).sum(dim=1)).mean() if hit.any() else vertices.sum() * 0
+        offsets = (vertices - base) / unit
+        loss_lap = torch.sparse.mm(lap, offsets).pow(2).sum(dim=1).mean()
+        loss_nc = ((normals[pairs[:, 0]] * normals[pairs[:, 1]]).sum(dim=1) - cos0).pow(2).mean()
+        loss_anchor = offsets.pow(2).sum(dim=1).mean()
+        loss = loss_n + s.laplacian * loss_lap + s.normal_consistency * loss_nc + s.anchor * loss_anchor
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps.update()
+        if it % 25 == 0:
+            steps.set_postfix(normal=f"{float(loss_n.detach()):.4f}", faces=len(f_np))
+    return vertices.detach(), faces, base

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 import webdataset as wds
 from helpers import craft
@@ -22,7 +23,7 @@ from craftsman_platform.geometry.mesh_io import load_mesh
 from craftsman_platform.geometry.render import Renderer
 from craftsman_platform.inference.config import RefineSettings
 from craftsman_platform.inference.normal_maps import BadNormalMaps, views_from_arrays, views_from_folder
-from craftsman_platform.inference.refine import pixel_size, refine_mesh
+from craftsman_platform.inference.refine import PixelRays, guard_silhouette, pixel_size, refine_mesh, score
 from craftsman_platform.shapedata.cameras import view_cameras
 from craftsman_platform.shapedata.sample import CAMERAS, cameras_json, normal_member, png_bytes
 
@@ -156,3 +157,20 @@ def test_pixel_size_follows_the_cameras():
     views = renders(bumpy_sphere(), res=64, extra_sets=0)
     nv = views_from_arrays([v.normal for v in views], [v.c2w for v in views], [v.K for v in views])
     assert pixel_size(nv, np.zeros((1, 3))) == pytest.approx(4.5 / views[0].K[0, 0])
+
+
+def test_the_guard_puts_back_only_the_vertices_that_lost_silhouette():
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    sphere.vertices *= 0.6
+    views = renders(sphere, res=64)
+    rays = PixelRays(views_from_arrays([v.normal for v in views], [v.c2w for v in views], [v.K for v in views]), "cpu")
+    base = torch.tensor(sphere.vertices, dtype=torch.float32)
+    faces = torch.tensor(sphere.faces)
+    dented = base.clone()
+    side = dented[:, 0] > 0.35  # one side pushed in: its outline shrinks in the views that see it edge-on
+    dented[side] *= 0.8
+    before, after = score(base, faces, rays), score(dented, faces, rays)
+    assert after.iou < before.iou - 0.005
+    _, now, restored = guard_silhouette(dented, base, faces, rays, before, after)
+    assert now.iou >= before.iou
+    assert 0 < restored < len(base) // 2  # the dent's neighbourhood, not the whole mesh
