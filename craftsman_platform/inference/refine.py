@@ -48,7 +48,7 @@ log = logging.getLogger("craft.refine")
 # matching mesh would random-walk on its targets' 8-bit rounding; with it small misfits take
 # proportionally small steps (a mesh at its own renders moves < 0.3 px, tests/inference).
 EPS_SCALE = 10.0
-GUARD_ROUNDS = 4  # silhouette guard: rounds of putting vertices back (each a full render)
+GUARD_ROUNDS = 8  # silhouette guard: rounds of putting vertices back (each a full render)
 
 
 @dataclass
@@ -187,7 +187,7 @@ def marked_for_detail(
     edge spans more than `edge_px` pixels; the worst first when `max_faces` allows only some."""
     longest = np.linalg.norm(vertices[faces] - vertices[np.roll(faces, -1, axis=1)], axis=2).max(axis=1)
     marked = (err > s.detail_error) & (longest > s.edge_px / 2**s.remesh_rounds * px)
-    room = max((s.max_faces - len(faces)) // 5, 0)  # a red split adds 3 faces, its green neighbours 3 more
+    room = max((s.max_faces - len(faces)) // 8, 0)  # a red split adds 3 faces, greens and closure more
     if marked.sum() > room:
         worst = np.argsort(-np.where(marked, err, -1.0))[:room]
         marked = np.zeros_like(marked)
@@ -275,6 +275,10 @@ def refine_mesh(
     vertices, after, restored = guard_silhouette(vertices, base, faces, rays, before, after)
     if restored:
         log.info("refine: %d vertices put back on the coarse mesh to keep its silhouette", restored)
+    if after.loss > before.loss:  # no better than the coarse surface: do no harm
+        log.warning("refine: the normal loss did not go down (%.4f -> %.4f): the coarse surface is kept",
+                    before.loss, after.loss)  # fmt: skip
+        vertices, after = base, before
     refined = trimesh.Trimesh(vertices.cpu().double().numpy(), f_np, process=False)
     report = RefineReport(
         normal_loss_before=first.loss,
