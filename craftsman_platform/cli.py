@@ -138,6 +138,7 @@ SUBCOMMANDS = {
             "craft refine mesh=out/mesh.glb normals=normal_maps/ output_dir=out/   # cameras.json + normal_000.png ...",
             "craft refine mesh=coarse.obj normals=views/   # front.png right.png back.png left.png, canonical cameras",
             "craft refine mesh=coarse.glb archive='data/shards/*.tar' uid=chair-1a2b3c4d refiner.iterations=500",
+            "craft refine mesh=coarse.glb normals=maps/ refiner.anchor=0.05   # detail deeper than ~2 px",
             "Writes OUT/NAME.glb, OUT/NAME.obj and OUT/NAME.json (normal loss and silhouette IoU before/after).",
         ],
     ),

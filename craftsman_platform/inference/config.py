@@ -22,7 +22,7 @@ class RefineSettings:
     detail_error: float = 0.02  # ... a face's mean 1 - cos to its target pixels above this (~11 deg)
     max_faces: int = 400_000  # no split past this many faces
     laplacian: float = 16.0  # weight of the Laplacian of the offsets from the coarse mesh
-    anchor: float = 0.5  # weight of the offsets' squared length (same units): no low-frequency drift
+    anchor: float = 0.5  # weight of the offsets' squared length, in uniform-split edges: no slow drift
     normal_consistency: float = 0.05  # weight of the change of adjacent faces' dihedral cosines
     seed: int = 0
 
