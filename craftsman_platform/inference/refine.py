@@ -161,6 +161,8 @@ def render_faces(vertices: torch.Tensor, faces: torch.Tensor, rays: PixelRays, c
 
 @dataclass
 class Score:
+    """A mesh seen at every target pixel."""
+
     loss: float  # mean 1 - cos over target pixels the mesh covers
     iou: float  # silhouette IoU, all views pooled
     face_error: torch.Tensor  # (F,) mean 1 - cos over the target pixels each face shows (0 where none)
@@ -169,6 +171,7 @@ class Score:
 
 @torch.no_grad()
 def score(vertices: torch.Tensor, faces: torch.Tensor, rays: PixelRays) -> Score:
+    """The normal loss, silhouette IoU and per-face error over every pixel of every view."""
     face = render_faces(vertices, faces, rays)
     hit = face >= 0
     both = hit & rays.mask
@@ -184,7 +187,8 @@ def marked_for_detail(
     vertices: np.ndarray, faces: np.ndarray, err: np.ndarray, s: RefineSettings, px: float
 ) -> np.ndarray:
     """Faces to split: their normals miss the targets' by more than `detail_error` and their longest
-    edge spans more than `edge_px` pixels; the worst first when `max_faces` allows only some."""
+    edge spans more than edge_px / 2^remesh_rounds pixels; the worst first when `max_faces` allows
+    only some."""
     longest = np.linalg.norm(vertices[faces] - vertices[np.roll(faces, -1, axis=1)], axis=2).max(axis=1)
     marked = (err > s.detail_error) & (longest > s.edge_px / 2**s.remesh_rounds * px)
     room = max((s.max_faces - len(faces)) // 8, 0)  # a red split adds 3 faces, greens and closure more
