@@ -254,7 +254,6 @@ def refine_mesh(
     mesh.merge_vertices(merge_tex=True, merge_norm=True)  # one surface across UV and normal seams
     v_np, f_np = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
     faces_in = len(f_np)
-    first = score(torch.tensor(v_np, dtype=torch.float32, device=device), torch.tensor(f_np, device=device), rays)
 
     # uniform faces of at most edge_px pixels, then each round splits (in half) the faces whose
     # normals still miss the targets' (detail the mesh cannot hold yet)
@@ -275,7 +274,7 @@ def refine_mesh(
         v_np = vertices.cpu().double().numpy()
     steps.close()
     after = score(vertices, faces, rays)
-    before = score(base, faces, rays)  # the coarse surface at the final faces: the same silhouette as `first`
+    before = score(base, faces, rays)  # the coarse surface (split faces are coplanar: the same renders)
     vertices, after, restored = guard_silhouette(vertices, base, faces, rays, before, after)
     if restored:
         log.info("refine: %d vertices put back on the coarse mesh to keep its silhouette", restored)
@@ -285,9 +284,9 @@ def refine_mesh(
         vertices, after = base, before
     refined = trimesh.Trimesh(vertices.cpu().double().numpy(), f_np, process=False)
     report = RefineReport(
-        normal_loss_before=first.loss,
+        normal_loss_before=before.loss,
         normal_loss_after=after.loss,
-        mask_iou_before=first.iou,
+        mask_iou_before=before.iou,
         mask_iou_after=after.iou,
         faces_in=faces_in,
         faces_out=len(f_np),

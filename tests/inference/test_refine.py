@@ -128,6 +128,9 @@ def test_bad_normal_maps_fail_clearly(tmp_path):
     # a bad setting names its key
     with pytest.raises(ConfigError, match="refiner.iterations must be >= 1"):
         refine_mesh(bumpy_sphere(), [], RefineSettings(iterations=0))
+    for key, value in (("remesh_rounds", -1), ("anchor", -1.0), ("detail_error", -0.1)):
+        with pytest.raises(ConfigError, match=f"refiner.{key} must be >= 0"):
+            refine_mesh(bumpy_sphere(), [], RefineSettings(**{key: value}))
     # the command line: one line, exit 2
     bad = craft("refine", f"mesh={tmp_path / 'none.glb'}", f"normals={folder}", check=False)
     assert bad.returncode == 2 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
