@@ -137,17 +137,19 @@ class MeshDistance:
     def query(
         self,
         pts: np.ndarray,
-        max_dist: float = UNBOUNDED,
+        max_dist: float | np.ndarray = UNBOUNDED,
         guess: float | np.ndarray | None = None,
         ordered: bool = False,
     ) -> Closest:
-        """Closest points of the mesh to `pts`, searched up to `max_dist` (beyond: distance
-        `max_dist`, the point itself, side 0). `guess`: a likely bound on each point's distance
-        (a scalar or one per point); points with nothing that close are searched again up to
-        `max_dist`, so a guess changes the time, never the result. `ordered`: the points are in
-        an order with locality already (a grid's), else they are queried in Morton order."""
+        """Closest points of the mesh to `pts`, searched up to `max_dist` (a scalar or one per
+        point; beyond: distance `max_dist`, the point itself, side 0). `guess`: a likely bound on
+        each point's distance (a scalar or one per point); points with nothing that close are
+        searched again up to `max_dist`, so a guess changes the time, never the result.
+        `ordered`: the points are in an order with locality already (a grid's, a Morton order),
+        else they are queried in Morton order."""
         pts = np.ascontiguousarray(pts, dtype=np.float32).reshape(-1, 3)
-        first = np.minimum(np.broadcast_to(np.float32(max_dist if guess is None else guess), len(pts)), max_dist)
+        max_dist = np.broadcast_to(np.asarray(max_dist, dtype=np.float32), len(pts))
+        first = np.minimum(max_dist if guess is None else np.asarray(guess, dtype=np.float32), max_dist)
         if len(pts) > 1024 and not ordered:
             order = morton_order(pts)
             result = self.query(pts[order], max_dist, first[order], ordered=True)
@@ -157,17 +159,17 @@ class MeshDistance:
         dist, closest, side, found = self._launch(pts, np.ascontiguousarray(first, dtype=np.float32))
         again = np.flatnonzero(~found.astype(bool) & (first < max_dist))
         if len(again):
-            d2, c2, s2, _ = self._launch(pts[again], np.full(len(again), max_dist, dtype=np.float32))
+            d2, c2, s2, _ = self._launch(pts[again], np.ascontiguousarray(max_dist[again]))
             dist[again], closest[again], side[again] = d2, c2, s2
         return Closest(dist, closest, side)
 
-    def parity_inside(self, pts: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    def parity_inside(self, pts: np.ndarray, directions: np.ndarray, ordered: bool = False) -> np.ndarray:
         """Inside by ray parity: True where at least two of three rays from the point, along the
-        three `directions`, cross the surface an odd number of times."""
+        three `directions`, cross the surface an odd number of times. `ordered`: as in `query`."""
         pts = np.ascontiguousarray(pts, dtype=np.float32).reshape(-1, 3)
         if len(pts) == 0:
             return np.zeros(0, dtype=bool)
-        order = morton_order(pts)
+        order = np.arange(len(pts)) if ordered else morton_order(pts)
         votes = wp.empty(len(pts), dtype=wp.int8, device=_DEVICE)
         dirs = [wp.vec3(*map(float, d)) for d in directions]
         inputs = [self._mesh.id, wp.array(pts[order], dtype=wp.vec3, device=_DEVICE), *dirs, votes]

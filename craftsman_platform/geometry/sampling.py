@@ -16,7 +16,7 @@ import numpy as np
 import trimesh
 
 from craftsman_platform.geometry.config import SampleConfig
-from craftsman_platform.geometry.distance import MeshDistance
+from craftsman_platform.geometry.distance import UNBOUNDED, MeshDistance, morton_order
 from craftsman_platform.geometry.meshops import SurfaceSampler
 from craftsman_platform.geometry.sdf_grid import SdfGrid
 
@@ -89,26 +89,33 @@ class SignedDistance:
         self._grid = grid
         self._distance = distance or MeshDistance(mesh)
 
-    def inside(self, pts: np.ndarray, side: np.ndarray | None = None) -> np.ndarray:
+    def inside(self, pts: np.ndarray, side: np.ndarray | None = None, ordered: bool = False) -> np.ndarray:
         """Inside the mesh, exactly: the grid's sign where it decides, else `side` (from the
-        distance query: the side of a face whose interior holds the closest point), else parity."""
+        distance query: the side of a face whose interior holds the closest point), else parity.
+        `ordered`: the points are in Morton order already."""
         sign = np.zeros(len(pts), dtype=np.int8) if self._grid is None else self._grid.sign(pts)
         if side is not None:
             sign = np.where(sign == 0, side, sign)
         undecided = sign == 0
         if undecided.any():
-            sign[undecided] = np.where(self._distance.parity_inside(pts[undecided], _RAYS), -1, 1)
+            inside = self._distance.parity_inside(pts[undecided], _RAYS, ordered=ordered)
+            sign[undecided] = np.where(inside, -1, 1)
         return sign < 0
 
-    def __call__(self, pts: np.ndarray, truncation: float | None = None, bound: np.ndarray | None = None) -> np.ndarray:
-        """Signed distance, negative inside; |sdf| clipped at `truncation` when given. `bound`: a
-        known upper bound of each point's distance (it only makes the search faster)."""
-        pts = np.ascontiguousarray(pts, dtype=np.float32)
-        if truncation is None:
-            closest = self._distance.query(pts, guess=bound)
-        else:
-            closest = self._distance.query(pts, truncation, guess=bound)
-        return np.where(self.inside(pts, closest.side), -closest.dist, closest.dist).astype(np.float32)
+    def __call__(
+        self, pts: np.ndarray, truncation: float | np.ndarray | None = None, bound: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Signed distance, negative inside; |sdf| clipped at `truncation` (a scalar or one per
+        point) when given. `bound`: a known upper bound of each point's distance (it only makes
+        the search faster). All points go through one Morton order: one pass over the BVH."""
+        pts = np.ascontiguousarray(pts, dtype=np.float32).reshape(-1, 3)
+        max_dist = np.broadcast_to(np.float32(UNBOUNDED if truncation is None else truncation), len(pts))
+        order = morton_order(pts)
+        p = pts[order]
+        closest = self._distance.query(p, max_dist[order], None if bound is None else bound[order], ordered=True)
+        sdf = np.empty(len(pts), dtype=np.float32)
+        sdf[order] = np.where(self.inside(p, closest.side, ordered=True), -closest.dist, closest.dist)
+        return sdf
 
     def agreement(self, pts: np.ndarray, sdf: np.ndarray) -> float:
         """Share of (the first CHECK_POINTS of) `pts` where the check's parity vote agrees with the
@@ -182,16 +189,28 @@ def sample_object(
     surface = _surface(mesh, sampler, cfg.surface, rng)
     sharp = sharp_edge_samples(source, mesh, cfg, rng, max_sharp_offset, distance)
     vol_pts = round_f16(rng.uniform(-cfg.volume_bound, cfg.volume_bound, size=(cfg.volume, 3)))
-    signed = SignedDistance(mesh, grid, distance)
-    vol_sdf = signed(vol_pts, truncation=cfg.vol_truncation)
-    blocks = []
+    near_pts, bounds = [], []
     for sigma in cfg.near_sigmas:
         base, _ = sampler(cfg.near, rng)
         pts = round_f16(base + rng.normal(0.0, sigma, size=base.shape))
+        near_pts.append(pts)
         # `base` lies on the surface: no point is farther from it than from its base
-        bound = np.linalg.norm(pts - base, axis=1) * 1.0001 + 1e-6
-        blocks.append(np.concatenate([pts, signed(pts, bound=bound)[:, None]], axis=1))
-    near = np.concatenate(blocks) if blocks else np.zeros((0, 4), dtype=np.float32)
+        offset = pts - base
+        bounds.append(np.sqrt(np.einsum("ij,ij->i", offset, offset)) * 1.0001 + 1e-6)
+    # the volume and near points in one query (one Morton order, one pass over the BVH)
+    n_vol = len(vol_pts)
+    truncation = np.full(n_vol + sum(map(len, near_pts)), UNBOUNDED, dtype=np.float32)
+    if cfg.vol_truncation is not None:
+        truncation[:n_vol] = cfg.vol_truncation
+    bound = np.concatenate([truncation[:n_vol], *bounds]).astype(np.float32)
+    signed = SignedDistance(mesh, grid, distance)
+    sdf = signed(np.concatenate([vol_pts, *near_pts]), truncation, bound)
+    vol_sdf = sdf[:n_vol]
+    near = (
+        np.concatenate([np.concatenate(near_pts), sdf[n_vol:, None]], axis=1)
+        if near_pts
+        else np.zeros((0, 4), dtype=np.float32)
+    )
     return Samples(
         surface=surface,
         sharp=sharp,
