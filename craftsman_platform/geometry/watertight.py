@@ -125,13 +125,14 @@ def _grow6(mask: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def fast_path_refusal(mesh: trimesh.Trimesh) -> str | None:
-    """None when the mesh can be used as it is, else why not. May invert an inside-out mesh."""
+def fast_path_refusal(mesh: trimesh.Trimesh, labels: np.ndarray | None = None) -> str | None:
+    """None when the mesh can be used as it is, else why not. May invert an inside-out mesh.
+    `labels`: its faces' component labels, when the caller has them."""
     if not mesh.is_watertight:
         return "not watertight"
     if not mesh.is_winding_consistent:
         return "inconsistent winding"
-    labels = component_labels(mesh)
+    labels = component_labels(mesh) if labels is None else labels
     n = int(labels.max()) + 1
     tris = mesh.triangles
     volumes = np.bincount(labels, weights=face_volumes(tris), minlength=n)
@@ -212,20 +213,9 @@ def udf_watertight(
     # 6-connected flood: a grid edge crossing the surface has an endpoint within h/2 of it, so
     # eps >= h/2 blocks every such edge and the flood cannot leak inside.
     labels = cc3d.connected_components(~blocked, connectivity=6)  # 1.5x faster than scipy's label
-    border = np.concatenate(
-        [
-            labels[0].ravel(),
-            labels[-1].ravel(),
-            labels[:, 0].ravel(),
-            labels[:, -1].ravel(),
-            labels[:, :, 0].ravel(),
-            labels[:, :, -1].ravel(),
-        ]
-    )
-    is_outside = np.zeros(labels.max() + 1, dtype=bool)
-    is_outside[np.unique(border)] = True
-    is_outside[0] = False
-    outside = is_outside[labels]
+    # The grid's border lies `pad` voxels beyond the mesh's box, all of it unblocked and
+    # connected: the outside is the one component holding a border point.
+    outside = labels == labels[0, 0, 0]
     del labels
     t3 = time.perf_counter()
 
@@ -234,8 +224,10 @@ def udf_watertight(
     # outside 6-neighbours of blocked points beyond the band need exact distances too.
     n_b = exact(_grow6(blocked) & outside & ~band, far)
     t4 = time.perf_counter()
-    sdf = udf - np.float32(eps)
-    np.negative(np.abs(sdf, out=sdf), out=sdf, where=~outside)
+    sdf = udf  # in place: udf is not needed after this
+    sdf -= np.float32(eps)
+    inside = ~outside
+    np.negative(np.abs(sdf, out=sdf, where=inside), out=sdf, where=inside)
 
     # Walking a sign-change cell's edges from a positive to a negative corner crosses an edge
     # from an outside point to a blocked one (an unblocked neighbour would have been reached),
@@ -305,6 +297,7 @@ def surface_fidelity(
     out_distance: MeshDistance | None = None,
     src_distance: MeshDistance | None = None,
     out_grid: SdfGrid | None = None,
+    src_labels: np.ndarray | None = None,
 ) -> tuple[float, int]:
     """(Chamfer distance, parts lost) of a converted mesh `out` against its source `src`.
 
@@ -312,7 +305,8 @@ def surface_fidelity(
     summed over both directions (point-to-surface, exact). A source part is lost when most of
     its samples are farther than `tol` from `out` and outside it (swallowed parts are inside).
     The scene, sampler and distances of the meshes are built here unless given; `out_grid`, the
-    conversion grid of `out`, answers inside/outside for the far points.
+    conversion grid of `out`, answers inside/outside for the far points; `src_labels`, the
+    component label of every source face.
     """
     src_pts, src_face = SurfaceSampler(src)(n, rng)
     out_pts, _ = (out_sampler or SurfaceSampler(out))(n, rng)
@@ -333,7 +327,7 @@ def surface_fidelity(
                 o3d.core.Tensor(src_pts[far].astype(np.float32)), nsamples=3, nthreads=compute_threads()
             )
             inside[far] = occupancy.numpy() > 0
-        part = component_labels(src)[src_face]
+        part = (component_labels(src) if src_labels is None else src_labels)[src_face]
         missing = np.bincount(part, weights=(far & ~inside), minlength=part.max() + 1)
         total = np.bincount(part, minlength=part.max() + 1)
         lost = int(((total > 0) & (missing > 0.5 * total)).sum())
@@ -345,7 +339,8 @@ def make_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig | None = None, 
     cfg = cfg or WatertightConfig()
     t0 = time.perf_counter()
     src = mesh.copy()
-    refusal = fast_path_refusal(src) if cfg.fast_path else "fast path disabled"
+    src_labels = component_labels(src)  # one pass, shared by the refusal, the record and the quality
+    refusal = fast_path_refusal(src, src_labels) if cfg.fast_path else "fast path disabled"
     timings: dict = {}
     grid = src_distance = None
     if refusal is None:
@@ -376,12 +371,13 @@ def make_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig | None = None, 
             out_distance=distance,
             src_distance=src_distance,
             out_grid=grid,
+            src_labels=src_labels,
         )
     return WatertightResult(
         mesh=out,
         method=method,
         is_watertight=is_watertight,
-        parts_in=int(component_labels(src).max()) + 1,
+        parts_in=int(src_labels.max()) + 1,
         parts_out=int(component_labels(out).max()) + 1,
         parts_lost=lost,
         chamfer=chamfer,
