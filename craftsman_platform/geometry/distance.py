@@ -81,7 +81,8 @@ def _parity_kernel(
     p = points[i]
     odd = wp.mesh_query_ray_count_intersections(mesh, p, d0) % 2
     odd += wp.mesh_query_ray_count_intersections(mesh, p, d1) % 2
-    odd += wp.mesh_query_ray_count_intersections(mesh, p, d2) % 2
+    if odd == 1:  # the third ray only breaks a tie: two that agree are the majority already
+        odd += wp.mesh_query_ray_count_intersections(mesh, p, d2) % 2
     votes[i] = wp.int8(odd)
 
 
@@ -165,7 +166,8 @@ class MeshDistance:
 
     def parity_inside(self, pts: np.ndarray, directions: np.ndarray, ordered: bool = False) -> np.ndarray:
         """Inside by ray parity: True where at least two of three rays from the point, along the
-        three `directions`, cross the surface an odd number of times. `ordered`: as in `query`."""
+        three `directions`, cross the surface an odd number of times (the third is cast only
+        when the first two disagree). `ordered`: as in `query`."""
         pts = np.ascontiguousarray(pts, dtype=np.float32).reshape(-1, 3)
         if len(pts) == 0:
             return np.zeros(0, dtype=bool)

@@ -107,3 +107,9 @@ class SurfaceSampler:
         pts[order] = self.origin[face_sorted] + r[:, :1] * e[:, 0] + r[:, 1:] * e[:, 1]
         face[order] = face_sorted
         return pts, face
+
+    def normals(self, face: np.ndarray) -> np.ndarray:
+        """Unit normals (n, 3) float32 of the given faces (right-handed winding, as trimesh's)."""
+        e = self.edges[face]
+        n = np.cross(e[:, 0], e[:, 1])
+        return n / np.maximum(np.sqrt(np.einsum("ij,ij->i", n, n)), 1e-30)[:, None]

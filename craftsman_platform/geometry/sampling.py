@@ -126,9 +126,9 @@ class SignedDistance:
         return float(np.mean((sdf < 0) == self._distance.parity_inside(pts, _CHECK_RAYS)))
 
 
-def _surface(mesh: trimesh.Trimesh, sampler: SurfaceSampler, n: int, rng: np.random.Generator) -> np.ndarray:
+def _surface(sampler: SurfaceSampler, n: int, rng: np.random.Generator) -> np.ndarray:
     pts, face = sampler(n, rng)
-    return np.concatenate([round_f16(pts), mesh.face_normals[face]], axis=1).astype(np.float32)
+    return np.concatenate([round_f16(pts), sampler.normals(face)], axis=1).astype(np.float32)
 
 
 def sharp_edge_samples(
@@ -186,7 +186,7 @@ def sample_object(
     sampler = sampler or SurfaceSampler(mesh)
     distance = distance or MeshDistance(mesh)
     rng = object_rng(cfg.seed, uid)
-    surface = _surface(mesh, sampler, cfg.surface, rng)
+    surface = _surface(sampler, cfg.surface, rng)
     sharp = sharp_edge_samples(source, mesh, cfg, rng, max_sharp_offset, distance)
     vol_pts = round_f16(rng.uniform(-cfg.volume_bound, cfg.volume_bound, size=(cfg.volume, 3)))
     near_pts, bounds = [], []
