@@ -85,8 +85,12 @@ def surface_lattice(mesh: trimesh.Trimesh | np.ndarray, spacing: float) -> np.nd
     end = b[row_tri] + t * (c[row_tri] - b[row_tri])
     per_row = np.ceil(length[row_tri] * (1.0 - t[:, 0]) / spacing).astype(np.int64) + 1
     point_row = np.repeat(np.arange(len(row_tri)), per_row)
-    u = (_ramp(per_row) / np.maximum(per_row - 1, 1)[point_row])[:, None]
-    return np.concatenate([corners, start[point_row] + u * (end[point_row] - start[point_row])])
+    # the points themselves in float32 (half the bytes; 1e-7 of a unit is far below the spacing)
+    u = (_ramp(per_row) / np.maximum(per_row - 1, 1)[point_row]).astype(np.float32)[:, None]
+    step = (end - start).astype(np.float32)
+    pts = start.astype(np.float32)[point_row]
+    pts += u * step[point_row]
+    return np.concatenate([corners.astype(np.float32), pts])
 
 
 def _spread(mask: np.ndarray, below: int, above: int) -> np.ndarray:
@@ -196,9 +200,11 @@ def udf_watertight(
 
     def exact(where: np.ndarray, max_dist: float) -> int:
         idx = np.flatnonzero(where)
-        xyz = np.stack(np.unravel_index(idx, dims), axis=1).astype(np.float32) * np.float32(h) + origin.astype(
-            np.float32
-        )
+        xyz = np.empty((len(idx), 3), dtype=np.float32)
+        for axis, index in enumerate(np.unravel_index(idx, dims)):
+            xyz[:, axis] = index
+        xyz *= np.float32(h)
+        xyz += origin.astype(np.float32)
         udf.flat[idx] = distance.query(xyz, max_dist, ordered=True).dist  # grid order has locality
         return len(idx)
 
@@ -226,8 +232,8 @@ def udf_watertight(
     t4 = time.perf_counter()
     sdf = udf  # in place: udf is not needed after this
     sdf -= np.float32(eps)
-    inside = ~outside
-    np.negative(np.abs(sdf, out=sdf, where=inside), out=sdf, where=inside)
+    # -|sdf| wherever the flood did not reach (outside points have udf > eps: already positive)
+    np.copysign(sdf, outside.view(np.int8) * np.float32(2) - np.float32(1), out=sdf)
 
     # Walking a sign-change cell's edges from a positive to a negative corner crosses an edge
     # from an outside point to a blocked one (an unblocked neighbour would have been reached),
