@@ -11,7 +11,7 @@ Method (the cubvh / TripoSG / Dora family, computed on the CPU):
   5. sdf = udf - eps outside, -|udf - eps| everywhere the flood did not reach: hidden interior
      pieces are swallowed, open surfaces become thin closed shells, and every part is kept
      (there is no largest-component filter).
-  6. Marching cubes (scikit-image, allow_degenerate=False) at level 0.
+  6. Marching cubes (scikit-image) at level 0, no grid value within 1e-6 of it (no zero-area faces).
 
 Inputs that are already closed, consistently wound and made of parts whose boxes do not touch
 are used as they are (no eps inflation): the fast path.
@@ -39,6 +39,8 @@ from craftsman_platform.geometry.meshops import (
     raycasting_scene,
 )
 from craftsman_platform.geometry.sdf_grid import SdfGrid
+
+_LEVEL_GAP = 1.0e-6  # no grid value lies closer than this to marching cubes' level
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
@@ -234,6 +236,13 @@ def udf_watertight(
     sdf -= np.float32(eps)
     # -|sdf| wherever the flood did not reach (outside points have udf > eps: already positive)
     np.copysign(sdf, outside.view(np.int8) * np.float32(2) - np.float32(1), out=sdf)
+    # Values within 1e-6 of the level move to +-1e-6 (the side they are on): marching cubes then
+    # never puts two vertices at one position (a corner exactly at the level is shared by its
+    # edges), so there are no zero-area faces to remove (skimage's removal pass took as long as
+    # marching cubes itself). The surface moves by at most ~1e-6, 1/8000 of a voxel.
+    near = np.abs(sdf) < np.float32(_LEVEL_GAP)
+    if near.any():
+        sdf[near] = np.where(outside[near], np.float32(_LEVEL_GAP), np.float32(-_LEVEL_GAP))
 
     # Walking a sign-change cell's edges from a positive to a negative corner crosses an edge
     # from an outside point to a blocked one (an unblocked neighbour would have been reached),
@@ -241,7 +250,7 @@ def udf_watertight(
     mask = _spread(blocked, 1, 1)
     # With sdf negative inside, skimage's default gradient direction ("descent") winds every
     # face outward, so the orientation needs no check (tests assert a positive volume).
-    verts, faces, _, _ = measure.marching_cubes(sdf, level=0.0, spacing=(h, h, h), allow_degenerate=False, mask=mask)
+    verts, faces, _, _ = measure.marching_cubes(sdf, level=0.0, spacing=(h, h, h), allow_degenerate=True, mask=mask)
     # skimage already shares vertices between cells: no merge pass needed.
     out = trimesh.Trimesh(verts + origin, faces, process=False)
     t5 = time.perf_counter()
