@@ -10,7 +10,8 @@
    the process's peak RSS (imports included).
 
 Each side runs in child processes pinned to one core (CRAFT_THREADS=1), as the cluster plan counts
-a task slot: this checkout, then the baseline from a git worktree of --baseline, same meshes.
+a task slot: this checkout and the baseline (a git worktree of --baseline) on the same meshes,
+alternating in chunks of 8 (each process warms up on its first mesh, untimed).
 
     python bench/object_cost.py --baseline 17d1785
 """
@@ -56,6 +57,10 @@ def child(paths: list[str]) -> None:
 
     cfg = PreprocessConfig()
     rc: RenderConfig = cfg.render
+    try:  # warm-up, untimed: the first object of a process also pays for loading kernels and caches
+        process_mesh(paths[0], "warm-up", cfg.geometry)
+    except MeshRejected:
+        pass
     for path in paths:
         uid = Path(path).name
         try:
@@ -87,6 +92,18 @@ def child(paths: list[str]) -> None:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         print(json.dumps(out), flush=True)
+
+
+def side_by_side(trees: tuple[Path, Path], paths: list[Path], chunk: int) -> tuple[list[dict], list[dict]]:
+    """Both checkouts on the same meshes, alternating in chunks (ours first, then the baseline
+    first, ...): drift in the machine's speed during the run falls on both sides alike."""
+    ours, base = [], []
+    for k, start in enumerate(range(0, len(paths), chunk)):
+        part = paths[start : start + chunk]
+        order = (0, 1) if k % 2 == 0 else (1, 0)
+        for side in order:
+            (ours if side == 0 else base).extend(run_side(trees[side], part, 0))
+    return ours, base
 
 
 def run_side(tree: Path, paths: list[Path], core: int) -> list[dict]:
@@ -219,13 +236,12 @@ def main() -> None:
                    check=True, capture_output=True)  # fmt: skip
     try:
         paths = real_sample(args.count)
-        ours, base = run_side(ROOT, paths, 0), run_side(base_tree, paths, 0)
+        ours, base = side_by_side((ROOT, base_tree), paths, chunk=8)
         print_sample(ours, base)
         result = {"sample": {"ours": ours, "baseline": base}}
         if not args.skip_ladder:
             meshes = ladder_meshes(work)
-            ours_l = [r for p in meshes for r in run_side(ROOT, [p], 0)]
-            base_l = [r for p in meshes for r in run_side(base_tree, [p], 0)]
+            ours_l, base_l = side_by_side((ROOT, base_tree), meshes, chunk=1)
             print_ladder(ours_l, base_l)
             result["ladder"] = {"ours": ours_l, "baseline": base_l}
         if args.json:
