@@ -269,9 +269,36 @@ def test_closed_and_oriented_matches_trimesh(tmp_path, pybullet_dir):
     cases.append(opened)
     cases.append(load_mesh(pybullet_dir / "random_urdfs/000/000.obj").mesh)
     cases.append(make_watertight(load_mesh(pybullet_dir / "random_urdfs/000/000.obj").mesh, UDF).mesh)
+    sphere = trimesh.creation.icosphere(2)  # a face and its reverse added: edges in three faces
+    cases.append(trimesh.Trimesh(sphere.vertices, np.vstack([sphere.faces, sphere.faces[:1, ::-1]]), process=False))
     for mesh in cases:
         assert closed_and_oriented(mesh) == bool(mesh.is_watertight and mesh.is_winding_consistent)
-    assert [closed_and_oriented(m) for m in cases] == [True, True, False, False, True, True]
+    assert [closed_and_oriented(m) for m in cases] == [True, True, False, False, True, True, False]
+
+
+def test_grid_signs_are_the_corners_shared_sign_and_undecided_on_cell_faces():
+    from craftsman_platform.geometry.sdf_grid import SdfGrid
+
+    rng = np.random.default_rng(0)
+    grid = SdfGrid(rng.normal(size=(9, 10, 11)).astype(np.float32), np.array([-1.0, -0.5, 0.25]), 0.2)
+    grid.sdf[2:5, 3:6, 4:7] = -1.0  # a block of cells all inside
+    pts = grid.origin + rng.uniform(-0.3, 2.3, size=(20_000, 3)) * grid.h * np.array([4, 4.5, 5])
+    cell = np.floor((pts - grid.origin) / grid.h).astype(int)
+    corners = np.stack(
+        [grid.sdf[tuple((np.clip(cell, 0, np.array(grid.sdf.shape) - 2) + (i, j, k)).T)] for i in (0, 1)
+         for j in (0, 1) for k in (0, 1)]
+    )  # fmt: skip
+    beyond = ((cell < 0) | (cell >= np.array(grid.sdf.shape) - 1)).any(axis=1)
+    expected = np.where(beyond | (corners.min(0) > 0), 1, np.where(corners.max(0) < 0, -1, 0))
+    got = grid.sign(pts)
+    decided = got != 0
+    assert np.array_equal(got[decided], expected[decided])
+    assert (expected[~decided] == 0).mean() > 0.99  # only points on a cell's face are left extra
+    assert (got == -1).sum() > 100 and (got == 1).sum() > 100
+    # a point on a face between two all-inside cells is left undecided (the float32 cell index
+    # might pick either cell); a twentieth of a voxel off the face, it is inside
+    on_face = grid.origin + grid.h * np.array([[3.0, 4.5, 5.5], [3.05, 4.5, 5.5]])
+    assert list(grid.sign(on_face)) == [0, -1]
 
 
 def test_stored_distances_are_exact_against_libigl(pybullet_dir):
