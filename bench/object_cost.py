@@ -11,7 +11,7 @@
 
 Each side runs in child processes pinned to one core (CRAFT_THREADS=1), as the cluster plan counts
 a task slot: this checkout and the baseline (a git worktree of --baseline) on the same meshes,
-alternating in chunks of 8 (each process warms up on its first mesh, untimed).
+alternating in chunks of 8 (each process warms up on two small spheres, untimed).
 
     python bench/object_cost.py --baseline 17d1785
 """
@@ -57,10 +57,17 @@ def child(paths: list[str]) -> None:
 
     cfg = PreprocessConfig()
     rc: RenderConfig = cfg.render
-    try:  # warm-up, untimed: the first object of a process also pays for loading kernels and caches
-        process_mesh(paths[0], "warm-up", cfg.geometry)
-    except MeshRejected:
-        pass
+    # warm-up, untimed, on two overlapping spheres (the UDF path, every kernel): the first object
+    # of a process would also pay for loading kernels; small, so the peak memory stays the meshes'
+    import tempfile
+
+    import trimesh
+
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = Path(tmp) / "warm-up.obj"
+        spheres = [trimesh.creation.icosphere(3).apply_translation([x, 0, 0]) for x in (0.0, 0.5)]
+        trimesh.util.concatenate(spheres).export(warm)
+        process_mesh(warm, "warm-up", cfg.geometry)
     for path in paths:
         uid = Path(path).name
         try:
