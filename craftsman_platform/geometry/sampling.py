@@ -109,6 +109,8 @@ class SignedDistance:
         point) when given. `bound`: a known upper bound of each point's distance (it only makes
         the search faster). All points go through one Morton order: one pass over the BVH."""
         pts = np.ascontiguousarray(pts, dtype=np.float32).reshape(-1, 3)
+        if len(pts) == 0:
+            return np.zeros(0, dtype=np.float32)
         max_dist = np.broadcast_to(np.float32(UNBOUNDED if truncation is None else truncation), len(pts))
         order = morton_order(pts)
         p = pts[order]
