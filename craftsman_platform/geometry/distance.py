@@ -153,7 +153,7 @@ class MeshDistance:
         first = np.minimum(max_dist if guess is None else np.asarray(guess, dtype=np.float32), max_dist)
         if len(pts) > 1024 and not ordered:
             order = morton_order(pts)
-            result = self.query(pts[order], max_dist, first[order], ordered=True)
+            result = self.query(pts[order], max_dist[order], first[order], ordered=True)
             dist, closest, side = np.empty_like(result.dist), np.empty_like(result.points), np.empty_like(result.side)
             dist[order], closest[order], side[order] = result.dist, result.points, result.side
             return Closest(dist, closest, side)

@@ -331,3 +331,16 @@ def test_surface_lattice_of_tiny_faces_is_their_vertices():
         dist, _ = cKDTree(lattice).query(probes)
         assert dist.max() <= spacing / np.sqrt(2) + 1e-9
     assert len(surface_lattice(mesh, 0.05)) == len(mesh.vertices)
+
+
+def test_per_point_search_radii_and_guesses_give_each_point_its_own_result():
+    from craftsman_platform.geometry.distance import MeshDistance
+
+    mesh = trimesh.creation.icosphere(4)
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-2, 2, size=(5000, 3)).astype(np.float32)  # > 1024: queried in Morton order
+    radius = rng.uniform(0.05, 1.0, size=5000).astype(np.float32)
+    got = MeshDistance(mesh).query(pts, radius, guess=radius / 4).dist
+    exact = np.abs(np.linalg.norm(pts, axis=1) - 1.0)  # a unit sphere, within its faces' sag
+    assert np.allclose(got, np.minimum(exact, radius), atol=0.01)
+    assert ((exact > radius) & (got == radius)).sum() > 1000  # the radius really cut the search
