@@ -147,5 +147,6 @@ class Renderer:
             rgba[m2, :3] = np.round(base * 255).astype(np.uint8)
             rgba[m2, 3] = 255
             normal[m2] = np.round((nrm + 1.0) * 0.5 * 255).astype(np.uint8)
+            # direction z = 1 in the camera frame: t is planar depth
             depth[m2] = np.clip(np.round(t[mask] * DEPTH_SCALE), 0, 65535).astype(np.uint16)
         return View(rgba=rgba, normal=normal, depth=depth, c2w=c2w, K=self.K)
