@@ -153,10 +153,10 @@ class MeshDistance:
         first = np.minimum(max_dist if guess is None else np.asarray(guess, dtype=np.float32), max_dist)
         if len(pts) > 1024 and not ordered:
             order = morton_order(pts)
-            result = self.query(pts[order], max_dist[order], first[order], ordered=True)
-            dist, closest, side = np.empty_like(result.dist), np.empty_like(result.points), np.empty_like(result.side)
-            dist[order], closest[order], side[order] = result.dist, result.points, result.side
-            return Closest(dist, closest, side)
+            result = self.query(np.take(pts, order, axis=0), max_dist[order], first[order], ordered=True)
+            back = np.empty_like(order)  # the inverse permutation: rows gathered back, not scattered
+            back[order] = np.arange(len(order))
+            return Closest(result.dist[back], np.take(result.points, back, axis=0), result.side[back])
         dist, closest, side, found = self._launch(pts, np.ascontiguousarray(first, dtype=np.float32))
         again = np.flatnonzero(~found.astype(bool) & (first < max_dist))
         if len(again):
@@ -174,7 +174,7 @@ class MeshDistance:
         order = np.arange(len(pts)) if ordered else morton_order(pts)
         votes = wp.empty(len(pts), dtype=wp.int8, device=_DEVICE)
         dirs = [wp.vec3(*map(float, d)) for d in directions]
-        inputs = [self._mesh.id, wp.array(pts[order], dtype=wp.vec3, device=_DEVICE), *dirs, votes]
+        inputs = [self._mesh.id, wp.array(np.take(pts, order, axis=0), dtype=wp.vec3, device=_DEVICE), *dirs, votes]
         wp.launch(_parity_kernel, dim=len(pts), inputs=inputs, device=_DEVICE)
         inside = np.empty(len(pts), dtype=bool)
         inside[order] = votes.numpy() >= 2

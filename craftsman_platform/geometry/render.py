@@ -35,7 +35,7 @@ class PartColour:
     mode: str  # "texture", "vertex", "face", "flat"
     faces: np.ndarray
     uv: np.ndarray | None = None
-    image: np.ndarray | None = None  # (H, W, 3) float in [0, 1]
+    image: np.ndarray | None = None  # (H, W, 3) uint8: only the texels hit become floats
     factor: np.ndarray | None = None  # multiplies the texture
     colours: np.ndarray | None = None  # (V, 3) or (F, 3) float, or (3,) for flat
 
@@ -50,9 +50,9 @@ def _material_colour(material) -> tuple[np.ndarray | None, np.ndarray]:
         factor = getattr(material, "main_color", None)
     factor = np.asarray(factor if factor is not None else [255, 255, 255, 255], dtype=np.float32)[:3]
     factor = factor / 255.0 if factor.max() > 1.0 else factor
-    tex = None
-    if image is not None:
-        tex = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    # uint8 as decoded: a 4096^2 texture as float32 is 200 MB and ~0.3-1 s to convert, and a view
+    # reads at most its 65k hit texels
+    tex = None if image is None else np.asarray(image.convert("RGB"), dtype=np.uint8)
     return tex, factor
 
 
@@ -84,7 +84,7 @@ def _shade_hits(pc: PartColour, prim: np.ndarray, bary: np.ndarray) -> np.ndarra
         h, wd = pc.image.shape[:2]
         col = np.clip((uv[:, 0] * wd).astype(np.int64), 0, wd - 1)
         row = np.clip(((1.0 - uv[:, 1]) * h).astype(np.int64), 0, h - 1)
-        return pc.image[row, col] * pc.factor
+        return pc.image[row, col].astype(np.float32) / 255.0 * pc.factor
     if pc.mode == "vertex":
         return (pc.colours[tri] * w).sum(axis=1)
     if pc.mode == "face":
@@ -115,6 +115,8 @@ class Renderer:
         pix = np.stack([cols, rows, np.ones_like(cols)], axis=-1).reshape(-1, 3).astype(np.float64)
         self._cam_dirs = pix @ np.linalg.inv(self.K).T  # camera-frame directions with z = 1
         self._rays = np.empty((len(pix), 6), dtype=np.float32)  # origin, direction: reused per view
+        self._blank = np.zeros((height, width, 4), dtype=np.uint8)  # white, transparent: copied per view
+        self._blank[..., :3] = 255
 
     def render(self, c2w: np.ndarray) -> View:
         rot, eye = c2w[:3, :3], c2w[:3, 3]
@@ -125,8 +127,7 @@ class Renderer:
         mask = np.isfinite(t)
         shape = (self.height, self.width)
         # Only hit pixels are computed; the background is filled in the 8/16-bit outputs.
-        rgba = np.zeros((*shape, 4), dtype=np.uint8)
-        rgba[..., :3] = 255
+        rgba = self._blank.copy()
         normal = np.zeros((*shape, 3), dtype=np.uint8)
         depth = np.zeros(shape, dtype=np.uint16)
         if mask.any():

