@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from craftsman_platform.geometry.allocator import keep_freed_memory
 from craftsman_platform.geometry.config import GeometryConfig
 from craftsman_platform.geometry.mesh_io import LoadedMesh, MeshRejected, load_mesh
 from craftsman_platform.geometry.sampling import Samples, sample_object
@@ -39,7 +38,6 @@ class GeometryOutput:
 
 def process_mesh(path: str | Path, uid: str, cfg: GeometryConfig) -> GeometryOutput:
     """Run the whole geometry core on one file. Raises `MeshRejected` with a reason code."""
-    keep_freed_memory()  # this object's grids reuse the previous object's memory (geometry/allocator.py)
     timings = {}
     t = time.perf_counter()
     loaded = load_mesh(path, cfg.load)
