@@ -59,8 +59,6 @@ def child(paths: list[str]) -> None:
     rc: RenderConfig = cfg.render
     # warm-up, untimed, on two overlapping spheres (the UDF path, every kernel): the first object
     # of a process would also pay for loading kernels; small, so the peak memory stays the meshes'
-    import tempfile
-
     import trimesh
 
     with tempfile.TemporaryDirectory() as tmp:
