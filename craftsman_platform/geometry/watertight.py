@@ -28,6 +28,7 @@ import open3d as o3d
 import trimesh
 from skimage import measure
 
+from craftsman_platform.geometry.band import grow6, spread, surface_cells
 from craftsman_platform.geometry.config import WatertightConfig, compute_threads
 from craftsman_platform.geometry.distance import MeshDistance
 from craftsman_platform.geometry.mesh_io import MeshRejected
@@ -41,90 +42,6 @@ from craftsman_platform.geometry.meshops import (
 from craftsman_platform.geometry.sdf_grid import SdfGrid
 
 _LEVEL_GAP = 1.0e-6  # no grid value lies closer than this to marching cubes' level
-
-# ---------------------------------------------------------------------------------------------
-# Small helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def _ramp(counts: np.ndarray) -> np.ndarray:
-    """0, 1, ..., c-1 for every c in counts, concatenated."""
-    starts = np.repeat(np.cumsum(counts) - counts, counts)
-    return np.arange(int(counts.sum())) - starts
-
-
-def surface_lattice(mesh: trimesh.Trimesh | np.ndarray, spacing: float) -> np.ndarray:
-    """Points on every triangle so that no surface point is farther than spacing / sqrt(2) from one.
-
-    Each triangle is cut into rows parallel to its longest edge, at most `spacing` apart, with
-    points at most `spacing` apart along each row. The count follows the area (plus the
-    perimeter), so long thin slivers cost no more than their size. Triangles whose edges are
-    all shorter than `spacing` are covered by their corners (no point of a triangle is farther
-    than longest edge / sqrt(3) from a corner), each vertex once: a mesh of a million tiny faces
-    costs its vertex count, not 4 points a face. Takes a mesh or (F, 3, 3) triangles.
-    """
-    tris = mesh.triangles if isinstance(mesh, trimesh.Trimesh) else np.asarray(mesh)
-    edges = np.linalg.norm(tris - np.roll(tris, -1, axis=1), axis=2)  # edge i: vertex i -> i+1
-    tiny = edges.max(axis=1) <= spacing
-    corners = np.zeros((0, 3))
-    if tiny.any():
-        if isinstance(mesh, trimesh.Trimesh):
-            used = np.zeros(len(mesh.vertices), dtype=bool)
-            used[np.asarray(mesh.faces)[tiny].ravel()] = True
-            corners = np.asarray(mesh.vertices)[used]
-        else:
-            corners = tris[tiny].reshape(-1, 3)
-        tris, edges = tris[~tiny], edges[~tiny]
-    longest = edges.argmax(axis=1)
-    f = np.arange(len(tris))
-    a, b, c = tris[f, longest], tris[f, (longest + 1) % 3], tris[f, (longest + 2) % 3]
-    length = edges[f, longest]
-    height = 2.0 * np.linalg.norm(np.cross(b - a, c - a), axis=1) / 2.0 / np.maximum(length, 1e-30)
-    rows = np.ceil(height / spacing).astype(np.int64) + 1  # rows at t = 0, 1/(rows-1), ..., 1
-    row_tri = np.repeat(f, rows)
-    t = (_ramp(rows) / np.maximum(rows - 1, 1)[row_tri])[:, None]
-    start = a[row_tri] + t * (c[row_tri] - a[row_tri])
-    end = b[row_tri] + t * (c[row_tri] - b[row_tri])
-    per_row = np.ceil(length[row_tri] * (1.0 - t[:, 0]) / spacing).astype(np.int64) + 1
-    point_row = np.repeat(np.arange(len(row_tri)), per_row)
-    # the points themselves in float32 (half the bytes; 1e-7 of a unit is far below the spacing)
-    u = (_ramp(per_row) / np.maximum(per_row - 1, 1)[point_row]).astype(np.float32)[:, None]
-    step = (end - start).astype(np.float32)
-    pts = start.astype(np.float32)[point_row]
-    pts += u * step[point_row]
-    return np.concatenate([corners.astype(np.float32), pts])
-
-
-def _spread(mask: np.ndarray, below: int, above: int) -> np.ndarray:
-    """Box dilation: every True at index c makes [c - below, c + above] True along each axis."""
-    out = mask
-    for axis in range(3):
-        src = out
-        out = src.copy()
-        n = src.shape[axis]
-        for t in range(-above, below + 1):
-            if t == 0:
-                continue
-            # out[k] |= src[k + t]
-            dst_sl = [slice(None)] * 3
-            src_sl = [slice(None)] * 3
-            dst_sl[axis] = slice(max(-t, 0), n - max(t, 0))
-            src_sl[axis] = slice(max(t, 0), n + min(t, 0))
-            np.logical_or(out[tuple(dst_sl)], src[tuple(src_sl)], out=out[tuple(dst_sl)])
-    return out
-
-
-def _grow6(mask: np.ndarray) -> np.ndarray:
-    """Dilation by the 6-neighbourhood (face neighbours)."""
-    out = mask.copy()
-    for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-        out[tuple(lo)] |= mask[tuple(hi)]
-        out[tuple(hi)] |= mask[tuple(lo)]
-    return out
-
 
 # ---------------------------------------------------------------------------------------------
 # Fast path
@@ -187,13 +104,12 @@ def udf_watertight(
     # r = eps/h + slack/h voxels to a lattice point: [c - floor(r), c + ceil(r)] around the
     # lattice point's cell c. A slack just under h/2 keeps r below 1 at eps = h/2, so the band
     # is the 2 x 2 x 2 corners of each cell the surface passes through.
+    # The lattice's float32 voxel coordinates (~3e-5 of a voxel off) fall far inside the margin
+    # of 0.05 voxel that r = 0.95 leaves below 1.
     slack = 0.45 * h
-    pts = surface_lattice(mesh, slack * np.sqrt(2.0))
-    cells = np.floor((pts - origin) / h).astype(np.int64)
-    marked = np.zeros(dims, dtype=bool)
-    marked[cells[:, 0], cells[:, 1], cells[:, 2]] = True
+    marked = surface_cells(mesh, origin, h, dims, slack * np.sqrt(2.0))
     r = cfg.eps_voxels + slack / h
-    band = _spread(marked, int(np.floor(r)), int(np.ceil(r)))
+    band = spread(marked, int(np.floor(r)), int(np.ceil(r)))
     del marked
     t1 = time.perf_counter()
 
@@ -230,7 +146,7 @@ def udf_watertight(
     # Stage B: marching cubes interpolates along grid edges from a blocked point to an outside
     # one (an unblocked neighbour is either outside or, with no sign change, interior), so
     # outside 6-neighbours of blocked points beyond the band need exact distances too.
-    n_b = exact(_grow6(blocked) & outside & ~band, far)
+    n_b = exact(grow6(blocked) & outside & ~band, far)
     t4 = time.perf_counter()
     sdf = udf  # in place: udf is not needed after this
     sdf -= np.float32(eps)
@@ -248,7 +164,7 @@ def udf_watertight(
     # Walking a sign-change cell's edges from a positive to a negative corner crosses an edge
     # from an outside point to a blocked one (an unblocked neighbour would have been reached),
     # so every such cell has a blocked corner: cells farther than that are skipped.
-    mask = _spread(blocked, 1, 1)
+    mask = spread(blocked, 1, 1)
     # With sdf negative inside, skimage's default gradient direction ("descent") winds every
     # face outward, so the orientation needs no check (tests assert a positive volume).
     verts, faces, _, _ = measure.marching_cubes(sdf, level=0.0, spacing=(h, h, h), allow_degenerate=True, mask=mask)

@@ -9,11 +9,12 @@ import scipy.ndimage as ndi
 import trimesh
 from helpers import write_obj
 
+from craftsman_platform.geometry.band import spread, surface_cells
 from craftsman_platform.geometry.config import GeometryConfig, SampleConfig, WatertightConfig
 from craftsman_platform.geometry.mesh_io import load_mesh
 from craftsman_platform.geometry.meshops import signed_volume
 from craftsman_platform.geometry.sampling import SignedDistance, sample_object
-from craftsman_platform.geometry.watertight import _spread, make_watertight, surface_lattice
+from craftsman_platform.geometry.watertight import make_watertight
 
 VOXEL = 2.0 / 256
 UDF = WatertightConfig(fast_path=False, quality_samples=20_000)
@@ -169,24 +170,52 @@ def test_resolution_512_is_supported(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_surface_lattice_covers_slivers_within_half_a_spacing():
-    rng = np.random.default_rng(0)
+def _slivers() -> trimesh.Trimesh:
     v = np.array([[0, 0, 0], [1.0, 0, 0], [0.5, 0.003, 0], [0.2, 0.3, 0.1], [0.21, 0.31, 0.9]])
-    mesh = trimesh.Trimesh(v, [[0, 1, 2], [0, 1, 3], [3, 4, 1]], process=False)
-    spacing = 0.02
-    lattice = surface_lattice(mesh, spacing)
-    probes, _ = trimesh.sample.sample_surface(mesh, 20_000, seed=rng)
+    return trimesh.Trimesh(v, [[0, 1, 2], [0, 1, 3], [3, 4, 1]], process=False)
+
+
+@pytest.mark.parametrize(
+    "make_mesh, h",
+    [(_slivers, 0.02), (lambda: trimesh.creation.icosphere(5), 0.1), (lambda: trimesh.creation.icosphere(5), 0.03)],
+    ids=["slivers", "tiny-faces", "large-faces"],  # icosphere(5) edges ~0.04: below / above the spacing
+)
+def test_band_holds_every_grid_point_within_eps_and_little_more(make_mesh, h):
+    # the conversion's band: lattice cells spread by r = (eps + slack) / h voxels
+    mesh = make_mesh()
+    eps, slack = 0.5 * h, 0.45 * h
+    origin = mesh.bounds[0] - 3 * h
+    dims = np.ceil((mesh.bounds[1] - origin) / h).astype(np.int64) + 4
+    r = (eps + slack) / h
+    band = spread(surface_cells(mesh, origin, h, dims, slack * np.sqrt(2)), int(np.floor(r)), int(np.ceil(r)))
+    grid = origin + h * np.stack(np.meshgrid(*map(np.arange, dims), indexing="ij"), axis=-1).reshape(-1, 3)
+    tree = igl.AABB()
+    V, F = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
+    tree.init(V, F)
+    udf = np.sqrt(tree.squared_distance(V, F, grid)[0]).reshape(tuple(dims))
+    assert band[udf <= eps].all()  # nothing within eps is missed: the flood cannot leak
+    assert udf[band].max() <= (r + 1) * h * np.sqrt(3)  # and the band is tight around the surface
+
+
+@pytest.mark.parametrize("make_mesh", [_slivers, lambda: trimesh.creation.icosphere(5)], ids=["slivers", "tiny-faces"])
+def test_surface_cells_cover_every_surface_point_within_half_a_spacing(make_mesh):
+    # on a grid much finer than the lattice, the marked cells stand for the lattice points
+    mesh, spacing, h = make_mesh(), 0.05, 0.004  # icosphere(5) edges ~0.04: every face tiny
+    origin = mesh.bounds[0] - 2 * h
+    dims = np.ceil((mesh.bounds[1] - origin) / h).astype(np.int64) + 2
+    centres = origin + h * (np.argwhere(surface_cells(mesh, origin, h, dims, spacing)) + 0.5)
+    probes, _ = trimesh.sample.sample_surface(mesh, 20_000, seed=np.random.default_rng(0))
     from scipy.spatial import cKDTree
 
-    dist, _ = cKDTree(lattice).query(probes)
-    assert dist.max() <= spacing / np.sqrt(2) + 1e-9
-    assert len(lattice) < 4 * mesh.area / spacing**2 + 3 * 1.0 / spacing * 3  # area-proportional
+    dist, _ = cKDTree(centres).query(probes)
+    assert dist.max() <= spacing / np.sqrt(2) + h * np.sqrt(3) / 2
+    assert len(centres) < 4 * mesh.area / spacing**2 + 3 * 1.0 / spacing * 3  # area-proportional
 
 
 def test_spread_matches_scipy_dilation():
     rng = np.random.default_rng(1)
     mask = rng.random((20, 21, 22)) > 0.995
-    ours = _spread(mask, below=2, above=3)
+    ours = spread(mask, below=2, above=3)
     # index c spreads to [c-2, c+3]: a box of 6 whose centre sits right of c
     ref = ndi.binary_dilation(mask, structure=np.ones((6, 6, 6), bool), origin=(-1, -1, -1))
     assert np.array_equal(ours, ref)
@@ -318,19 +347,6 @@ def test_stored_distances_are_exact_against_libigl(pybullet_dir):
     assert (np.abs(s.vol[:, 3]) < 0.1).mean() > 0.05  # the exact band is really exercised
     winding = igl.fast_winding_number(V, F, s.vol[:, :3].astype(np.float64))
     assert np.mean((s.vol[:, 3] < 0) == (winding > 0.5)) > 0.9999
-
-
-def test_surface_lattice_of_tiny_faces_is_their_vertices():
-    mesh = trimesh.creation.icosphere(subdivisions=5)  # edges ~0.04
-    rng = np.random.default_rng(0)
-    for spacing in (0.05, 0.02):  # every face tiny; then none
-        lattice = surface_lattice(mesh, spacing)
-        probes, _ = trimesh.sample.sample_surface(mesh, 20_000, seed=rng)
-        from scipy.spatial import cKDTree
-
-        dist, _ = cKDTree(lattice).query(probes)
-        assert dist.max() <= spacing / np.sqrt(2) + 1e-9
-    assert len(surface_lattice(mesh, 0.05)) == len(mesh.vertices)
 
 
 def test_per_point_search_radii_and_guesses_give_each_point_its_own_result():
