@@ -185,7 +185,3 @@ class MeshDistance:
     ) -> np.ndarray:
         """Distance of every point to the mesh (float32); `max_dist` where it is farther than that."""
         return self.query(pts, max_dist, guess).dist
-
-    def closest_points(self, pts: np.ndarray) -> np.ndarray:
-        """The closest point of the mesh to every point, (n, 3) float32."""
-        return self.query(pts).points

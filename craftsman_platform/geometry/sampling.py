@@ -165,8 +165,12 @@ def sharp_edge_samples(
     normals = source.face_normals[pairs[pick, 0]] + source.face_normals[pairs[pick, 1]]
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
     if target is not source:
-        snapped = (target_distance or MeshDistance(target)).closest_points(pts)
-        keep = np.linalg.norm(snapped - pts, axis=1) <= max_offset
+        # searched a little beyond max_offset only: a point with nothing that close (an edge of a
+        # swallowed part, up to the mesh's size away) is dropped without walking the whole BVH
+        radius = np.float32(max_offset * 1.01)
+        found = (target_distance or MeshDistance(target)).query(pts, radius)
+        snapped = found.points
+        keep = (found.dist < radius) & (np.linalg.norm(snapped - pts, axis=1) <= max_offset)
         pts, normals = snapped[keep], normals[keep]
     return np.concatenate([round_f16(pts), normals], axis=1).astype(np.float32)
 

@@ -13,7 +13,7 @@ from craftsman_platform.geometry.band import spread, surface_cells
 from craftsman_platform.geometry.config import GeometryConfig, SampleConfig, WatertightConfig
 from craftsman_platform.geometry.mesh_io import load_mesh
 from craftsman_platform.geometry.meshops import signed_volume
-from craftsman_platform.geometry.sampling import SignedDistance, sample_object
+from craftsman_platform.geometry.sampling import SignedDistance, sample_object, sharp_edge_samples
 from craftsman_platform.geometry.watertight import make_watertight
 
 VOXEL = 2.0 / 256
@@ -239,6 +239,18 @@ def test_inside_test_gives_points_on_the_surface_the_same_sign_every_time(pybull
     signs = [SignedDistance(mesh).inside(on_surface) for _ in range(3)]
     assert 0 < signs[0].sum() < len(on_surface)  # both answers occur: the points do sit on the surface
     assert all(np.array_equal(signs[0], s) for s in signs[1:])
+
+
+def test_sharp_points_of_a_swallowed_part_are_dropped_and_the_rest_snapped():
+    # source: a cube with a small cube inside it; target: the outer cube alone (the inner one
+    # swallowed, as the conversion does): no sharp point may come from the inner cube's edges
+    outer = trimesh.creation.box(extents=(1.9, 1.9, 1.9))
+    inner = trimesh.creation.box(extents=(0.4, 0.4, 0.4))
+    source = trimesh.util.concatenate([outer, inner])
+    cfg = SampleConfig(sharp_max=4000, sharp_spacing=0.001)
+    pts = sharp_edge_samples(source, outer, cfg, np.random.default_rng(0), max_offset=0.01)
+    on_face = np.isclose(np.abs(pts[:, :3]), 0.95, atol=1e-3).sum(axis=1)
+    assert len(pts) > 3000 and (on_face >= 2).all()  # ~90% of the edge length is the outer cube's
 
 
 def test_samples_have_the_documented_shapes_and_properties(pybullet_dir):
