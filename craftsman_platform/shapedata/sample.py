@@ -17,9 +17,9 @@ from typing import Iterator
 
 import numpy as np
 import webdataset as wds
-from PIL import Image
 
 from craftsman_platform.errors import ConfigError, MissingInput
+from craftsman_platform.shapedata.png import png_bytes
 
 # ---------------------------------------------------------------------------------------------
 # Member names
@@ -83,13 +83,6 @@ class View:
 def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """PNG encoding: uint8 RGB/RGBA, or uint16 single channel (16-bit greyscale)."""
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

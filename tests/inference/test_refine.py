@@ -25,7 +25,8 @@ from craftsman_platform.inference.config import RefineSettings
 from craftsman_platform.inference.normal_maps import BadNormalMaps, views_from_arrays, views_from_folder
 from craftsman_platform.inference.refine import PixelRays, guard_silhouette, pixel_size, refine_mesh, score
 from craftsman_platform.shapedata.cameras import view_cameras
-from craftsman_platform.shapedata.sample import CAMERAS, cameras_json, normal_member, png_bytes
+from craftsman_platform.shapedata.png import png_bytes
+from craftsman_platform.shapedata.sample import CAMERAS, cameras_json, normal_member
 
 VIEWS = ("front", "right", "back", "left")
 
