@@ -21,30 +21,57 @@ def raycasting_scene(mesh: trimesh.Trimesh) -> o3d.t.geometry.RaycastingScene:
     return scene
 
 
-def closed_and_oriented(mesh: trimesh.Trimesh) -> bool:
-    """Watertight and consistently wound: every directed edge once, its reverse exactly once.
+def _half_edge_keys(f: np.ndarray) -> np.ndarray:
+    """A key per half-edge (face i's corner j to corner j + 1 at index 3i + j): its undirected
+    edge (larger vertex id, then smaller: trimesh's order of edge groups), then its direction (1
+    where it runs from the smaller id). Sorting the keys groups each edge's half-edges."""
+    a = f.ravel()
+    b = f[:, [1, 2, 0]].ravel()
+    return (np.maximum(a, b) * (int(f.max()) + 1) + np.minimum(a, b)) * 2 + (a < b)
 
-    The same answer as trimesh's `is_watertight and is_winding_consistent`, from one sort of
-    int64 keys (undirected edge, then direction): each undirected edge must appear exactly
-    twice, once each way (several times faster than trimesh on marching-cubes meshes).
-    """
+
+def _pairs(edge: np.ndarray) -> np.ndarray:
+    """Positions in sorted `edge` where a group of exactly two equal values starts."""
+    start = np.flatnonzero(np.r_[True, edge[1:] != edge[:-1]])
+    return start[np.diff(np.r_[start, len(edge)]) == 2]
+
+
+def edge_pairing(mesh: trimesh.Trimesh) -> tuple[bool, bool]:
+    """(watertight, winding consistent) as trimesh defines them: every edge in exactly two faces;
+    the two half-edges of every such edge opposite. One sort of int64 keys instead of trimesh's
+    row hashing: several times faster, and a fifth of the memory on a 1.8M-face mesh."""
     f = np.asarray(mesh.faces, dtype=np.int64)
     if len(f) == 0:
-        return False
+        return False, False
+    keys = np.sort(_half_edge_keys(f))
+    pairs = _pairs(keys >> 1)
+    # a pair's keys differ in the direction bit only (0 then 1) when the half-edges are opposite
+    return len(pairs) * 2 == len(keys), bool((keys[pairs] + 1 == keys[pairs + 1]).all())
+
+
+def sharp_edges(mesh: trimesh.Trimesh, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """(edges (k, 2) vertex ids, faces (k, 2)) of the edges shared by exactly two faces whose
+    normals differ by more than `angle_deg`: trimesh's `face_adjacency_edges[face_adjacency_angles
+    > angle]` and `face_adjacency[...]`, the same rows in the same order, from one sort of int64
+    keys (trimesh hashed rows and gathered (k, 2, 3) normals: 1.5 GB of fresh memory for a
+    1.8M-face mesh, this ~0.2 GB)."""
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    if len(f) < 2:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros((0, 2), dtype=np.int64)
+    edge = _half_edge_keys(f) >> 1
+    order = np.argsort(edge)
+    edge = edge[order]
+    first = _pairs(edge)
+    faces = np.sort(np.stack([order[first] // 3, order[first + 1] // 3], axis=1), axis=1)
+    keep = faces[:, 0] != faces[:, 1]  # a degenerate face meeting itself is no adjacency
+    first, faces = first[keep], faces[keep]
+    # the angle as trimesh computes it (arccos of the clipped row dot of the unit normals)
+    normals = mesh.face_normals
+    dots = np.dot(normals[faces[:, 0]] * normals[faces[:, 1]], [1.0, 1.0, 1.0])
+    sharp = np.abs(np.arccos(np.clip(dots, -1.0, 1.0))) > np.radians(angle_deg)
     n = int(f.max()) + 1
-    a = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
-    b = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
-    keys = (np.minimum(a, b) * n + np.maximum(a, b)) * 2 + (a < b)
-    keys.sort()
-    first, second = keys[0::2], keys[1::2]
-    # pairs (k, k + 1) of one undirected edge, the first way then the other (direction bit 0, 1),
-    # and no edge in a third face (a pair's edge differs from the next pair's)
-    return bool(
-        len(keys) % 2 == 0
-        and np.array_equal(first + 1, second)
-        and not ((first & 1).any())
-        and not (np.diff(first >> 1) == 0).any()
-    )
+    edge = edge[first[sharp]]
+    return np.stack([edge % n, edge // n], axis=1), faces[sharp]
 
 
 def component_labels(mesh: trimesh.Trimesh) -> np.ndarray:
@@ -91,7 +118,8 @@ class SurfaceSampler:
         # float32 corner and edges per face: a third of the bytes to gather per point (the
         # points are rounded to float16 or queried exactly where they are afterwards)
         self.origin = origin.astype(np.float32)
-        self.edges = np.stack([e1, e2], axis=1).astype(np.float32)
+        self.edges = np.empty((len(f), 2, 3), dtype=np.float32)  # filled in place: no float64 stack
+        self.edges[:, 0], self.edges[:, 1] = e1, e2
 
     def __call__(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(points (n, 3) float32, face index (n,))."""

@@ -17,7 +17,7 @@ import trimesh
 
 from craftsman_platform.geometry.config import SampleConfig
 from craftsman_platform.geometry.distance import UNBOUNDED, MeshDistance, morton_order
-from craftsman_platform.geometry.meshops import SurfaceSampler
+from craftsman_platform.geometry.meshops import SurfaceSampler, sharp_edges
 from craftsman_platform.geometry.sdf_grid import SdfGrid
 
 # Smallest positive float16 (subnormal): a non-zero sdf never rounds to a sign-less zero.
@@ -151,11 +151,9 @@ def sharp_edge_samples(
     empty = np.zeros((0, 6), dtype=np.float32)
     if cfg.sharp_max <= 0 or len(source.faces) < 2:
         return empty
-    sharp = source.face_adjacency_angles > np.radians(cfg.sharp_angle_deg)
-    if not sharp.any():
+    edges, pairs = sharp_edges(source, cfg.sharp_angle_deg)
+    if not len(edges):
         return empty
-    edges = source.face_adjacency_edges[sharp]
-    pairs = source.face_adjacency[sharp]
     a, b = source.vertices[edges[:, 0]], source.vertices[edges[:, 1]]
     length = np.linalg.norm(b - a, axis=1)
     n = int(min(cfg.sharp_max, np.ceil(length.sum() / cfg.sharp_spacing)))

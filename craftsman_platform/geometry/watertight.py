@@ -34,8 +34,8 @@ from craftsman_platform.geometry.distance import MeshDistance
 from craftsman_platform.geometry.mesh_io import MeshRejected
 from craftsman_platform.geometry.meshops import (
     SurfaceSampler,
-    closed_and_oriented,
     component_labels,
+    edge_pairing,
     face_volumes,
     raycasting_scene,
 )
@@ -51,9 +51,10 @@ _LEVEL_GAP = 1.0e-6  # no grid value lies closer than this to marching cubes' le
 def fast_path_refusal(mesh: trimesh.Trimesh, labels: np.ndarray | None = None) -> str | None:
     """None when the mesh can be used as it is, else why not. May invert an inside-out mesh.
     `labels`: its faces' component labels, when the caller has them."""
-    if not mesh.is_watertight:
+    watertight, winding_consistent = edge_pairing(mesh)
+    if not watertight:
         return "not watertight"
-    if not mesh.is_winding_consistent:
+    if not winding_consistent:
         return "inconsistent winding"
     labels = component_labels(mesh) if labels is None else labels
     n = int(labels.max()) + 1
@@ -281,11 +282,11 @@ def make_watertight(mesh: trimesh.Trimesh, cfg: WatertightConfig | None = None, 
         src_distance = MeshDistance(src)
         (out, grid), method = udf_watertight(src, cfg, timings, src_distance), "udf"
     seconds = time.perf_counter() - t0
-    is_watertight = closed_and_oriented(out)
+    watertight, winding_consistent = edge_pairing(out)
+    is_watertight = watertight and winding_consistent
     if not is_watertight:
         raise MeshRejected(
-            "watertight_failed",
-            f"{method} output: watertight={out.is_watertight}, winding consistent={out.is_winding_consistent}",
+            "watertight_failed", f"{method} output: watertight={watertight}, winding consistent={winding_consistent}"
         )
     sampler, distance = SurfaceSampler(out), MeshDistance(out)
     if method == "fast_path":

@@ -297,9 +297,7 @@ def test_float16_sdf_keeps_the_sign_of_tiny_values():
     assert np.array_equal(out < 0, sdf < 0) and np.array_equal(out > 0, sdf > 0)
 
 
-def test_closed_and_oriented_matches_trimesh(tmp_path, pybullet_dir):
-    from craftsman_platform.geometry.meshops import closed_and_oriented
-
+def _edge_cases(pybullet_dir) -> list[trimesh.Trimesh]:
     cases = [trimesh.creation.icosphere(3), trimesh.creation.box()]
     flipped = trimesh.creation.box()
     faces = flipped.faces.copy()
@@ -312,9 +310,25 @@ def test_closed_and_oriented_matches_trimesh(tmp_path, pybullet_dir):
     cases.append(make_watertight(load_mesh(pybullet_dir / "random_urdfs/000/000.obj").mesh, UDF).mesh)
     sphere = trimesh.creation.icosphere(2)  # a face and its reverse added: edges in three faces
     cases.append(trimesh.Trimesh(sphere.vertices, np.vstack([sphere.faces, sphere.faces[:1, ::-1]]), process=False))
+    cases.append(load_mesh(pybullet_dir / "duck_vhacd.obj").mesh)  # many parts, many creases
+    return cases
+
+
+def test_edge_pairing_and_sharp_edges_match_trimesh(pybullet_dir):
+    from craftsman_platform.geometry.meshops import edge_pairing, sharp_edges
+
+    cases = _edge_cases(pybullet_dir)
     for mesh in cases:
-        assert closed_and_oriented(mesh) == bool(mesh.is_watertight and mesh.is_winding_consistent)
-    assert [closed_and_oriented(m) for m in cases] == [True, True, False, False, True, True, False]
+        assert edge_pairing(mesh) == (mesh.is_watertight, mesh.is_winding_consistent)
+        for angle in (15.0, 60.0):
+            edges, faces = sharp_edges(mesh, angle)
+            sharp = mesh.face_adjacency_angles > np.radians(angle)
+            assert np.array_equal(edges, mesh.face_adjacency_edges[sharp])  # same rows, same order
+            assert np.array_equal(faces, mesh.face_adjacency[sharp])
+    assert [all(edge_pairing(m)) for m in cases] == [True, True, False, False, True, True, False, True]
+    assert [edge_pairing(m)[1] for m in cases[2:4]] == [False, True]  # flipped face; open but consistent
+    assert len(sharp_edges(cases[1], 15.0)[0]) == 12 and len(sharp_edges(cases[0], 15.0)[0]) == 0
+    assert len(sharp_edges(cases[-1], 15.0)[0]) > 100
 
 
 def test_grid_signs_are_the_corners_shared_sign_and_undecided_on_cell_faces():
