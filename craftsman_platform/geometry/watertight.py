@@ -2,8 +2,8 @@
 
 Method (the cubvh / TripoSG / Dora family, computed on the CPU):
   1. Put an isotropic grid of voxel size h = 2 / resolution around the normalised mesh.
-  2. Mark the narrow band: grid points that can lie within eps of the surface. Points on a
-     lattice over every triangle are binned and spread by a voxel or two.
+  2. Mark the narrow band: grid points that can lie within eps of the surface. The cells that
+     hold points of a lattice over every triangle are spread by a voxel (geometry/band.py).
   3. Exact unsigned distance (open3d RaycastingScene) at band points, then at the corners of
      cells next to a blocked point (udf <= eps); the rest of the grid never needs a distance.
   4. Flood-fill "outside" from the grid border through points with udf > eps (6-connected;
