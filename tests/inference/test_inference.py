@@ -160,6 +160,9 @@ def _wait_for_mesh(page) -> None:
     page.wait_for_selector("#mesh-files a", timeout=180_000)
     links = [a.get_attribute("href") for a in page.locator("#mesh-files a").all()]
     assert any(h.endswith(".glb") for h in links) and any(h.endswith(".obj") for h in links)
+    # the viewer's canvas comes after the file links (the browser loads the mesh first): waited for,
+    # not counted at once (on a busy machine it was sometimes not there yet)
+    page.wait_for_selector("#mesh-viewer canvas", timeout=60_000)
     assert page.locator("#mesh-viewer canvas").count() == 1
 
 
